@@ -1,0 +1,23 @@
+"""mmu: a memory-virtualization lab.
+
+Public API (stable names; importing compiles nothing -- kernels compile on first call
+and are cached on disk):
+
+* :class:`PhysicalMemory` -- sparse 4 KiB frames over a 52-bit physical space.
+* :func:`walk` -- the SDM-exact 1D x86-64 page walk.
+"""
+
+from __future__ import annotations
+
+from mmu.errors import MMUInputError, TraceFormatError
+from mmu.memory import FrameAllocator, PhysicalMemory
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "FrameAllocator",
+    "MMUInputError",
+    "PhysicalMemory",
+    "TraceFormatError",
+    "__version__",
+]
