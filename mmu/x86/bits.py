@@ -105,3 +105,17 @@ def pf_error_string(code: int) -> str:
     names = [(PF_P, "P"), (PF_W, "W"), (PF_U, "U"), (PF_RSVD, "RSVD"), (PF_I, "I"), (PF_PK, "PK")]
     parts = [n for bit, n in names if code & bit]
     return "|".join(parts) if parts else "0"
+
+# --- combined translation attributes ("attrs"), as walkers return them and TLB/PSC entries
+# hold them. R/W and U/S are the AND over all levels used, XD the OR (SDM 4.10.2.2/4.10.3.1);
+# D, G and the protection key come from the leaf.
+TA_RW = 1 << 0
+TA_US = 1 << 1
+TA_XD = 1 << 2
+TA_D = 1 << 3  # leaf dirty flag (a write through a clean entry must re-walk to set D)
+TA_G = 1 << 4  # global (leaf G with CR4.PGE=1)
+TA_PWT = 1 << 5
+TA_PCD = 1 << 6
+TA_PKEY_SHIFT = 8  # 4 bits: protection key of the leaf
+TA_PKEY_MASK = 0xF << TA_PKEY_SHIFT
+TA_ALL_RIGHTS = TA_RW | TA_US  # starting value of the AND over levels
