@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from mmu.errors import MMUInputError, TraceFormatError
 from mmu.memory import FrameAllocator, PhysicalMemory
+from mmu.x86.walk import WalkResult, walk
 
 __version__ = "0.1.0"
 
@@ -19,5 +20,7 @@ __all__ = [
     "MMUInputError",
     "PhysicalMemory",
     "TraceFormatError",
+    "WalkResult",
+    "walk",
     "__version__",
 ]
