@@ -106,6 +106,7 @@ def pf_error_string(code: int) -> str:
     parts = [n for bit, n in names if code & bit]
     return "|".join(parts) if parts else "0"
 
+
 # --- combined translation attributes ("attrs"), as walkers return them and TLB/PSC entries
 # hold them. R/W and U/S are the AND over all levels used, XD the OR (SDM 4.10.2.2/4.10.3.1);
 # D, G and the protection key come from the leaf.

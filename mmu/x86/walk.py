@@ -269,7 +269,9 @@ def walk_va(mem, cr3, va, access, ctl, pkru, maxphyaddr, trail):
     if not is_canonical(va, la57):
         return WALK_GP, 0, 0, 0, 0, 0
     root = cr3 & (((np.int64(1) << maxphyaddr) - 1) & ~np.int64(0xFFF))
-    return walk_core(mem, root, 5 if la57 else 4, TA_RW | TA_US, va, access, ctl, pkru, maxphyaddr, trail, True)
+    return walk_core(
+        mem, root, 5 if la57 else 4, TA_RW | TA_US, va, access, ctl, pkru, maxphyaddr, trail, True
+    )
 
 
 _ACCESS = {"r": ACC_READ, "w": ACC_WRITE, "x": ACC_FETCH}
