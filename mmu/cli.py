@@ -7,7 +7,10 @@ and exit status 2.
 
 from __future__ import annotations
 
+import os
 import sys
+import time
+from pathlib import Path
 
 import typer
 
@@ -35,3 +38,160 @@ def main() -> None:
     except MMUInputError as exc:
         sys.stderr.write(f"mmu: error: {exc}\n")
         sys.exit(2)
+
+
+def _parse_costs(items: list[str]) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for item in items:
+        name, sep, value = item.partition("=")
+        if not sep or not value.strip().lstrip("-").isdigit():
+            fail(f"--cost expects NAME=CYCLES (an integer), got {item!r}")
+        out[name.strip()] = int(value)
+    return out
+
+
+def _run_replay(
+    trace: Path,
+    mode: str,
+    cpu: str,
+    as_json: bool,
+    emit: Path | None,
+    quiet: bool,
+    costs: list[str],
+    chunk_size: int,
+) -> None:
+    from rich.console import Console
+    from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeRemainingColumn
+
+    from mmu.engine import MODES, MachineConfig, replay
+    from mmu.report.summary import summary_renderable
+    from mmu.stats import to_json
+
+    if mode not in MODES:
+        fail(f"unknown mode {mode!r}; choose one of: {', '.join(MODES)}")
+    if chunk_size <= 0:
+        fail(f"--chunk-size must be positive, not {chunk_size}")
+    config = MachineConfig(mode=mode, cpu=cpu, cost_overrides=_parse_costs(costs))
+    err = Console(stderr=True)
+    show_progress = not quiet and not as_json and err.is_terminal
+    try:
+        if show_progress:
+            with Progress(
+                TextColumn("[bold]replay[/] {task.description}"),
+                BarColumn(),
+                TaskProgressColumn(),
+                TextColumn("{task.fields[rate]}"),
+                TimeRemainingColumn(),
+                console=err,
+                transient=True,
+            ) as bar:
+                task = bar.add_task(trace.name, total=None, rate="")
+                t0 = time.perf_counter()
+
+                def progress(done: int, total: int) -> None:
+                    dt = time.perf_counter() - t0
+                    rate = f"{done / dt / 1e6:.1f}M rec/s" if dt > 0 else ""
+                    bar.update(task, completed=done, total=total, rate=rate)
+
+                result = replay(trace, config, chunk_size=chunk_size, emit_path=emit, progress=progress)
+        else:
+            result = replay(trace, config, chunk_size=chunk_size, emit_path=emit)
+    except MMUInputError as exc:
+        fail(str(exc))
+    if as_json:
+        sys.stdout.write(to_json(result) + "\n")
+    elif not quiet:
+        Console().print(summary_renderable(result))
+
+
+@app.command("replay")
+def replay_cmd(
+    trace: Path = typer.Argument(..., help="Trace in mmu's format (see `mmu import`)."),
+    mode: str = typer.Option("native", "--mode", help="Virtualization mode."),
+    cpu: str = typer.Option("skylake", "--cpu", help="CPU preset: TLB/PSC geometry and costs."),
+    as_json: bool = typer.Option(False, "--json", help="Print the stats object as JSON."),
+    emit: Path = typer.Option(None, "--emit-translations", help="Write each access's gPA (uint64 .npy)."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar and no summary."),
+    cost: list[str] = typer.Option([], "--cost", help="Override a cost parameter: NAME=CYCLES (repeatable)."),
+    chunk_size: int = typer.Option(1 << 20, "--chunk-size", help="Records per kernel call."),
+) -> None:
+    """Replay a trace through the simulated MMU and report what translation cost."""
+    _run_replay(trace, mode, cpu, as_json, emit, quiet, cost, chunk_size)
+
+
+def find_shipped_trace(name: str) -> Path:
+    """Path of a trace shipped in the repository's traces/ folder (or $MMU_TRACES)."""
+    candidates = []
+    env = os.environ.get("MMU_TRACES")
+    if env:
+        candidates.append(Path(env))
+    candidates.append(Path(__file__).resolve().parent.parent / "traces")
+    for folder in candidates:
+        p = folder / name
+        if p.is_file():
+            return p
+    fail(
+        f"shipped trace {name!r} not found in {', '.join(str(c) for c in candidates)}; "
+        "install from a clone with `pip install -e .` or set MMU_TRACES"
+    )
+    raise AssertionError("unreachable")
+
+
+DEMO_TRACE = "ls-usr.trace"
+
+
+@app.command("demo")
+def demo_cmd(
+    as_json: bool = typer.Option(False, "--json", help="Print the stats object as JSON."),
+    cpu: str = typer.Option("skylake", "--cpu", help="CPU preset."),
+) -> None:
+    """Replay a shipped real trace (valgrind lackey recording of `ls -l /usr`) and summarise it."""
+    _run_replay(find_shipped_trace(DEMO_TRACE), "native", cpu, as_json, None, False, [], 1 << 20)
+
+
+@app.command("presets")
+def presets_cmd() -> None:
+    """List CPU presets and their cost parameters with sources."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from mmu.hw.cost import COST_PRESETS, cost_params
+
+    console = Console()
+    for name in sorted(COST_PRESETS):
+        t = Table(title=f"cost preset {name}")
+        t.add_column("parameter")
+        t.add_column("cycles", justify="right")
+        t.add_column("source", overflow="fold")
+        for p in cost_params(name):
+            t.add_row(p.name, str(p.value), p.source)
+        console.print(t)
+
+
+@app.command("cache")
+def cache_cmd(
+    action: str = typer.Argument(..., help="'clear' removes numba's compiled kernels for mmu."),
+) -> None:
+    """Manage numba's on-disk cache of compiled kernels."""
+    import shutil
+
+    if action != "clear":
+        fail(f"unknown cache action {action!r}; use 'clear'")
+    root = os.environ.get("NUMBA_CACHE_DIR")
+    pkg = Path(__file__).resolve().parent
+    removed = 0
+    if root:
+        if Path(root).exists():
+            shutil.rmtree(root)
+            removed += 1
+    else:
+        for d in pkg.rglob("__pycache__"):
+            for f in list(d.glob("*.nbi")) + list(d.glob("*.nbc")):
+                f.unlink()
+                removed += 1
+    typer.echo(f"removed {removed} cache entries")
+
+
+from mmu.trace.cli import register  # noqa: E402
+
+register(app)

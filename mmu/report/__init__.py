@@ -1,1 +1,1 @@
-"""mmu.report"""
+"""Pure functions from stats objects to rich renderables (the simulator never imports rich)."""

@@ -88,7 +88,7 @@ def is_canonical(va, la57):
     return top == 0 or top == -1
 
 
-@jit
+@jit(inline="always")
 def access_fault(attrs, access, ctl, pkru):
     """#PF error code for ``access`` through a translation with combined ``attrs``, or 0 if allowed.
 

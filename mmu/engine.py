@@ -1,0 +1,473 @@
+"""The replay engine: chunks of trace records -> guest OS + mode + hardware -> stats.
+
+One numba call per chunk (:func:`replay_kernel`); the Python layer validates,
+allocates, grows memory when a kernel asks for room, and reports progress between
+chunks. Nothing runs in Python per access.
+
+Kernel status codes (``ST_*``) are the only way a kernel reports trouble; the
+Python layer turns them into :class:`~mmu.errors.MMUInputError` messages that name
+the record.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from mmu._jit import jit
+from mmu.errors import MMUInputError
+from mmu.guest.os import (
+    O_CUR,
+    O_LEVELS,
+    O_PCIDE,
+    OS_BAD_ADDRESS,
+    OS_OK,
+    OS_OUT_OF_FRAMES,
+    OS_TOO_MANY_PROCS,
+    P_LOADS,
+    P_PCID,
+    P_ROOT,
+    make_os,
+    os_cr3,
+    os_map_anon,
+    os_process,
+)
+from mmu.hw.cache import make_line_cache
+from mmu.hw.cost import K_BASE, K_GUEST_PF, K_L2_LINES, K_L2_WAYS, K_LLC_LINES, K_LLC_WAYS, cost_array
+from mmu.hw.presets import get_preset
+from mmu.hw.pwc import make_psc
+from mmu.hw.tlb import hw_mov_cr3, make_tlb
+from mmu.memory import PhysicalMemory, mem_room
+from mmu.modes.native import C_ASID, C_CTL, C_EMIT, C_LEN, C_MAXPHYADDR, C_PKRU, charge, hw_translate
+from mmu.stats import (
+    S_ACCESSES,
+    S_BAD_ACCESSES,
+    S_CR3_LOADS,
+    S_CYCLES,
+    S_DATA_FRAMES,
+    S_EVENTS,
+    S_GUEST_PF,
+    S_GUEST_PF_NOT_PRESENT,
+    S_GUEST_PF_PROTECTION,
+    S_PF_CYCLES,
+    S_PROCESSES,
+    S_PT_FRAMES,
+    S_READS,
+    S_SPLIT,
+    S_SPURIOUS_PF,
+    new_stats,
+    stats_dict,
+)
+from mmu.trace.format import OP_NAMES, OP_SWITCH, TraceReader
+from mmu.x86.bits import CTL_LA57, CTL_NXE, CTL_PGE, CTL_USER, CTL_WP, PF_P, WALK_GP, WALK_OK
+from mmu.x86.walk import MAX_LEVELS, TR_COLS, walk_core
+
+ST_DONE = 0
+ST_NEED_MEM = 1  # grow PhysicalMemory, then resume at the returned index
+ST_OUT_OF_FRAMES = 2
+ST_UNSUPPORTED_EVENT = 3
+ST_TOO_MANY_PROCS = 4
+
+MODES = ("native",)
+NO_TRANSLATION = np.uint64(0xFFFF_FFFF_FFFF_FFFF)  # emitted for an access that had no translation
+ROOM_FRAMES = 16  # frames one record may need at most (5 tables + data + slack)
+
+_ADDR = np.int64(0x000F_FFFF_FFFF_F000)
+
+
+@jit
+def _switch_to(mem, alloc, osst, tlb, psc, stats, cfg, pid, counts):
+    """Make ``pid`` the current process (creating it on first sight) and load its CR3."""
+    st, row, created = os_process(osst, mem, alloc, pid)
+    if st != OS_OK:
+        return st
+    if created:
+        stats[S_PROCESSES] += 1
+        stats[S_PT_FRAMES] += 1
+    procs = osst[0]
+    ometa = osst[2]
+    ometa[O_CUR] = row
+    stats[S_CR3_LOADS] += 1
+    pcide = ometa[O_PCIDE] != 0
+    # Linux keeps a PCID's translations across switches (CR3 bit 63 set) once it has run.
+    no_flush = pcide and procs[row, P_LOADS] > 0
+    hw_mov_cr3(tlb, psc, cfg[C_ASID], pcide, procs[row, P_PCID], no_flush)
+    procs[row, P_LOADS] += 1
+    return OS_OK
+
+
+@jit
+def _user_half(va, levels):
+    return va >= 0 and va < (np.int64(1) << (47 if levels == 4 else 56))
+
+
+@jit(inline="always")
+def _translate_access(mem, alloc, osst, tlb, psc, ptc, cost, stats, cfg, row, va, access, trail, counts):
+    """Translate one access for the current process, running the guest's #PF handler as needed.
+
+    Returns (status, pa): status OS_OK with pa (or -1 when the guest could not map it),
+    OS_OUT_OF_FRAMES.
+    """
+    procs = osst[0]
+    levels = osst[2][O_LEVELS]
+    cr3 = os_cr3(osst, row)
+    pcid = procs[row, P_PCID]
+    ctl = cfg[C_CTL] | CTL_USER
+    for _attempt in range(4):
+        status, code, pa = hw_translate(
+            mem, tlb, psc, ptc, cost, stats, cfg, cr3, pcid, va, access, ctl, trail
+        )
+        if status == WALK_OK:
+            return OS_OK, pa
+        if status == WALK_GP:
+            stats[S_BAD_ACCESSES] += 1
+            return OS_OK, np.int64(-1)
+        stats[S_GUEST_PF] += 1
+        charge(stats, S_PF_CYCLES, cost[K_GUEST_PF])
+        if (code & PF_P) == 0:
+            stats[S_GUEST_PF_NOT_PRESENT] += 1
+            if not _user_half(va, levels):
+                stats[S_BAD_ACCESSES] += 1
+                return OS_OK, np.int64(-1)
+            st = os_map_anon(mem, alloc, procs[row, P_ROOT], levels, va, counts)
+            if st == OS_OUT_OF_FRAMES:
+                return st, np.int64(-1)
+            if st == OS_BAD_ADDRESS:
+                stats[S_BAD_ACCESSES] += 1
+                return OS_OK, np.int64(-1)
+        else:
+            stats[S_GUEST_PF_PROTECTION] += 1
+            # Spurious fault (stale, more restrictive TLB entry) if the tables allow it now.
+            root = procs[row, P_ROOT]
+            pst = walk_core(
+                mem, root, levels, 3, va, access, ctl, cfg[C_PKRU], cfg[C_MAXPHYADDR], trail, False
+            )[0]
+            if pst != WALK_OK:
+                stats[S_BAD_ACCESSES] += 1
+                return OS_OK, np.int64(-1)
+            stats[S_SPURIOUS_PF] += 1
+    stats[S_BAD_ACCESSES] += 1
+    return OS_OK, np.int64(-1)
+
+
+@jit
+def replay_kernel(
+    addr,
+    arg,
+    pid,
+    op,
+    start,
+    stop,
+    mem,
+    alloc,
+    osst,
+    tlb,
+    psc,
+    ptc,
+    cost,
+    stats,
+    cfg,
+    out,
+    pos,
+    trail,
+    counts,
+):
+    """Replay records ``[start, stop)`` of one chunk.
+
+    Parameters
+    ----------
+    addr : int64[n]
+        Virtual addresses (the trace's ``addr`` reinterpreted as int64).
+    arg, pid, op : int64[n]
+        Size / pid / op code columns.
+    mem, alloc, osst, tlb, psc, ptc : tuple
+        Machine state (mutated).
+    cost : int64[N_COST]
+    stats : int64[N_STATS]
+        Mutated.
+    cfg : int64[C_LEN]
+    out : uint64[m]
+        Guest-physical address of each access, written at ``pos[0]`` onward when cfg[C_EMIT].
+    pos : int64[1]
+        Next slot of ``out`` (mutated).
+    trail : int64[MAX_LEVELS, TR_COLS]
+        Walk scratch.
+    counts : int64[2]
+        Frame-allocation scratch.
+
+    Returns
+    -------
+    (status, index)
+        ST_DONE with ``stop``; otherwise the status and the record to resume at (or that failed).
+    """
+    procs = osst[0]
+    ometa = osst[2]
+    emit = cfg[C_EMIT] != 0
+    base = cost[K_BASE]
+    for i in range(start, stop):
+        if not mem_room(mem, ROOM_FRAMES):
+            return ST_NEED_MEM, i
+        o = op[i]
+        if o >= 16:
+            stats[S_EVENTS] += 1
+            if o == OP_SWITCH:
+                st = _switch_to(mem, alloc, osst, tlb, psc, stats, cfg, pid[i], counts)
+                if st == OS_OUT_OF_FRAMES:
+                    return ST_OUT_OF_FRAMES, i
+                if st == OS_TOO_MANY_PROCS:
+                    return ST_TOO_MANY_PROCS, i
+                continue
+            return ST_UNSUPPORTED_EVENT, i
+        p = pid[i]
+        cur = ometa[O_CUR]
+        if cur < 0 or procs[cur, 0] != p:
+            st = _switch_to(mem, alloc, osst, tlb, psc, stats, cfg, p, counts)
+            if st == OS_OUT_OF_FRAMES:
+                return ST_OUT_OF_FRAMES, i
+            if st == OS_TOO_MANY_PROCS:
+                return ST_TOO_MANY_PROCS, i
+            cur = ometa[O_CUR]
+        va = addr[i]
+        stats[S_ACCESSES] += 1
+        stats[S_READS + o] += 1
+        stats[S_CYCLES] += base
+        st, pa = _translate_access(
+            mem, alloc, osst, tlb, psc, ptc, cost, stats, cfg, cur, va, o, trail, counts
+        )
+        if st != OS_OK:
+            return ST_OUT_OF_FRAMES, i
+        if emit:
+            out[pos[0]] = np.uint64(pa) if pa >= 0 else NO_TRANSLATION
+            pos[0] += 1
+        last = va + arg[i] - 1
+        if (last >> 12) != (va >> 12):
+            # The access crosses into the next page: the processor translates that page too.
+            stats[S_SPLIT] += 1
+            st, pa = _translate_access(
+                mem,
+                alloc,
+                osst,
+                tlb,
+                psc,
+                ptc,
+                cost,
+                stats,
+                cfg,
+                cur,
+                last & ~np.int64(0xFFF),
+                o,
+                trail,
+                counts,
+            )
+            if st != OS_OK:
+                return ST_OUT_OF_FRAMES, i
+        stats[S_PT_FRAMES] += counts[0]
+        stats[S_DATA_FRAMES] += counts[1]
+        counts[0] = 0
+        counts[1] = 0
+    return ST_DONE, stop
+
+
+def tlb_levels_dict(tlb: tuple, preset) -> dict[str, dict[str, int]]:
+    """Hits and misses of each TLB structure, by the preset's structure names."""
+    counters = tlb[-2]
+    return {
+        st.name: {"hits": int(counters[i, 0]), "misses": int(counters[i, 1])}
+        for i, st in enumerate(preset.tlbs)
+    }
+
+
+def psc_levels_dict(psc: tuple, preset) -> dict[str, dict[str, int]]:
+    """Hits and misses of each paging-structure cache that exists in the preset."""
+    counters = psc[-2]
+    return {
+        c.name: {"hits": int(counters[c.entry_level - 2, 0]), "misses": int(counters[c.entry_level - 2, 1])}
+        for c in preset.pscs
+        if c.entries > 0
+    }
+
+
+@dataclass
+class MachineConfig:
+    """Everything that defines a run besides its input.
+
+    Attributes
+    ----------
+    mode : str
+        Virtualization mode ("native").
+    cpu : str
+        TLB/PSC geometry preset (see ``mmu.hw.presets``); also selects the cost preset.
+    cost_overrides : dict
+        Cost parameters by name (see ``mmu.hw.cost``).
+    pcide, la57, nxe, wp : bool
+        Guest CR4.PCIDE, CR4.LA57, EFER.NXE, CR0.WP.
+    maxphyaddr : int
+    """
+
+    mode: str = "native"
+    cpu: str = "skylake"
+    cost_overrides: dict[str, int] | None = None
+    pcide: bool = True
+    la57: bool = False
+    nxe: bool = True
+    wp: bool = True
+    maxphyaddr: int = 52
+
+
+class Machine:
+    """A guest on a simulated machine in one virtualization mode; replays chunks of trace records."""
+
+    def __init__(self, config: MachineConfig | None = None):
+        self.config = config = config or MachineConfig()
+        if config.mode not in MODES:
+            raise MMUInputError(f"unknown mode {config.mode!r}; choose one of: {', '.join(MODES)}")
+        self.preset = get_preset(config.cpu)
+        self.cost = cost_array(
+            config.cpu if config.cpu in ("skylake", "zen2") else "skylake", config.cost_overrides
+        )
+        self.mem = PhysicalMemory(frames=256)
+        self.osst = make_os(pcide=config.pcide, la57=config.la57)
+        self.tlb = make_tlb(self.preset)
+        self.psc = make_psc(self.preset)
+        self.ptc = (
+            make_line_cache(int(self.cost[K_L2_LINES]), int(self.cost[K_L2_WAYS])),
+            make_line_cache(int(self.cost[K_LLC_LINES]), int(self.cost[K_LLC_WAYS])),
+        )
+        self.stats = new_stats()
+        self.cfg = np.zeros(C_LEN, dtype=np.int64)
+        ctl = CTL_PGE
+        if config.nxe:
+            ctl |= CTL_NXE
+        if config.wp:
+            ctl |= CTL_WP
+        if config.la57:
+            ctl |= CTL_LA57
+        self.cfg[C_CTL] = ctl
+        self.cfg[C_PKRU] = 0
+        self.cfg[C_MAXPHYADDR] = config.maxphyaddr
+        self.cfg[C_ASID] = 0
+        self.elapsed = 0.0
+        self.records_done = 0
+        self._trail = np.zeros((MAX_LEVELS, TR_COLS), dtype=np.int64)
+        self._counts = np.zeros(2, dtype=np.int64)
+
+    def run(self, records: np.ndarray, out: np.ndarray | None = None, where: str = "trace") -> int:
+        """Replay a chunk of ``RECORD_DTYPE`` records; returns how many translations were emitted.
+
+        ``out`` (uint64, at least as long as the chunk) receives the guest-physical address of
+        every access in order when given.
+        """
+        n = len(records)
+        addr = np.ascontiguousarray(records["addr"]).view(np.int64)
+        arg = records["arg"].astype(np.int64)
+        pid = records["pid"].astype(np.int64)
+        op = records["op"].astype(np.int64)
+        emit = out is not None
+        self.cfg[C_EMIT] = 1 if emit else 0
+        if out is None:
+            out = np.zeros(0, dtype=np.uint64)
+        pos = np.zeros(1, dtype=np.int64)
+        i = 0
+        t0 = time.perf_counter()
+        alloc = self.mem.alloc.state
+        while i < n:
+            status, i = replay_kernel(
+                addr, arg, pid, op, i, n, self.mem.state, alloc, self.osst, self.tlb, self.psc, self.ptc,
+                self.cost, self.stats, self.cfg, out, pos, self._trail, self._counts,
+            )  # fmt: skip
+            if status == ST_DONE:
+                break
+            if status == ST_NEED_MEM:
+                self.mem.reserve(max(ROOM_FRAMES, self.mem.frames_backed))
+                continue
+            rec = self.records_done + int(i)
+            if status == ST_UNSUPPORTED_EVENT:
+                name = OP_NAMES.get(int(op[i]), str(int(op[i])))
+                raise MMUInputError(
+                    f"{where}: record {rec}: OS event '{name}' is not supported by this version's guest OS "
+                    "model (only 'switch')"
+                )
+            if status == ST_TOO_MANY_PROCS:
+                raise MMUInputError(f"{where}: record {rec}: more than 4096 processes")
+            raise MMUInputError(f"{where}: record {rec}: the guest ran out of physical frames")
+        self.elapsed += time.perf_counter() - t0
+        self.records_done += n
+        return int(pos[0])
+
+    def result(self, extra: dict[str, Any] | None = None) -> dict[str, Any]:
+        """The stats object (common schema) of everything replayed so far."""
+        return stats_dict(
+            self.config.mode,
+            self.stats,
+            elapsed_s=self.elapsed,
+            tlb_levels=tlb_levels_dict(self.tlb, self.preset),
+            psc_levels=psc_levels_dict(self.psc, self.preset),
+            extra={
+                "cpu": self.config.cpu,
+                "guest_memory_frames": int(self.mem.alloc.peak),
+                "pt_memory_bytes": int(self.stats[S_PT_FRAMES]) * 4096,
+                **(extra or {}),
+            },
+        )
+
+
+def replay(
+    path: str | Path,
+    config: MachineConfig | None = None,
+    *,
+    chunk_size: int = 1 << 20,
+    emit_path: str | Path | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> dict[str, Any]:
+    """Replay the trace at ``path`` and return its stats object.
+
+    Parameters
+    ----------
+    emit_path : path, optional
+        Write the guest-physical address of every access (uint64, trace order) as ``.npy``.
+        Accesses with no translation are written as 2**64 - 1.
+    progress : callable(done_records, total_records), optional
+        Called between chunks.
+    """
+    reader = TraceReader(path)
+    machine = Machine(config)
+    total = reader.n_records
+    out_arr = None
+    tmp_emit = None
+    if emit_path is not None:
+        emit_path = Path(emit_path)
+        tmp_emit = emit_path.with_name(emit_path.name + ".partial")
+        out_arr = np.lib.format.open_memmap(
+            tmp_emit, mode="w+", dtype=np.uint64, shape=(reader.count_accesses(),)
+        )
+    try:
+        done = 0
+        emitted = 0
+        for chunk in reader.chunks(chunk_size):
+            view = None if out_arr is None else out_arr[emitted:]
+            emitted += machine.run(chunk, view, where=str(path))
+            done += len(chunk)
+            if progress is not None:
+                progress(done, total)
+        if out_arr is not None:
+            out_arr.flush()
+            del out_arr
+            tmp_emit.replace(emit_path)
+    except BaseException:
+        if tmp_emit is not None and tmp_emit.exists():
+            tmp_emit.unlink()
+        raise
+    return machine.result(extra={"trace": str(path), "records": total})
+
+
+def replay_records(records: Iterable[np.ndarray], config: MachineConfig | None = None) -> dict[str, Any]:
+    """Replay in-memory record chunks (tests, the executor) and return the stats object."""
+    machine = Machine(config)
+    for chunk in records:
+        machine.run(chunk)
+    return machine.result()

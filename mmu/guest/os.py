@@ -1,0 +1,154 @@
+"""The guest OS model: processes, their page tables, demand paging.
+
+Every page-table edit is a store of a 64-bit entry to guest-physical memory,
+made by :func:`guest_store` exactly where a kernel's ``set_pte`` would make it,
+so each virtualization mode sees the edit the way its hardware would (native:
+a plain store; later modes: a write-protection trap, or nothing at all).
+
+State ``osst = (procs, pid2slot, ometa)``:
+
+``procs``     int64[MAX_PROCS, P_COLS]  one row per process: pid, root table gpa, PCID,
+                                          alive flag, times loaded into CR3
+``pid2slot``  int64[65536]              process row of each 16-bit pid, or -1
+``ometa``     int64[O_LEN]              current row, number of rows, PCIDE flag
+
+Demand paging: a not-present fault on a canonical user-half address maps a fresh
+zero-filled 4 KiB frame (present, writable, user, executable), allocating the
+missing intermediate tables on the way down, as Linux's anonymous fault path
+does. Data frames are never written by the model (traces carry no data), so they
+take no storage in :class:`~mmu.memory.PhysicalMemory`.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from mmu._jit import jit
+from mmu.memory import alloc_frame, mem_read, mem_write, mem_zero_frame
+
+P_PID = 0
+P_ROOT = 1
+P_PCID = 2
+P_ALIVE = 3
+P_LOADS = 4
+P_COLS = 8
+MAX_PROCS = 4096
+
+O_CUR = 0  # current process row, -1 before the first access
+O_NPROCS = 1
+O_PCIDE = 2
+O_LEVELS = 3  # 4 or 5 paging levels
+O_LEN = 8
+
+PTE_USER_RW = np.uint64(0x7)  # P | R/W | U/S
+_P = np.uint64(1)
+_PS = np.uint64(0x80)
+_ADDR = np.uint64(0x000F_FFFF_FFFF_F000)
+
+# Status codes of the OS routines.
+OS_OK = 0
+OS_OUT_OF_FRAMES = 1
+OS_BAD_ADDRESS = 2  # no mapping can be made (not a user-half canonical address)
+OS_TOO_MANY_PROCS = 3
+
+
+def make_os(pcide: bool = True, la57: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """An empty guest OS state (no processes yet)."""
+    procs = np.zeros((MAX_PROCS, P_COLS), dtype=np.int64)
+    pid2slot = np.full(1 << 16, -1, dtype=np.int64)
+    ometa = np.zeros(O_LEN, dtype=np.int64)
+    ometa[O_CUR] = -1
+    ometa[O_PCIDE] = 1 if pcide else 0
+    ometa[O_LEVELS] = 5 if la57 else 4
+    return procs, pid2slot, ometa
+
+
+@jit
+def guest_store(mem, gpa, value):
+    """A guest kernel store of a page-table entry to guest-physical ``gpa`` (native: a plain store)."""
+    mem_write(mem, gpa, value)
+
+
+@jit
+def os_alloc_table(mem, alloc):
+    """Allocate and zero a frame for a page table; returns its gpa, or -1 when out of frames."""
+    pfn = alloc_frame(alloc)
+    if pfn < 0:
+        return np.int64(-1)
+    mem_zero_frame(mem, pfn)
+    return pfn << 12
+
+
+@jit
+def os_process(osst, mem, alloc, pid):
+    """Row of process ``pid``, creating it (with an empty root table) on first sight.
+
+    Returns (status, row, created).
+    """
+    procs = osst[0]
+    pid2slot = osst[1]
+    ometa = osst[2]
+    row = pid2slot[pid]
+    if row >= 0:
+        return OS_OK, row, False
+    row = ometa[O_NPROCS]
+    if row >= procs.shape[0]:
+        return OS_TOO_MANY_PROCS, -1, False
+    root = os_alloc_table(mem, alloc)
+    if root < 0:
+        return OS_OUT_OF_FRAMES, -1, False
+    ometa[O_NPROCS] = row + 1
+    pid2slot[pid] = row
+    procs[row, P_PID] = pid
+    procs[row, P_ROOT] = root
+    procs[row, P_PCID] = (row % 4095) + 1 if ometa[O_PCIDE] else 0
+    procs[row, P_ALIVE] = 1
+    procs[row, P_LOADS] = 0
+    return OS_OK, row, True
+
+
+@jit
+def os_cr3(osst, row):
+    """CR3 value of process ``row``: root table address with the PCID in bits 11:0."""
+    procs = osst[0]
+    return procs[row, P_ROOT] | procs[row, P_PCID]
+
+
+@jit
+def os_map_anon(mem, alloc, root, levels, va, counts):
+    """Map ``va`` to a fresh zero-filled 4 KiB frame, building missing tables (demand paging).
+
+    Parameters
+    ----------
+    counts : int64[2]
+        Incremented: [page-table frames allocated, data frames allocated].
+
+    Returns OS_OK, OS_OUT_OF_FRAMES, or OS_BAD_ADDRESS if a large page already maps va
+    (this model's demand paging never creates one, so that means the guest built it).
+    """
+    table = root
+    for level in range(levels, 1, -1):
+        shift = 12 + 9 * (level - 1)
+        epa = table + ((va >> shift) & 511) * 8
+        e = mem_read(mem, epa)
+        if (e & _P) == np.uint64(0):
+            nt = os_alloc_table(mem, alloc)
+            if nt < 0:
+                return OS_OUT_OF_FRAMES
+            counts[0] += 1
+            guest_store(mem, epa, np.uint64(nt) | PTE_USER_RW)
+            table = nt
+        else:
+            if level <= 3 and (e & _PS) != np.uint64(0):
+                return OS_BAD_ADDRESS
+            table = np.int64(e & _ADDR)
+    epa = table + ((va >> 12) & 511) * 8
+    e = mem_read(mem, epa)
+    if (e & _P) != np.uint64(0):
+        return OS_OK
+    pfn = alloc_frame(alloc)
+    if pfn < 0:
+        return OS_OUT_OF_FRAMES
+    counts[1] += 1
+    guest_store(mem, epa, np.uint64(pfn << 12) | PTE_USER_RW)
+    return OS_OK

@@ -1,0 +1,68 @@
+"""A set-associative LRU cache of 64-byte lines for page-walk memory references.
+
+Page walks read paging-structure entries through the data-cache hierarchy. The
+simulator does not model data caches for the program's own accesses (traces carry
+no timing), so it keeps one cache that holds only the lines that walks touched.
+Each walk reference costs ``hit`` cycles if its line is present and ``miss`` cycles
+otherwise (see :mod:`mmu.hw.cost` for the latencies and their sources).
+
+State ``ptc = (tags, stamps, meta)``:
+
+``tags``   int64[sets, ways]  line address (pa >> 6) or -1
+``stamps`` int64[sets, ways]  LRU time stamps
+``meta``   int64[4]           [clock, hits, misses, 0]
+
+A cache with zero sets (``make_line_cache(0, ...)``) always misses.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from mmu._jit import jit
+
+C_CLOCK = 0
+C_HITS = 1
+C_MISSES = 2
+
+
+def make_line_cache(lines: int, ways: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Build an empty cache of ``lines`` 64-byte lines, ``ways``-way set associative."""
+    lines = int(lines)
+    ways = max(1, int(ways))
+    if lines < 0 or (lines and lines % ways):
+        raise ValueError(f"a line cache of {lines} lines cannot be {ways}-way set associative")
+    sets = lines // ways
+    tags = np.full((sets, ways), -1, dtype=np.int64)
+    stamps = np.zeros((sets, ways), dtype=np.int64)
+    return tags, stamps, np.zeros(4, dtype=np.int64)
+
+
+@jit
+def line_access(ptc, pa):
+    """Touch the line holding ``pa``; return True on a hit. Fills on a miss (LRU victim)."""
+    tags = ptc[0]
+    stamps = ptc[1]
+    meta = ptc[2]
+    sets = tags.shape[0]
+    if sets == 0:
+        meta[C_MISSES] += 1
+        return False
+    line = pa >> 6
+    s = line % sets
+    meta[C_CLOCK] += 1
+    now = meta[C_CLOCK]
+    victim = 0
+    oldest = stamps[s, 0]
+    for w in range(tags.shape[1]):
+        if tags[s, w] == line:
+            stamps[s, w] = now
+            meta[C_HITS] += 1
+            return True
+        if stamps[s, w] < oldest:
+            oldest = stamps[s, w]
+            victim = w
+    tags[s, victim] = line
+    stamps[s, victim] = now
+    meta[C_MISSES] += 1
+    return False

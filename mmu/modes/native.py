@@ -1,0 +1,149 @@
+"""Native mode: the hardware walks the guest's own page tables.
+
+:func:`hw_translate` is the hardware translation path every mode reuses for its
+one-dimensional walks (native: guest tables; shadow: shadow tables):
+
+    TLB (L1, then L2)  ->  paging-structure caches  ->  walk the remaining levels
+
+with the SDM's rules for what a TLB hit may be used for: a hit whose cached rights
+forbid the access raises #PF from the stale entry and invalidates it (SDM 4.10.4.3:
+a "spurious" fault after rights were raised without INVLPG); a write through an
+entry whose D flag is 0 re-walks so that D is set in memory (SDM 4.8).
+
+Walk references are costed through two walk-line caches (L2-like and LLC-like).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from mmu._jit import jit
+from mmu.hw.cache import line_access
+from mmu.hw.cost import K_REF_DRAM, K_REF_L2, K_REF_LLC, K_TLB_L1, K_TLB_L2
+from mmu.hw.pwc import psc_fill, psc_lookup
+from mmu.hw.tlb import tlb_fill, tlb_invlpg, tlb_lookup
+from mmu.stats import (
+    S_CYCLES,
+    S_DIRTY_REWALKS,
+    S_REF_DRAM,
+    S_REF_L2_HITS,
+    S_REF_LLC_HITS,
+    S_TLB_CYCLES,
+    S_TLB_L1_HITS,
+    S_TLB_L2_HITS,
+    S_TLB_MISSES,
+    S_TRANSLATION_CYCLES,
+    S_TRANSLATIONS,
+    S_WALK_CYCLES,
+    S_WALK_REFS,
+    S_WALKS,
+)
+from mmu.x86.bits import ACC_FETCH, ACC_WRITE, CTL_LA57, TA_D, TA_RW, TA_US, WALK_GP, WALK_OK, WALK_PF
+from mmu.x86.walk import TR_ATTRS, TR_ENTRY_PA, TR_LEVEL, TR_NEXT, access_fault, is_canonical, walk_core
+
+# Columns of the per-run configuration array ``cfg`` (int64).
+C_CTL = 0  # CTL_* bits of the guest (CPL is or-ed in per access)
+C_PKRU = 1
+C_MAXPHYADDR = 2
+C_ASID = 3  # VPID/ASID tag for TLB entries (0 = native)
+C_EMIT = 4  # 1: record the guest-physical address of every access
+C_LEN = 8
+
+
+@jit
+def charge(stats, key, cycles):
+    """Add ``cycles`` to the total, to translation overhead, and to the bucket ``key``."""
+    stats[S_CYCLES] += cycles
+    stats[S_TRANSLATION_CYCLES] += cycles
+    stats[key] += cycles
+
+
+@jit
+def walk_ref_cost(ptc, cost, stats, pa):
+    """Cycles of one page-walk memory reference at ``pa`` (walk-line caches L2 then LLC)."""
+    if line_access(ptc[0], pa):
+        stats[S_REF_L2_HITS] += 1
+        return cost[K_REF_L2]
+    if line_access(ptc[1], pa):
+        stats[S_REF_LLC_HITS] += 1
+        return cost[K_REF_LLC]
+    stats[S_REF_DRAM] += 1
+    return cost[K_REF_DRAM]
+
+
+@jit(inline="always")
+def hw_translate(mem, tlb, psc, ptc, cost, stats, cfg, cr3, pcid, va, access, ctl, trail):
+    """Translate ``va`` as the hardware does: TLB, then PSC, then a (partial) walk.
+
+    Parameters
+    ----------
+    mem : tuple
+        Memory holding the tables the hardware walks (guest tables in native mode).
+    tlb, psc, ptc : tuple
+        TLB hierarchy, paging-structure caches, walk-line caches (mutated: fills, LRU, counters).
+    cost : int64[N_COST]
+    stats : int64[N_STATS]
+        Mutated: TLB/walk counters and cycles.
+    cfg : int64[C_LEN]
+    cr3, pcid : int
+        Root table and current PCID.
+    va : int64
+    access : int
+        ACC_READ / ACC_WRITE / ACC_FETCH.
+    ctl : int
+        CTL_* bits for this access (CPL included).
+    trail : int64[5, 4]
+        Scratch for the walk.
+
+    Returns
+    -------
+    (status, error_code, pa)
+        WALK_OK with the physical address; WALK_PF with the #PF error code; WALK_GP.
+    """
+    la57 = (ctl & CTL_LA57) != 0
+    if not is_canonical(va, la57):
+        return WALK_GP, 0, 0
+    stats[S_TRANSLATIONS] += 1
+    asid = cfg[C_ASID]
+    side = 1 if access == ACC_FETCH else 0
+    level, frame, shift, attrs = tlb_lookup(tlb, va, asid, pcid, side)
+    if level > 0:
+        if level == 1:
+            stats[S_TLB_L1_HITS] += 1
+            charge(stats, S_TLB_CYCLES, cost[K_TLB_L1])
+        else:
+            stats[S_TLB_L2_HITS] += 1
+            charge(stats, S_TLB_CYCLES, cost[K_TLB_L2])
+        code = access_fault(attrs, access, ctl, cfg[C_PKRU])
+        if code != 0:
+            # The access faults on the cached translation; the #PF invalidates it (SDM 4.10.4.1).
+            tlb_invlpg(tlb, va, asid, pcid)
+            return WALK_PF, code, 0
+        if access != ACC_WRITE or (attrs & TA_D) != 0:
+            return WALK_OK, 0, frame | (va & ((np.int64(1) << shift) - 1))
+        stats[S_DIRTY_REWALKS] += 1
+    else:
+        stats[S_TLB_MISSES] += 1
+        charge(stats, S_TLB_CYCLES, cost[K_TLB_L2])
+    maxphy = cfg[C_MAXPHYADDR]
+    next_level, table, pattrs = psc_lookup(psc, va, asid, pcid, la57)
+    if next_level < 0:
+        table = cr3 & (((np.int64(1) << maxphy) - 1) & ~np.int64(0xFFF))
+        next_level = 5 if la57 else 4
+        pattrs = TA_RW | TA_US
+    status, code, pa, shift, attrs, n = walk_core(
+        mem, table, next_level, pattrs, va, access, ctl, cfg[C_PKRU], maxphy, trail, True
+    )
+    stats[S_WALKS] += 1
+    stats[S_WALK_REFS] += n
+    cyc = 0
+    for i in range(n):
+        cyc += walk_ref_cost(ptc, cost, stats, trail[i, TR_ENTRY_PA])
+    charge(stats, S_WALK_CYCLES, cyc)
+    if status != WALK_OK:
+        tlb_invlpg(tlb, va, asid, pcid)
+        return WALK_PF, code, 0
+    tlb_fill(tlb, va, asid, pcid, side, pa & ~((np.int64(1) << shift) - 1), shift, attrs)
+    for i in range(n - 1):
+        psc_fill(psc, va, asid, pcid, la57, trail[i, TR_LEVEL], trail[i, TR_NEXT], trail[i, TR_ATTRS])
+    return WALK_OK, 0, pa

@@ -1,0 +1,157 @@
+"""One stats schema for every mode.
+
+Kernels count into one ``int64[N_STATS]`` array indexed by the ``S_*`` constants;
+:func:`stats_dict` turns it (plus the hardware structures' own counters) into the
+JSON object ``mmu replay --json`` prints. Keys present in every mode:
+
+``mode, accesses, cycles, tlb_misses, walks, walk_refs, guest_page_faults,
+vm_exits, exits, elapsed_s`` plus per-level TLB and PSC hit counts.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import numpy as np
+
+S_ACCESSES = 0  # access records replayed
+S_READS = 1
+S_WRITES = 2
+S_FETCHES = 3
+S_TRANSLATIONS = 4  # page translations (an access that crosses a page needs two)
+S_CYCLES = 5
+S_TLB_L1_HITS = 6
+S_TLB_L2_HITS = 7
+S_TLB_MISSES = 8
+S_WALKS = 9  # hardware page walks (TLB misses, plus re-walks to set D)
+S_WALK_REFS = 10  # paging-structure entries read by hardware walks
+S_REF_L2_HITS = 11
+S_REF_LLC_HITS = 12
+S_REF_DRAM = 13
+S_GUEST_PF = 14  # #PF delivered to the guest kernel
+S_GUEST_PF_NOT_PRESENT = 15
+S_GUEST_PF_PROTECTION = 16
+S_SPURIOUS_PF = 17  # #PF from a stale TLB entry; the PTE already allowed the access
+S_BAD_ACCESSES = 18  # accesses the guest kernel could not satisfy (non-canonical, kernel range)
+S_PT_FRAMES = 19  # page-table frames the guest kernel allocated
+S_DATA_FRAMES = 20  # data frames the guest kernel allocated
+S_PROCESSES = 21
+S_CR3_LOADS = 22
+S_DIRTY_REWALKS = 23  # writes through a TLB entry with D=0 (re-walk to set D)
+S_SPLIT = 24  # accesses that cross a 4 KiB boundary
+S_TRANSLATION_CYCLES = 25  # TLB, walk and fault cycles (cycles minus base work)
+S_PF_CYCLES = 26
+S_WALK_CYCLES = 27
+S_TLB_CYCLES = 28
+S_EVENTS = 29  # OS event records (switch, mmap, ...)
+S_VM_EXITS = 30
+S_EXIT_CYCLES = 31
+S_EXIT_BASE = 32  # S_EXIT_BASE + reason: exits by reason
+N_EXIT_REASONS = 16
+S_EXIT_CYCLES_BASE = S_EXIT_BASE + N_EXIT_REASONS  # cycles by exit reason
+S_MODE_BASE = S_EXIT_CYCLES_BASE + N_EXIT_REASONS  # mode-specific counters
+N_MODE_STATS = 32
+N_STATS = S_MODE_BASE + N_MODE_STATS
+
+EXIT_REASONS: dict[int, str] = {}  # filled by the modes that exit (reason index -> name)
+
+
+def new_stats() -> np.ndarray:
+    """A zeroed stats array."""
+    return np.zeros(N_STATS, dtype=np.int64)
+
+
+def _per_1000(x: int, n: int) -> float:
+    return round(1000.0 * x / n, 3) if n else 0.0
+
+
+def stats_dict(
+    mode: str,
+    stats: np.ndarray,
+    *,
+    elapsed_s: float,
+    tlb_levels: dict[str, dict[str, int]] | None = None,
+    psc_levels: dict[str, dict[str, int]] | None = None,
+    exit_names: dict[int, str] | None = None,
+    mode_stats: dict[str, int] | None = None,
+    extra: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The JSON-ready stats object of one run (the schema every mode shares)."""
+    s = [int(x) for x in stats]
+    acc = s[S_ACCESSES]
+    exits: dict[str, dict[str, int]] = {}
+    for reason, name in (exit_names or {}).items():
+        n = s[S_EXIT_BASE + reason]
+        if n:
+            exits[name] = {"count": n, "cycles": s[S_EXIT_CYCLES_BASE + reason]}
+    out: dict[str, Any] = {
+        "mode": mode,
+        "accesses": acc,
+        "reads": s[S_READS],
+        "writes": s[S_WRITES],
+        "fetches": s[S_FETCHES],
+        "translations": s[S_TRANSLATIONS],
+        "split_accesses": s[S_SPLIT],
+        "cycles": s[S_CYCLES],
+        "cycles_per_access": round(s[S_CYCLES] / acc, 4) if acc else 0.0,
+        "translation_cycles": s[S_TRANSLATION_CYCLES],
+        "cycles_breakdown": {
+            "base": s[S_CYCLES] - s[S_TRANSLATION_CYCLES],
+            "tlb": s[S_TLB_CYCLES],
+            "walk": s[S_WALK_CYCLES],
+            "guest_page_faults": s[S_PF_CYCLES],
+            "vm_exits": s[S_EXIT_CYCLES],
+        },
+        "tlb_l1_hits": s[S_TLB_L1_HITS],
+        "tlb_l2_hits": s[S_TLB_L2_HITS],
+        "tlb_misses": s[S_TLB_MISSES],
+        "tlb_misses_per_1000": _per_1000(s[S_TLB_MISSES], acc),
+        "walks": s[S_WALKS],
+        "walk_refs": s[S_WALK_REFS],
+        "refs_per_walk": round(s[S_WALK_REFS] / s[S_WALKS], 3) if s[S_WALKS] else 0.0,
+        "walk_ref_sources": {"l2": s[S_REF_L2_HITS], "llc": s[S_REF_LLC_HITS], "dram": s[S_REF_DRAM]},
+        "dirty_rewalks": s[S_DIRTY_REWALKS],
+        "guest_page_faults": s[S_GUEST_PF],
+        "guest_page_faults_not_present": s[S_GUEST_PF_NOT_PRESENT],
+        "guest_page_faults_protection": s[S_GUEST_PF_PROTECTION],
+        "spurious_page_faults": s[S_SPURIOUS_PF],
+        "bad_accesses": s[S_BAD_ACCESSES],
+        "pt_frames": s[S_PT_FRAMES],
+        "data_frames": s[S_DATA_FRAMES],
+        "processes": s[S_PROCESSES],
+        "cr3_loads": s[S_CR3_LOADS],
+        "events": s[S_EVENTS],
+        "vm_exits": s[S_VM_EXITS],
+        "vm_exits_per_1000": _per_1000(s[S_VM_EXITS], acc),
+        "exits": exits,
+        "tlb": tlb_levels or {},
+        "psc": psc_levels or {},
+        "elapsed_s": round(float(elapsed_s), 4),
+        "accesses_per_s": round(acc / elapsed_s) if elapsed_s > 0 else 0,
+    }
+    if mode_stats:
+        out["mode_stats"] = mode_stats
+    if extra:
+        out.update(extra)
+    return out
+
+
+def to_json(obj: dict[str, Any]) -> str:
+    """Stable JSON text for a stats object."""
+    return json.dumps(obj, indent=2, sort_keys=False)
+
+
+def to_csv_row(obj: dict[str, Any]) -> dict[str, Any]:
+    """Flatten a stats object into one CSV row (nested dicts joined with '.')."""
+    row: dict[str, Any] = {}
+
+    def walk(prefix: str, v: Any) -> None:
+        if isinstance(v, dict):
+            for k, x in v.items():
+                walk(f"{prefix}.{k}" if prefix else str(k), x)
+        else:
+            row[prefix] = v
+
+    walk("", obj)
+    return row
