@@ -62,6 +62,30 @@ def new_stats() -> np.ndarray:
     return np.zeros(N_STATS, dtype=np.int64)
 
 
+def derive_cycles(stats: np.ndarray, cost: np.ndarray, l1_hits: int, l2_hits: int) -> np.ndarray:
+    """Fill the derived counters of ``stats`` (a copy is returned) from event counts and ``cost``.
+
+    Kernels count events only; cycles are a linear function of the counts (docs/cost-model.md):
+    ``cycles = base*accesses + tlb + walk + guest #PF + exits``, with exits' cycles counted by
+    the kernels (their handler work varies per event).
+    """
+    from mmu.hw.cost import K_BASE, K_GUEST_PF, K_REF_DRAM, K_REF_L2, K_REF_LLC, K_TLB_L1, K_TLB_L2
+
+    s = stats.copy()
+    c = [int(x) for x in cost]
+    s[S_TLB_L1_HITS] = l1_hits
+    s[S_TLB_L2_HITS] = l2_hits
+    s[S_TRANSLATIONS] = l1_hits + l2_hits + int(s[S_TLB_MISSES])
+    s[S_TLB_CYCLES] = l1_hits * c[K_TLB_L1] + (l2_hits + int(s[S_TLB_MISSES])) * c[K_TLB_L2]
+    s[S_WALK_CYCLES] = (
+        int(s[S_REF_L2_HITS]) * c[K_REF_L2] + int(s[S_REF_LLC_HITS]) * c[K_REF_LLC] + int(s[S_REF_DRAM]) * c[K_REF_DRAM]
+    )
+    s[S_PF_CYCLES] = int(s[S_GUEST_PF]) * c[K_GUEST_PF]
+    s[S_TRANSLATION_CYCLES] = int(s[S_TLB_CYCLES] + s[S_WALK_CYCLES] + s[S_PF_CYCLES] + s[S_EXIT_CYCLES])
+    s[S_CYCLES] = int(s[S_ACCESSES]) * c[K_BASE] + int(s[S_TRANSLATION_CYCLES])
+    return s
+
+
 def _per_1000(x: int, n: int) -> float:
     return round(1000.0 * x / n, 3) if n else 0.0
 

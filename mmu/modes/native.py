@@ -10,7 +10,8 @@ forbid the access raises #PF from the stale entry and invalidates it (SDM 4.10.4
 a "spurious" fault after rights were raised without INVLPG); a write through an
 entry whose D flag is 0 re-walks so that D is set in memory (SDM 4.8).
 
-Walk references are costed through two walk-line caches (L2-like and LLC-like).
+Walk references are classified by two walk-line caches (L2-like and LLC-like); the
+cost model turns the counts into cycles after the run (:func:`mmu.stats.derive_cycles`).
 """
 
 from __future__ import annotations
@@ -19,22 +20,14 @@ import numpy as np
 
 from mmu._jit import jit
 from mmu.hw.cache import line_access
-from mmu.hw.cost import K_REF_DRAM, K_REF_L2, K_REF_LLC, K_TLB_L1, K_TLB_L2
 from mmu.hw.pwc import psc_fill, psc_lookup
 from mmu.hw.tlb import tlb_fill, tlb_invlpg, tlb_lookup
 from mmu.stats import (
-    S_CYCLES,
     S_DIRTY_REWALKS,
     S_REF_DRAM,
     S_REF_L2_HITS,
     S_REF_LLC_HITS,
-    S_TLB_CYCLES,
-    S_TLB_L1_HITS,
-    S_TLB_L2_HITS,
     S_TLB_MISSES,
-    S_TRANSLATION_CYCLES,
-    S_TRANSLATIONS,
-    S_WALK_CYCLES,
     S_WALK_REFS,
     S_WALKS,
 )
@@ -51,28 +44,18 @@ C_LEN = 8
 
 
 @jit
-def charge(stats, key, cycles):
-    """Add ``cycles`` to the total, to translation overhead, and to the bucket ``key``."""
-    stats[S_CYCLES] += cycles
-    stats[S_TRANSLATION_CYCLES] += cycles
-    stats[key] += cycles
-
-
-@jit
-def walk_ref_cost(ptc, cost, stats, pa):
-    """Cycles of one page-walk memory reference at ``pa`` (walk-line caches L2 then LLC)."""
+def count_walk_ref(ptc, stats, pa):
+    """Classify one page-walk reference at ``pa`` by where its line is (walk-line caches L2, LLC)."""
     if line_access(ptc[0], pa):
         stats[S_REF_L2_HITS] += 1
-        return cost[K_REF_L2]
-    if line_access(ptc[1], pa):
+    elif line_access(ptc[1], pa):
         stats[S_REF_LLC_HITS] += 1
-        return cost[K_REF_LLC]
-    stats[S_REF_DRAM] += 1
-    return cost[K_REF_DRAM]
+    else:
+        stats[S_REF_DRAM] += 1
 
 
 @jit(inline="always")
-def hw_translate(mem, tlb, psc, ptc, cost, stats, cfg, cr3, pcid, va, access, ctl, trail):
+def hw_translate(mem, tlb, psc, ptc, stats, cfg, cr3, pcid, va, access, ctl, trail):
     """Translate ``va`` as the hardware does: TLB, then PSC, then a (partial) walk.
 
     Parameters
@@ -81,9 +64,9 @@ def hw_translate(mem, tlb, psc, ptc, cost, stats, cfg, cr3, pcid, va, access, ct
         Memory holding the tables the hardware walks (guest tables in native mode).
     tlb, psc, ptc : tuple
         TLB hierarchy, paging-structure caches, walk-line caches (mutated: fills, LRU, counters).
-    cost : int64[N_COST]
     stats : int64[N_STATS]
-        Mutated: TLB/walk counters and cycles.
+        Mutated: TLB-miss, walk and walk-reference counters (TLB hits are counted by the
+        TLB structures themselves; cycles are derived from the counts afterwards).
     cfg : int64[C_LEN]
     cr3, pcid : int
         Root table and current PCID.
@@ -103,17 +86,10 @@ def hw_translate(mem, tlb, psc, ptc, cost, stats, cfg, cr3, pcid, va, access, ct
     la57 = (ctl & CTL_LA57) != 0
     if not is_canonical(va, la57):
         return WALK_GP, 0, 0
-    stats[S_TRANSLATIONS] += 1
     asid = cfg[C_ASID]
     side = 1 if access == ACC_FETCH else 0
     level, frame, shift, attrs = tlb_lookup(tlb, va, asid, pcid, side)
     if level > 0:
-        if level == 1:
-            stats[S_TLB_L1_HITS] += 1
-            charge(stats, S_TLB_CYCLES, cost[K_TLB_L1])
-        else:
-            stats[S_TLB_L2_HITS] += 1
-            charge(stats, S_TLB_CYCLES, cost[K_TLB_L2])
         code = access_fault(attrs, access, ctl, cfg[C_PKRU])
         if code != 0:
             # The access faults on the cached translation; the #PF invalidates it (SDM 4.10.4.1).
@@ -124,7 +100,6 @@ def hw_translate(mem, tlb, psc, ptc, cost, stats, cfg, cr3, pcid, va, access, ct
         stats[S_DIRTY_REWALKS] += 1
     else:
         stats[S_TLB_MISSES] += 1
-        charge(stats, S_TLB_CYCLES, cost[K_TLB_L2])
     maxphy = cfg[C_MAXPHYADDR]
     next_level, table, pattrs = psc_lookup(psc, va, asid, pcid, la57)
     if next_level < 0:
@@ -136,10 +111,8 @@ def hw_translate(mem, tlb, psc, ptc, cost, stats, cfg, cr3, pcid, va, access, ct
     )
     stats[S_WALKS] += 1
     stats[S_WALK_REFS] += n
-    cyc = 0
     for i in range(n):
-        cyc += walk_ref_cost(ptc, cost, stats, trail[i, TR_ENTRY_PA])
-    charge(stats, S_WALK_CYCLES, cyc)
+        count_walk_ref(ptc, stats, trail[i, TR_ENTRY_PA])
     if status != WALK_OK:
         tlb_invlpg(tlb, va, asid, pcid)
         return WALK_PF, code, 0

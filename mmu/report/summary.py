@@ -26,8 +26,8 @@ def summary_renderable(s: dict[str, Any]) -> Group:
     head = Table(box=box.SIMPLE_HEAVY, show_header=False, title=f"mmu replay — mode [bold]{s['mode']}[/]")
     head.add_column("what", style="bold")
     head.add_column("value", justify="right")
-    head.add_column("note", style="dim")
-    head.add_row("trace", str(s.get("trace", "-")), f"cpu preset {s.get('cpu', '-')}")
+    head.add_column("note", style="dim", overflow="fold")
+    head.add_row("trace", Text(str(s.get("trace", "-")), overflow="fold"), f"cpu preset {s.get('cpu', '-')}")
     head.add_row(
         "accesses",
         _fmt(acc),
@@ -67,7 +67,12 @@ def summary_renderable(s: dict[str, Any]) -> Group:
             _fmt(s["bad_accesses"]),
             "non-canonical or kernel-half addresses the guest could not map",
         )
-    head.add_row("elapsed", f"{s['elapsed_s']:.3f} s", f"{_fmt(s['accesses_per_s'])} accesses/s simulated")
+    head.add_row(
+        "elapsed",
+        f"{s['elapsed_s']:.3f} s",
+        f"{_fmt(s['accesses_per_s'])} accesses/s simulated"
+        + (f"; kernels compiled in {s['compile_s']:.1f} s" if s.get("compile_s", 0) > 0.5 else ""),
+    )
 
     parts: list[Any] = [head]
     if s.get("tlb"):

@@ -269,9 +269,7 @@ def walk_va(mem, cr3, va, access, ctl, pkru, maxphyaddr, trail):
     if not is_canonical(va, la57):
         return WALK_GP, 0, 0, 0, 0, 0
     root = cr3 & (((np.int64(1) << maxphyaddr) - 1) & ~np.int64(0xFFF))
-    return walk_core(
-        mem, root, 5 if la57 else 4, TA_RW | TA_US, va, access, ctl, pkru, maxphyaddr, trail, True
-    )
+    return walk_core(mem, root, 5 if la57 else 4, TA_RW | TA_US, va, access, ctl, pkru, maxphyaddr, trail, True)
 
 
 _ACCESS = {"r": ACC_READ, "w": ACC_WRITE, "x": ACC_FETCH}
@@ -408,3 +406,19 @@ def walk(
     if status == WALK_PF:
         return WalkResult("pf", int(code), None, 0, refs, levels, int(attrs))
     return WalkResult(None, 0, int(pa), 1 << int(shift), refs, levels, int(attrs))
+
+
+@jit
+def walk_many(mem, cr3, vas, access, ctl, pkru, maxphyaddr, trail, out_pa, out_status):
+    """:func:`walk_va` over ``vas`` (int64[n]) in one call: no caches, every walk cold.
+
+    Writes the physical address (or -1) to ``out_pa`` and the status to ``out_status``;
+    returns the total number of entries read. Sets A/D bits like :func:`walk_va`.
+    """
+    refs = 0
+    for i in range(vas.shape[0]):
+        status, code, pa, shift, attrs, n = walk_va(mem, cr3, vas[i], access, ctl, pkru, maxphyaddr, trail)
+        refs += n
+        out_status[i] = status
+        out_pa[i] = pa if status == WALK_OK else -1
+    return refs

@@ -1,0 +1,5 @@
+"""python -m mmu"""
+
+from mmu.cli import main
+
+main()
