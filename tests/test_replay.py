@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 
 from mmu.engine import Machine, MachineConfig, replay
 from mmu.errors import MMUInputError
+from mmu.hw.cost import K_L2_LINES, K_L2_WAYS, K_LLC_LINES, K_LLC_WAYS
 from mmu.hw.presets import get_preset
 from mmu.memory import mem_read
 from mmu.trace.format import RECORD_DTYPE, TraceReader, write_trace
@@ -32,11 +33,9 @@ def _engine(records: np.ndarray, cpu: str = "skylake", chunk: int | None = None)
 
 
 def _reference(records: np.ndarray, cpu: str = "skylake") -> RefNativeReplay:
-    preset = get_preset(cpu)
-    cost_geom = {"skylake": ((1024, 4), (16384, 16)), "zen2": ((2048, 8), (16384, 16))}.get(
-        cpu, ((1024, 4), (16384, 16))
-    )
-    ref = RefNativeReplay(preset, l2=cost_geom[0], llc=cost_geom[1])
+    c = Machine(MachineConfig(cpu=cpu)).cost
+    l2, llc = (int(c[K_L2_LINES]), int(c[K_L2_WAYS])), (int(c[K_LLC_LINES]), int(c[K_LLC_WAYS]))
+    ref = RefNativeReplay(get_preset(cpu), l2=l2, llc=llc)
     ref.run(records)
     return ref
 
@@ -67,7 +66,8 @@ def _compare(records: np.ndarray, cpu: str = "skylake") -> None:
         "processes": s["processes"],
     }
     assert got == c
-    assert [list(map(int, row)) for row in m.tlb[-2]] == [[h, mi] for h, mi in zip(ref.tlb.hits, ref.tlb.misses)]
+    ref_tlb = [[h, mi] for h, mi in zip(ref.tlb.hits, ref.tlb.misses, strict=True)]
+    assert [list(map(int, row)) for row in m.tlb[-2]] == ref_tlb
     assert [list(map(int, row)) for row in m.psc[-2]] == ref.psc.stats()
     assert out.tolist() == ref.emitted
     # the guest page tables, including A/D bits, word for word
