@@ -170,26 +170,37 @@ def presets_cmd() -> None:
 
 @app.command("cache")
 def cache_cmd(
-    action: str = typer.Argument(..., help="'clear' removes numba's compiled kernels for mmu."),
+    action: str = typer.Argument(..., help="'clear' removes numba's compiled kernels of mmu; 'path' prints where."),
 ) -> None:
     """Manage numba's on-disk cache of compiled kernels."""
     import shutil
 
+    from mmu._jit import cache_dir
+
+    where = cache_dir()
+    if action == "path":
+        typer.echo(str(where))
+        return
     if action != "clear":
-        fail(f"unknown cache action {action!r}; use 'clear'")
-    root = os.environ.get("NUMBA_CACHE_DIR")
-    pkg = Path(__file__).resolve().parent
+        fail(f"unknown cache action {action!r}; use 'clear' or 'path'")
     removed = 0
-    if root:
-        if Path(root).exists():
-            shutil.rmtree(root)
-            removed += 1
+    if os.environ.get("NUMBA_CACHE_DIR"):
+        # A user-chosen cache may hold other projects' kernels: remove only the folders numba
+        # made for mmu's source folders (named "<folder>_<sha1 of its absolute path>").
+        import hashlib
+
+        pkg = Path(__file__).resolve().parent
+        for folder in [pkg, *(d for d in pkg.rglob("*") if d.is_dir())]:
+            sub = where / f"{folder.name}_{hashlib.sha1(str(folder).encode()).hexdigest()}"
+            if sub.is_dir():
+                removed += sum(1 for _ in sub.glob("*.nb[ic]"))
+                shutil.rmtree(sub)
     else:
-        for d in pkg.rglob("__pycache__"):
-            for f in list(d.glob("*.nbi")) + list(d.glob("*.nbc")):
-                f.unlink()
-                removed += 1
-    typer.echo(f"removed {removed} cache entries")
+        root = where.parent  # .../mmu/numba: every digest's folder
+        if root.exists():
+            removed = sum(1 for _ in root.rglob("*.nb[ic]"))
+            shutil.rmtree(root)
+    typer.echo(f"removed {removed} cached kernel files")
 
 
 from mmu.trace.cli import register  # noqa: E402

@@ -1,0 +1,121 @@
+"""CLI: `mmu replay`, `mmu demo`, `mmu presets`, `mmu cache` -- output schema and clean failures."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from mmu.cli import app
+from mmu.trace.format import RECORD_DTYPE, TraceReader, write_trace
+
+TRACES = Path(__file__).resolve().parent.parent / "traces"
+runner = CliRunner()
+
+REQUIRED = {
+    "mode", "accesses", "cycles", "tlb_misses", "walks", "walk_refs", "guest_page_faults", "vm_exits", "exits",
+    "elapsed_s", "tlb", "psc",
+}  # fmt: skip
+
+
+def run(*args):
+    return runner.invoke(app, [str(a) for a in args])
+
+
+def assert_clean_failure(result, *fragments):
+    assert result.exit_code == 2, result.output
+    err = result.stderr
+    assert err.startswith("mmu: error: ") and err.count("\n") == 1, err
+    assert "Traceback" not in result.output
+    for f in fragments:
+        assert f in err, err
+
+
+def test_replay_json_schema():
+    r = run("replay", TRACES / "gzip.trace", "--json")
+    assert r.exit_code == 0, r.output
+    s = json.loads(r.stdout)
+    assert REQUIRED <= set(s)
+    assert s["mode"] == "native" and s["exits"] == {} and s["vm_exits"] == 0
+    assert s["accesses"] == TraceReader(TRACES / "gzip.trace").count_accesses()
+    assert set(s["tlb"]) >= {"L1 DTLB 4K", "STLB 4K+2M"}
+    assert all({"hits", "misses"} == set(v) for v in s["tlb"].values())
+    assert s["cycles"] == sum(s["cycles_breakdown"].values())
+
+
+def test_replay_summary_and_cost_override():
+    r = run("replay", TRACES / "ls-usr.trace", "--cost", "guest_pf=0", "--cost", "ref_dram=100")
+    assert r.exit_code == 0, r.output
+    assert "mmu replay" in r.stdout and "TLB structures" in r.stdout
+    a = json.loads(run("replay", TRACES / "ls-usr.trace", "--json").stdout)
+    b = json.loads(run("replay", TRACES / "ls-usr.trace", "--json", "--cost", "guest_pf=0").stdout)
+    assert a["guest_page_faults"] == b["guest_page_faults"] > 0
+    assert a["cycles"] - b["cycles"] == a["guest_page_faults"] * 3200
+
+
+def test_replay_emit(tmp_path):
+    out = tmp_path / "gpa.npy"
+    r = run("replay", TRACES / "ls-usr.trace", "--quiet", "--emit-translations", out)
+    assert r.exit_code == 0 and r.stdout == ""
+    gpa = np.load(out, allow_pickle=False)
+    assert len(gpa) == TraceReader(TRACES / "ls-usr.trace").count_accesses()
+    assert (gpa != np.uint64(2**64 - 1)).all()
+
+
+def test_demo_json():
+    r = run("demo", "--json")
+    assert r.exit_code == 0, r.output
+    assert REQUIRED <= set(json.loads(r.stdout))
+
+
+@pytest.mark.parametrize(
+    "args, fragments",
+    [
+        (["replay", "/nonexistent/x.trace"], ["/nonexistent/x.trace"]),
+        (["replay", TRACES / "gzip.trace", "--mode", "warp"], ["unknown mode 'warp'"]),
+        (["replay", TRACES / "gzip.trace", "--cpu", "pentium"], ["unknown CPU preset"]),
+        (["replay", TRACES / "gzip.trace", "--cost", "bogus=3"], ["unknown cost parameter 'bogus'"]),
+        (["replay", TRACES / "gzip.trace", "--cost", "exit=fast"], ["NAME=CYCLES"]),
+        (["replay", TRACES / "gzip.trace", "--chunk-size", "0"], ["--chunk-size"]),
+        (["cache", "explode"], ["unknown cache action"]),
+    ],
+)
+def test_bad_arguments(args, fragments):
+    assert_clean_failure(run(*args), *fragments)
+
+
+def test_bad_trace_files(tmp_path):
+    junk = tmp_path / "junk.trace"
+    junk.write_bytes(np.random.default_rng(0).bytes(1000))
+    assert_clean_failure(run("replay", junk), str(junk))
+    good = TRACES / "gzip.trace"
+    cut = tmp_path / "cut.trace"
+    cut.write_bytes(good.read_bytes()[:-5])
+    assert_clean_failure(run("replay", cut), str(cut))
+
+
+def test_unsupported_event_leaves_no_output(tmp_path):
+    r = np.zeros(2, dtype=RECORD_DTYPE)
+    r["addr"] = 0x1000
+    r["arg"] = [8, 4]
+    r["pid"] = 1
+    r["op"] = [0, 17]
+    path = tmp_path / "mmap.trace"
+    write_trace(path, r, {"source": "test"})
+    out = tmp_path / "gpa.npy"
+    assert_clean_failure(run("replay", path, "--emit-translations", out), "record 1", "mmap")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mmap.trace"]
+
+
+def test_presets_lists_sources():
+    r = run("presets")
+    assert r.exit_code == 0
+    assert "guest_pf" in r.stdout and "3200" in r.stdout
+
+
+def test_cache_path():
+    r = run("cache", "path")
+    assert r.exit_code == 0 and r.stdout.strip()
