@@ -1,0 +1,690 @@
+"""TLB hierarchy kernels: lookups, fills with page-size smashing, SDM invalidations.
+
+One set of kernels serves any hierarchy: the structures of a preset (L1/L2, data /
+instruction / unified, any mix of 4K/2M/1G, any entries and ways, true LRU) are described by
+a ``geom`` table and their entries live in flat arrays.
+
+Semantics
+---------
+* Entries are tagged by ``(asid, pcid)``: ``asid`` is the 16-bit VPID/ASID the caller
+  supplies (0 for native), ``pcid`` 12 bits. An entry whose attrs hold ``TA_G`` matches any
+  PCID of its asid (SDM 4.10.2.4); it stays *associated* with the PCID it was filled under,
+  which matters only to flushes that name a PCID and do not keep globals.
+* Groups: the level-``L`` group of side ``s`` is the level-``L`` structures whose side is
+  ``s`` or unified. Within a group no two structures hold the same page size
+  (:func:`make_tlb` checks), so every page size has at most one home.
+* Lookup (:func:`tlb_lookup`): the L1 group is probed 4K first, then 2M, then 1G; on a miss
+  the L2 group likewise. The first hit wins and becomes most recently used. On an L2 hit the
+  translation is re-installed in the L1 group of that side (promotion) at its *original*
+  page size (Zen 2: "1-Gbyte pages are smashed into 2-Mbyte entries but installed as
+  1-Gbyte entries when reloaded into the L1 TLB", WikiChip Zen 2), smashing again if L1
+  cannot hold that size.
+* Fill (:func:`tlb_fill`): into the L1 group and the L2 group of the side. A group that
+  lacks the page size stores the largest smaller size it holds, the sub-page containing
+  ``va`` ("smashing", SDM 4.10.2.3 allows TLB entries for smaller pages); a group that holds
+  no size <= the page size is skipped. An existing entry with the same asid, VPN and size
+  whose PCID is equal, or that is global, or that the new global entry would shadow, is
+  overwritten in place (duplicates beyond the first are dropped), so a lookup never matches
+  two entries of one structure and size. Otherwise the first invalid way of the set is used,
+  else the least recently used way.
+* Each entry remembers the page size of the translation it came from (``orig``), so
+  INVLPG / INVPCID type 0 remove *all* smashed pieces of a large page: "If the paging
+  structures map the linear address using a page larger than 4 KBytes and there are
+  multiple TLB entries for that page, the instruction invalidates all of them" (SDM,
+  INVLPG / INVPCID footnote).
+* Counters: per lookup, the structure that hits counts a hit; if a probed level misses
+  entirely, every structure of that group counts a miss. L2 is probed only on an L1 miss.
+
+State
+-----
+``tlb = (geom, plan, route, tag, ctx, frame, attrs, stamp, orig, stats, clock)``, built by
+:func:`make_tlb`; all arrays int64, mutated in place by the kernels.
+
+``geom``  int64[nstruct, G_LEN]
+    Per structure: ``G_LEVEL`` (1, 2), ``G_SIDE`` (0 data, 1 instr, 2 unified), ``G_SIZES``
+    (mask: 1 = 4K, 2 = 2M, 4 = 1G), ``G_ENTRIES``, ``G_WAYS``, ``G_NSETS``, ``G_MASK``
+    (nsets - 1 if a power of two, else -1: the set index is ``vpn % nsets`` either way),
+    ``G_BASE`` (first slot in the flat arrays; set ``k`` starts at ``base + k * ways``),
+    ``G_SMASH`` (1 if fills may store pieces of larger pages here).
+``plan``  int64[2, 2, 8]
+    ``plan[side, level-1]``: ``[0]`` = number of probes, ``[1:4]`` = probes in lookup order as
+    ``structure << 2 | size_index``; ``[4]`` = number of structures in the group, ``[5:8]``
+    their indices (for miss counting).
+``route`` int64[2, 2, 3, 2]
+    ``route[side, level-1, size_index]`` = (structure, stored size index) a fill of that page
+    size goes to, or (-1, -1) when the group holds no size <= it.
+``tag``   int64[total]
+    ``vpn << 2 | size_index`` with ``vpn = (va mod 2**57) >> (12 + 9 * size_index)``;
+    -1 marks an invalid entry.
+``ctx``   int64[total]
+    ``asid << 12 | pcid``.
+``frame`` int64[total]
+    Physical base of the stored (possibly smashed) page.
+``attrs`` int64[total]
+    ``TA_*`` bits given at fill time (``TA_G`` = global).
+``stamp`` int64[total]
+    LRU stamp: clock value at the last fill or hit (smallest valid = LRU victim).
+``orig``  int64[total]
+    Page shift (12/21/30) of the translation the entry came from (> stored shift if smashed).
+``stats`` int64[nstruct, 2]
+    ``[s, 0]`` hits, ``[s, 1]`` misses.
+``clock`` int64[1]
+    LRU clock.
+
+Kernels never raise; they return codes. Addresses are int64 (a high-half canonical address
+is a negative int64; only bits 56:0 take part in tags).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import numpy as np
+
+from mmu._jit import jit
+from mmu.errors import MMUInputError
+from mmu.hw.presets import SIDE_NAMES, SIDE_UNIFIED, CPUPreset, TLBStructure, sizes_str
+from mmu.hw.pwc import psc_flush_asid, psc_invalidate_pcid
+from mmu.x86.bits import TA_G
+
+# geom columns
+G_LEVEL = 0
+G_SIDE = 1
+G_SIZES = 2
+G_ENTRIES = 3
+G_WAYS = 4
+G_NSETS = 5
+G_MASK = 6
+G_BASE = 7
+G_SMASH = 8
+G_LEN = 10
+
+# plan layout
+P_NPROBE = 0
+P_PROBES = 1
+P_NSTRUCT = 4
+P_STRUCTS = 5
+P_LEN = 8
+
+# tuple positions, for Python code that reads the state
+T_GEOM, T_PLAN, T_ROUTE, T_TAG, T_CTX, T_FRAME, T_ATTRS, T_STAMP, T_ORIG, T_STATS, T_CLOCK = range(11)
+
+# lookup result levels
+TLB_MISS = 0
+TLB_L1 = 1
+TLB_L2 = 2
+
+# invpcid / hw_* return codes
+HW_OK = 0
+HW_NOP = 1  # e.g. INVLPG of a non-canonical address
+HW_GP = 2  # the instruction faults with #GP(0); nothing was invalidated
+
+VA_MASK = (1 << 57) - 1
+_MAXSTAMP = 0x7FFFFFFFFFFFFFFF
+
+
+def make_tlb(spec: CPUPreset | Iterable[TLBStructure]) -> tuple:
+    """Allocate an empty TLB hierarchy.
+
+    Parameters
+    ----------
+    spec : CPUPreset or iterable of TLBStructure
+        The structures (index = position, which also indexes ``stats``).
+
+    Returns
+    -------
+    tuple
+        ``(geom, plan, route, tag, ctx, frame, attrs, stamp, orig, stats, clock)``, all int64,
+        see the module docstring.
+
+    Raises
+    ------
+    MMUInputError
+        If two structures of one group (level, side) hold the same page size, or there are no
+        structures.
+    """
+    structs = tuple(spec.tlbs) if isinstance(spec, CPUPreset) else tuple(spec)
+    if not structs:
+        raise MMUInputError("a TLB hierarchy needs at least one structure")
+    for st in structs:
+        if not isinstance(st, TLBStructure):
+            raise MMUInputError(f"expected TLBStructure, got {type(st).__name__}")
+    n = len(structs)
+    geom = np.zeros((n, G_LEN), dtype=np.int64)
+    base = 0
+    for s, st in enumerate(structs):
+        nsets = st.entries // st.ways
+        geom[s, G_LEVEL] = st.level
+        geom[s, G_SIDE] = st.side
+        geom[s, G_SIZES] = st.sizes
+        geom[s, G_ENTRIES] = st.entries
+        geom[s, G_WAYS] = st.ways
+        geom[s, G_NSETS] = nsets
+        geom[s, G_MASK] = nsets - 1 if nsets & (nsets - 1) == 0 else -1
+        geom[s, G_BASE] = base
+        base += st.entries
+
+    plan = np.zeros((2, 2, P_LEN), dtype=np.int64)
+    route = np.full((2, 2, 3, 2), -1, dtype=np.int64)
+    for side in (0, 1):
+        for lv in (1, 2):
+            group = [s for s, st in enumerate(structs) if st.level == lv and st.side in (side, SIDE_UNIFIED)]
+            home: dict[int, int] = {}
+            for s in group:
+                for k in range(3):
+                    if structs[s].sizes >> k & 1:
+                        if k in home:
+                            raise MMUInputError(
+                                f"'{structs[home[k]].name}' and '{structs[s].name}' both hold "
+                                f"{sizes_str(1 << k)} pages for level-{lv} {SIDE_NAMES[side]} lookups"
+                            )
+                        home[k] = s
+            probes = [(home[k] << 2) | k for k in range(3) if k in home]
+            plan[side, lv - 1, P_NPROBE] = len(probes)
+            plan[side, lv - 1, P_PROBES : P_PROBES + len(probes)] = probes
+            plan[side, lv - 1, P_NSTRUCT] = len(group)
+            plan[side, lv - 1, P_STRUCTS : P_STRUCTS + len(group)] = group
+            for k in range(3):
+                fits = [q for q in range(k + 1) if q in home]
+                if fits:
+                    q = max(fits)
+                    route[side, lv - 1, k] = (home[q], q)
+                    if q != k:
+                        geom[home[q], G_SMASH] = 1
+
+    tag = np.full(base, -1, dtype=np.int64)
+    ctx = np.zeros(base, dtype=np.int64)
+    frame = np.zeros(base, dtype=np.int64)
+    attrs = np.zeros(base, dtype=np.int64)
+    stamp = np.zeros(base, dtype=np.int64)
+    orig = np.zeros(base, dtype=np.int64)
+    stats = np.zeros((n, 2), dtype=np.int64)
+    clock = np.zeros(1, dtype=np.int64)
+    return (geom, plan, route, tag, ctx, frame, attrs, stamp, orig, stats, clock)
+
+
+# --- kernels ------------------------------------------------------------------------------------
+
+
+@jit
+def _set_base(geom, s, vpn):
+    m = geom[s, G_MASK]
+    if m >= 0:
+        k = vpn & m
+    else:
+        k = vpn % geom[s, G_NSETS]
+    return geom[s, G_BASE] + k * geom[s, G_WAYS]
+
+
+@jit
+def _insert(tlb, s, q, v, ck, frame_pa, attr, orig_shift):
+    """Store page-size-index ``q`` entry for masked address ``v`` in structure ``s``."""
+    geom, plan, route, tag, ctx, frame, attrs, stamp, orig, stats, clock = tlb
+    key = ((v >> (12 + 9 * q)) << 2) | q
+    base = _set_base(geom, s, v >> (12 + 9 * q))
+    asid = ck >> 12
+    g = (attr & TA_G) != 0
+    target = -1
+    free = -1
+    lru = -1
+    lru_stamp = _MAXSTAMP
+    for i in range(base, base + geom[s, G_WAYS]):
+        t = tag[i]
+        if t == -1:
+            if free < 0:
+                free = i
+            continue
+        if t == key:
+            c = ctx[i]
+            if (c >> 12) == asid and (c == ck or g or (attrs[i] & TA_G) != 0):
+                if target < 0:
+                    target = i
+                else:
+                    tag[i] = -1
+                continue
+        if stamp[i] < lru_stamp:
+            lru_stamp = stamp[i]
+            lru = i
+    if target < 0:
+        target = free if free >= 0 else lru
+    now = clock[0] + 1
+    clock[0] = now
+    tag[target] = key
+    ctx[target] = ck
+    frame[target] = frame_pa
+    attrs[target] = attr
+    stamp[target] = now
+    orig[target] = orig_shift
+
+
+@jit
+def _fill_group(tlb, side, lv, v, ck, frame_pa, k, attr):
+    """Fill the level-``lv`` (0-based) group of ``side`` with a page of size index ``k``."""
+    route = tlb[2]
+    s = route[side, lv, k, 0]
+    if s < 0:
+        return
+    q = route[side, lv, k, 1]
+    ps = 12 + 9 * k
+    qs = 12 + 9 * q
+    pmask = (np.int64(1) << ps) - 1
+    sub = (frame_pa & ~pmask) + (v & pmask & ~((np.int64(1) << qs) - 1))
+    _insert(tlb, s, q, v, ck, sub, attr, ps)
+
+
+@jit(inline="always")
+def tlb_lookup(tlb, va, asid, pcid, side):
+    """Translate ``va`` through the TLB hierarchy (the hot path; mutates LRU and counters).
+
+    Parameters
+    ----------
+    tlb : tuple
+        TLB state from :func:`make_tlb`.
+    va : int64
+        Linear address.
+    asid : int64
+        16-bit VPID/ASID (0 native).
+    pcid : int64
+        12-bit PCID (0 when CR4.PCIDE = 0).
+    side : int64
+        0 = data access, 1 = instruction fetch.
+
+    Returns
+    -------
+    (level, frame_pa, page_shift, attrs) : tuple of int64
+        ``level`` 0 = miss (other fields 0), 1 = L1 hit, 2 = L2 hit (the L1 group of the side
+        was filled from the entry). ``frame_pa`` is the physical base of the entry's page
+        (``pa = frame_pa + (va & ((1 << page_shift) - 1))``), ``page_shift`` 12/21/30 is the
+        stored (possibly smashed) size, ``attrs`` the ``TA_*`` bits stored at fill time.
+    """
+    geom, plan, route, tag, ctx, frame, attrs, stamp, orig, stats, clock = tlb
+    v = np.int64(va) & VA_MASK
+    a = asid & 0xFFFF
+    ck = (a << 12) | (pcid & 0xFFF)
+    for lv in range(2):
+        for j in range(P_PROBES, P_PROBES + plan[side, lv, P_NPROBE]):
+            p = plan[side, lv, j]
+            s = p >> 2
+            q = p & 3
+            shift = 12 + 9 * q
+            vpn = v >> shift
+            key = (vpn << 2) | q
+            base = _set_base(geom, s, vpn)
+            for i in range(base, base + geom[s, G_WAYS]):
+                if tag[i] == key:
+                    c = ctx[i]
+                    if c == ck or ((attrs[i] & TA_G) != 0 and (c >> 12) == a):
+                        now = clock[0] + 1
+                        clock[0] = now
+                        stamp[i] = now
+                        stats[s, 0] += 1
+                        fr = frame[i]
+                        at = attrs[i]
+                        if lv == 1:
+                            # promotion: re-install the original translation in L1
+                            os = orig[i]
+                            ofr = fr - ((vpn << shift) & ((np.int64(1) << os) - 1))
+                            _fill_group(tlb, side, 0, v, c, ofr, (os - 12) // 9, at)
+                        return lv + 1, fr, shift, at
+        for j in range(P_STRUCTS, P_STRUCTS + plan[side, lv, P_NSTRUCT]):
+            stats[plan[side, lv, j], 1] += 1
+    return np.int64(0), np.int64(0), np.int64(0), np.int64(0)
+
+
+@jit
+def tlb_fill(tlb, va, asid, pcid, side, frame_pa, page_shift, attrs):
+    """Insert the translation of ``va`` into the L1 and L2 groups of ``side`` (mutates ``tlb``).
+
+    Parameters
+    ----------
+    tlb : tuple
+        TLB state from :func:`make_tlb`.
+    va : int64
+        Linear address the walk translated.
+    asid, pcid : int64
+        Context tags.
+    side : int64
+        0 = data, 1 = instruction.
+    frame_pa : int64
+        Physical base of the page (low ``page_shift`` bits are ignored).
+    page_shift : int64
+        12, 21 or 30.
+    attrs : int64
+        ``TA_*`` bits; ``TA_G`` makes the entry global.
+
+    Returns
+    -------
+    int64
+        0, or -1 if ``page_shift`` is not 12/21/30 (nothing stored).
+    """
+    if page_shift == 12:
+        k = 0
+    elif page_shift == 21:
+        k = 1
+    elif page_shift == 30:
+        k = 2
+    else:
+        return np.int64(-1)
+    v = np.int64(va) & VA_MASK
+    ck = ((asid & 0xFFFF) << 12) | (pcid & 0xFFF)
+    fp = np.int64(frame_pa)
+    at = np.int64(attrs)
+    _fill_group(tlb, side, 0, v, ck, fp, k, at)
+    _fill_group(tlb, side, 1, v, ck, fp, k, at)
+    return np.int64(0)
+
+
+@jit
+def _inv_addr(tlb, va, asid, pcid, with_global):
+    """Remove entries of ``asid`` whose original page contains ``va``.
+
+    ``with_global``: entries of ``pcid`` plus global entries of any PCID (INVLPG);
+    otherwise non-global entries of ``pcid`` only (INVPCID type 0).
+    """
+    geom, plan, route, tag, ctx, frame, attrs, stamp, orig, stats, clock = tlb
+    v = np.int64(va) & VA_MASK
+    a = asid & 0xFFFF
+    ck = (a << 12) | (pcid & 0xFFF)
+    n = 0
+    for s in range(geom.shape[0]):
+        base = geom[s, G_BASE]
+        if geom[s, G_SMASH] != 0:
+            for i in range(base, base + geom[s, G_ENTRIES]):
+                t = tag[i]
+                if t == -1:
+                    continue
+                c = ctx[i]
+                if (c >> 12) != a:
+                    continue
+                g = (attrs[i] & TA_G) != 0
+                if with_global:
+                    if c != ck and not g:
+                        continue
+                elif c != ck or g:
+                    continue
+                os = orig[i]
+                if (((t >> 2) << (12 + 9 * (t & 3))) >> os) == (v >> os):
+                    tag[i] = -1
+                    n += 1
+        else:
+            for q in range(3):
+                if (geom[s, G_SIZES] >> q) & 1 == 0:
+                    continue
+                vpn = v >> (12 + 9 * q)
+                key = (vpn << 2) | q
+                sb = _set_base(geom, s, vpn)
+                for i in range(sb, sb + geom[s, G_WAYS]):
+                    if tag[i] != key:
+                        continue
+                    c = ctx[i]
+                    if (c >> 12) != a:
+                        continue
+                    g = (attrs[i] & TA_G) != 0
+                    if with_global:
+                        if c != ck and not g:
+                            continue
+                    elif c != ck or g:
+                        continue
+                    tag[i] = -1
+                    n += 1
+    return n
+
+
+@jit
+def tlb_invlpg(tlb, va, asid, pcid):
+    """SDM INVLPG on the TLBs: remove every entry of ``asid`` (any page size, including all
+    smashed pieces) for the page containing ``va`` that belongs to ``pcid`` or is global.
+
+    Canonical-address checks are the caller's (see :func:`hw_invlpg`). Returns the number of
+    entries removed (mutates ``tlb``).
+    """
+    return _inv_addr(tlb, va, asid, pcid, True)
+
+
+@jit
+def tlb_flush_pcid(tlb, asid, pcid, keep_global):
+    """Remove the entries of ``(asid, pcid)``; global ones too unless ``keep_global``.
+
+    A global entry belongs to the PCID it was filled under. Returns the number removed.
+    """
+    tag = tlb[3]
+    ctx = tlb[4]
+    attrs = tlb[6]
+    ck = ((asid & 0xFFFF) << 12) | (pcid & 0xFFF)
+    n = 0
+    for i in range(tag.shape[0]):
+        if tag[i] != -1 and ctx[i] == ck and not (keep_global and (attrs[i] & TA_G) != 0):
+            tag[i] = -1
+            n += 1
+    return n
+
+
+@jit
+def tlb_flush_asid(tlb, asid, keep_global):
+    """Remove the entries of ``asid`` (all PCIDs); global ones too unless ``keep_global``."""
+    tag = tlb[3]
+    ctx = tlb[4]
+    attrs = tlb[6]
+    a = asid & 0xFFFF
+    n = 0
+    for i in range(tag.shape[0]):
+        if tag[i] != -1 and (ctx[i] >> 12) == a and not (keep_global and (attrs[i] & TA_G) != 0):
+            tag[i] = -1
+            n += 1
+    return n
+
+
+@jit
+def tlb_flush_all(tlb, keep_global):
+    """Remove the entries of every asid; global ones too unless ``keep_global``."""
+    tag = tlb[3]
+    attrs = tlb[6]
+    n = 0
+    for i in range(tag.shape[0]):
+        if tag[i] != -1 and not (keep_global and (attrs[i] & TA_G) != 0):
+            tag[i] = -1
+            n += 1
+    return n
+
+
+@jit
+def tlb_invpcid(tlb, asid, kind, pcid, va):
+    """SDM INVPCID on the TLBs of ``asid`` (mutates ``tlb``).
+
+    ``kind`` 0: entries of ``pcid`` for the page containing ``va``, except globals (all
+    smashed pieces of that page); 1: all entries of ``pcid`` except globals; 2: all entries
+    including globals, every PCID; 3: all entries except globals, every PCID.
+
+    Returns
+    -------
+    int64
+        :data:`HW_OK`, or :data:`HW_GP` for a kind outside 0..3 (nothing invalidated).
+    """
+    if kind == 0:
+        _inv_addr(tlb, va, asid, pcid, False)
+    elif kind == 1:
+        tlb_flush_pcid(tlb, asid, pcid, True)
+    elif kind == 2:
+        tlb_flush_asid(tlb, asid, False)
+    elif kind == 3:
+        tlb_flush_asid(tlb, asid, True)
+    else:
+        return HW_GP
+    return HW_OK
+
+
+@jit
+def tlb_count_valid(tlb, structure_index):
+    """Number of valid entries in structure ``structure_index``."""
+    geom = tlb[0]
+    tag = tlb[3]
+    base = geom[structure_index, G_BASE]
+    n = 0
+    for i in range(base, base + geom[structure_index, G_ENTRIES]):
+        if tag[i] != -1:
+            n += 1
+    return n
+
+
+@jit
+def tlb_reset_stats(tlb):
+    """Zero the hit/miss counters (mutates ``tlb[T_STATS]``)."""
+    tlb[9][:, :] = 0
+
+
+@jit
+def tlb_lookup_chunk(tlb, vas, asid, pcid, side, out_level):
+    """:func:`tlb_lookup` over ``vas`` (int64[n]); hit levels go to ``out_level`` (int64[n]).
+
+    Returns the number of misses. Mutates ``tlb`` and ``out_level``.
+    """
+    misses = 0
+    for j in range(vas.shape[0]):
+        lvl, fr, sh, at = tlb_lookup(tlb, vas[j], asid, pcid, side)
+        out_level[j] = lvl
+        if lvl == 0:
+            misses += 1
+    return misses
+
+
+# --- CR3 / CR4 / INVLPG / INVPCID semantics over TLB + PSC (SDM 4.10.4.1) ---------------------------
+
+
+@jit
+def _canonical(va, la57):
+    top = np.int64(va) >> (56 if la57 else 47)
+    return top == 0 or top == -1
+
+
+@jit
+def hw_mov_cr3(tlb, psc, asid, pcide, new_pcid, no_flush):
+    """MOV to CR3 (SDM 4.10.4.1), within ``asid`` (mutates ``tlb`` and ``psc``).
+
+    * ``pcide == 0``: remove non-global TLB entries of PCID 0 and PSC entries of PCID 0
+      (``new_pcid`` and ``no_flush`` are ignored; a set bit 63 without PCIDE is the
+      caller's #GP to raise).
+    * ``pcide == 1`` and ``no_flush == 0`` (source bit 63 clear): the same for ``new_pcid``.
+    * ``pcide == 1`` and ``no_flush == 1``: nothing.
+
+    Returns :data:`HW_OK`.
+    """
+    if not pcide:
+        tlb_flush_pcid(tlb, asid, 0, True)
+        psc_invalidate_pcid(psc, asid, 0)
+    elif not no_flush:
+        tlb_flush_pcid(tlb, asid, new_pcid, True)
+        psc_invalidate_pcid(psc, asid, new_pcid)
+    return HW_OK
+
+
+@jit
+def hw_invlpg(tlb, psc, va, asid, pcid, la57):
+    """INVLPG ``va`` with current PCID ``pcid`` (0 when CR4.PCIDE = 0), within ``asid``.
+
+    Removes the TLB entries for the page of ``va`` that belong to ``pcid`` or are global
+    (:func:`tlb_invlpg`), and every PSC entry of ``pcid`` regardless of address. The
+    canonical check is done here from ``la57`` (bits 63:47, or 63:56 with 5-level paging,
+    must equal bit 47 / 56): a non-canonical ``va`` is a NOP.
+
+    Returns :data:`HW_OK`, or :data:`HW_NOP` for a non-canonical address.
+    """
+    if not _canonical(va, la57):
+        return HW_NOP
+    tlb_invlpg(tlb, va, asid, pcid)
+    psc_invalidate_pcid(psc, asid, pcid)
+    return HW_OK
+
+
+@jit
+def hw_invpcid(tlb, psc, asid, kind, pcid, va, la57):
+    """INVPCID of type ``kind`` with descriptor ``(pcid, va)``, within ``asid``.
+
+    TLB effect as :func:`tlb_invpcid`. PSC effect: types 0 and 1 remove every PSC entry of
+    ``pcid`` (regardless of address); types 2 and 3 remove every PSC entry of ``asid``.
+
+    Returns
+    -------
+    int64
+        :data:`HW_OK`, or :data:`HW_GP` (nothing invalidated) if ``kind`` > 3, if a type 0/1
+        descriptor has a PCID outside 0..4095 (descriptor bits 63:12 must be 0), or if a
+        type 0 address is not canonical. The caller checks CR4.PCIDE=0 ⇒ PCID 0 for types 0/1.
+    """
+    if kind < 0 or kind > 3:
+        return HW_GP
+    if kind <= 1 and (pcid < 0 or pcid > 0xFFF):
+        return HW_GP
+    if kind == 0 and not _canonical(va, la57):
+        return HW_GP
+    tlb_invpcid(tlb, asid, kind, pcid, va)
+    if kind <= 1:
+        psc_invalidate_pcid(psc, asid, pcid)
+    else:
+        psc_flush_asid(psc, asid)
+    return HW_OK
+
+
+@jit
+def hw_cr4_change(tlb, psc, asid, pge_changed, pcide_cleared):
+    """MOV to CR4 that changes PGE or clears PCIDE: remove every TLB entry of ``asid``
+    including globals, and every PSC entry of ``asid`` (all PCIDs). Otherwise nothing.
+
+    Returns :data:`HW_OK`.
+    """
+    if pge_changed or pcide_cleared:
+        tlb_flush_asid(tlb, asid, False)
+        psc_flush_asid(psc, asid)
+    return HW_OK
+
+
+@jit
+def hw_cr4_flush_current(tlb, psc, asid, pcid):
+    """MOV to CR4 that changes PAE or sets SMEP: "invalidates all TLB entries and all entries
+    in all paging-structure caches for the current PCID". Global entries associated with
+    ``pcid`` are removed too (the SDM does not except them). Returns :data:`HW_OK`.
+    """
+    tlb_flush_pcid(tlb, asid, pcid, False)
+    psc_invalidate_pcid(psc, asid, pcid)
+    return HW_OK
+
+
+# --- Python layer ---------------------------------------------------------------------------------
+
+
+def tlb_entries(tlb: tuple, structure_index: int) -> list[list[tuple[int, int, int, int, int, int, int]]]:
+    """Contents of one structure, for tests and views (Python layer, no JIT).
+
+    Returns
+    -------
+    list of list of tuple
+        One list per set, least recently used first; each entry is
+        ``(asid, pcid, vpn, page_shift, frame_pa, attrs, orig_shift)`` with ``vpn`` the page
+        number at the stored ``page_shift`` of ``va mod 2**57``.
+    """
+    geom, tag, ctx, frame, attrs, stamp, orig = (tlb[i] for i in (0, 3, 4, 5, 6, 7, 8))
+    s = int(structure_index)
+    ways = int(geom[s, G_WAYS])
+    base = int(geom[s, G_BASE])
+    out = []
+    for k in range(int(geom[s, G_NSETS])):
+        idx = [i for i in range(base + k * ways, base + (k + 1) * ways) if tag[i] != -1]
+        idx.sort(key=lambda i: int(stamp[i]))
+        out.append(
+            [
+                (
+                    int(ctx[i]) >> 12,
+                    int(ctx[i]) & 0xFFF,
+                    int(tag[i]) >> 2,
+                    12 + 9 * (int(tag[i]) & 3),
+                    int(frame[i]),
+                    int(attrs[i]),
+                    int(orig[i]),
+                )
+                for i in idx
+            ]
+        )
+    return out
+
+
+def tlb_stats(tlb: tuple) -> np.ndarray:
+    """A copy of the per-structure ``[hits, misses]`` counters, int64[nstruct, 2]."""
+    return tlb[T_STATS].copy()
