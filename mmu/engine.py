@@ -175,10 +175,9 @@ def replay_kernel(
 
     Parameters
     ----------
-    addr : int64[n]
-        Virtual addresses (the trace's ``addr`` reinterpreted as int64).
-    arg, pid, op : int64[n]
-        Size / pid / op code columns.
+    addr, arg, pid, op : uint64[n], uint32[n], uint16[n], uint8[n]
+        The record fields (strided views of a RECORD_DTYPE array); addresses are
+        reinterpreted as int64.
     mem, alloc, osst, tlb, psc, ptc : tuple
         Machine state (mutated).
     cost : int64[N_COST]
@@ -192,7 +191,7 @@ def replay_kernel(
     trail : int64[MAX_LEVELS, TR_COLS]
         Walk scratch.
     counts : int64[2]
-        Frame-allocation scratch.
+        Frames the guest OS allocates: [page tables, data] (a view into ``stats``).
 
     Returns
     -------
@@ -205,18 +204,18 @@ def replay_kernel(
     for i in range(start, stop):
         if not mem_room(mem, ROOM_FRAMES):
             return ST_NEED_MEM, i
-        o = op[i]
+        o = np.int64(op[i])
         if o >= 16:
             stats[S_EVENTS] += 1
             if o == OP_SWITCH:
-                st = _switch_to(mem, alloc, osst, tlb, psc, stats, cfg, pid[i], counts)
+                st = _switch_to(mem, alloc, osst, tlb, psc, stats, cfg, np.int64(pid[i]), counts)
                 if st == OS_OUT_OF_FRAMES:
                     return ST_OUT_OF_FRAMES, i
                 if st == OS_TOO_MANY_PROCS:
                     return ST_TOO_MANY_PROCS, i
                 continue
             return ST_UNSUPPORTED_EVENT, i
-        p = pid[i]
+        p = np.int64(pid[i])
         cur = ometa[O_CUR]
         if cur < 0 or procs[cur, 0] != p:
             st = _switch_to(mem, alloc, osst, tlb, psc, stats, cfg, p, counts)
@@ -225,7 +224,7 @@ def replay_kernel(
             if st == OS_TOO_MANY_PROCS:
                 return ST_TOO_MANY_PROCS, i
             cur = ometa[O_CUR]
-        va = addr[i]
+        va = np.int64(addr[i])
         stats[S_ACCESSES] += 1
         stats[S_READS + o] += 1
         st, pa = _translate_access(mem, alloc, osst, tlb, psc, ptc, cost, stats, cfg, cur, va, o, trail, counts)
@@ -256,10 +255,6 @@ def replay_kernel(
             )
             if st != OS_OK:
                 return ST_OUT_OF_FRAMES, i
-        stats[S_PT_FRAMES] += counts[0]
-        stats[S_DATA_FRAMES] += counts[1]
-        counts[0] = 0
-        counts[1] = 0
     return ST_DONE, stop
 
 
@@ -339,7 +334,9 @@ class Machine:
         self.elapsed = 0.0
         self.records_done = 0
         self._trail = np.zeros((MAX_LEVELS, TR_COLS), dtype=np.int64)
-        self._counts = np.zeros(2, dtype=np.int64)
+        # The guest OS counts frames it allocates straight into the stats array.
+        self._counts = self.stats[S_PT_FRAMES : S_PT_FRAMES + 2]
+        assert S_DATA_FRAMES == S_PT_FRAMES + 1
         self._compiled = False
         self.compile_s = 0.0
 
@@ -350,10 +347,9 @@ class Machine:
         every access in order when given.
         """
         n = len(records)
-        addr = np.ascontiguousarray(records["addr"]).view(np.int64)
-        arg = records["arg"].astype(np.int64)
-        pid = records["pid"].astype(np.int64)
-        op = records["op"].astype(np.int64)
+        records = np.asarray(records)
+        # Strided views of the record fields: no per-chunk copies.
+        addr, arg, pid, op = records["addr"], records["arg"], records["pid"], records["op"]
         emit = out is not None
         self.cfg[C_EMIT] = 1 if emit else 0
         if out is None:

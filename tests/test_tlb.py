@@ -381,7 +381,7 @@ def op_lists(draw, max_ops=60, max_pool=10, inval_weight=3):
     far = st.one_of(near.map(lambda v: v ^ K4), near.map(lambda v: v ^ M2), VAS)
     va = st.sampled_from([0, 0, 0, 0, 0, 0, 1, 2]).flatmap(lambda k: near if k else far)
     ctxs = draw(
-        st.lists(st.tuples(st.sampled_from([0, 0, 1]), st.sampled_from([0, 1, 2, 4095])), min_size=1, max_size=3)
+        st.lists(st.tuples(st.sampled_from([0, 0, 1]), st.sampled_from([0, 1, 2, 4095])), min_size=2, max_size=3)
     )
     ctx = st.sampled_from(ctxs)
     asid = ctx.map(lambda c: c[0])
