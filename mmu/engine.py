@@ -36,6 +36,7 @@ from mmu.guest.os import (
     os_cr3,
     os_map_anon,
     os_process,
+    os_walk_allows,
 )
 from mmu.hw.cache import make_line_cache
 from mmu.hw.cost import K_L2_LINES, K_L2_WAYS, K_LLC_LINES, K_LLC_WAYS, cost_array
@@ -44,6 +45,7 @@ from mmu.hw.pwc import make_psc
 from mmu.hw.tlb import hw_mov_cr3, make_tlb
 from mmu.memory import PhysicalMemory, mem_room
 from mmu.modes.native import C_ASID, C_CTL, C_EMIT, C_LEN, C_MAXPHYADDR, C_PKRU, hw_translate
+from mmu.modes.vmm import MODE_NATIVE, V_MODE, grow_gfn2hfn, make_vm, vm_room
 from mmu.stats import (
     S_ACCESSES,
     S_BAD_ACCESSES,
@@ -64,7 +66,7 @@ from mmu.stats import (
 )
 from mmu.trace.format import OP_NAMES, OP_SWITCH, TraceReader
 from mmu.x86.bits import CTL_LA57, CTL_NXE, CTL_PGE, CTL_USER, CTL_WP, PF_P, WALK_GP, WALK_OK
-from mmu.x86.walk import MAX_LEVELS, TR_COLS, walk_core
+from mmu.x86.walk import MAX_LEVELS, TR_COLS
 
 ST_DONE = 0
 ST_NEED_MEM = 1  # grow PhysicalMemory, then resume at the returned index
@@ -80,9 +82,9 @@ _ADDR = np.int64(0x000F_FFFF_FFFF_F000)
 
 
 @jit
-def _switch_to(mem, alloc, osst, tlb, psc, stats, cfg, pid, counts):
+def _switch_to(gm, galloc, osst, tlb, psc, stats, cfg, pid):
     """Make ``pid`` the current process (creating it on first sight) and load its CR3."""
-    st, row, created = os_process(osst, mem, alloc, pid)
+    st, row, created = os_process(osst, gm, galloc, pid)
     if st != OS_OK:
         return st
     if created:
@@ -106,12 +108,13 @@ def _user_half(va, levels):
 
 
 @jit(inline="always")
-def _translate_access(mem, alloc, osst, tlb, psc, ptc, cost, stats, cfg, row, va, access, trail, counts):
+def _translate_access(gm, galloc, osst, tlb, psc, ptc, stats, cfg, row, va, access, trail, counts):
     """Translate one access for the current process, running the guest's #PF handler as needed.
 
     Returns (status, pa): status OS_OK with pa (or -1 when the guest could not map it),
     OS_OUT_OF_FRAMES.
     """
+    mem = gm[0]
     procs = osst[0]
     levels = osst[2][O_LEVELS]
     cr3 = os_cr3(osst, row)
@@ -130,7 +133,7 @@ def _translate_access(mem, alloc, osst, tlb, psc, ptc, cost, stats, cfg, row, va
             if not _user_half(va, levels):
                 stats[S_BAD_ACCESSES] += 1
                 return OS_OK, np.int64(-1)
-            st = os_map_anon(mem, alloc, procs[row, P_ROOT], levels, va, counts)
+            st = os_map_anon(gm, galloc, procs[row, P_ROOT], levels, va, counts)
             if st == OS_OUT_OF_FRAMES:
                 return st, np.int64(-1)
             if st == OS_BAD_ADDRESS:
@@ -139,9 +142,7 @@ def _translate_access(mem, alloc, osst, tlb, psc, ptc, cost, stats, cfg, row, va
         else:
             stats[S_GUEST_PF_PROTECTION] += 1
             # Spurious fault (stale, more restrictive TLB entry) if the tables allow it now.
-            root = procs[row, P_ROOT]
-            pst = walk_core(mem, root, levels, 3, va, access, ctl, cfg[C_PKRU], cfg[C_MAXPHYADDR], trail, False)[0]
-            if pst != WALK_OK:
+            if not os_walk_allows(gm, procs[row, P_ROOT], levels, va, access, ctl, cfg[C_PKRU]):
                 stats[S_BAD_ACCESSES] += 1
                 return OS_OK, np.int64(-1)
             stats[S_SPURIOUS_PF] += 1
@@ -158,7 +159,9 @@ def replay_kernel(
     start,
     stop,
     mem,
-    alloc,
+    halloc,
+    galloc,
+    vm,
     osst,
     tlb,
     psc,
@@ -178,8 +181,14 @@ def replay_kernel(
     addr, arg, pid, op : uint64[n], uint32[n], uint16[n], uint8[n]
         The record fields (strided views of a RECORD_DTYPE array); addresses are
         reinterpreted as int64.
-    mem, alloc, osst, tlb, psc, ptc : tuple
-        Machine state (mutated).
+    mem : tuple
+        Memory holding guest-physical contents (native: the machine's; VM: the host's).
+    halloc, galloc : tuple
+        Host and guest frame allocators (the same allocator natively).
+    vm : tuple
+        VM state (:mod:`mmu.modes.vmm`; mode native natively).
+    osst, tlb, psc, ptc : tuple
+        Guest OS, TLBs, paging-structure caches, walk-line caches (mutated).
     cost : int64[N_COST]
     stats : int64[N_STATS]
         Mutated.
@@ -201,14 +210,16 @@ def replay_kernel(
     procs = osst[0]
     ometa = osst[2]
     emit = cfg[C_EMIT] != 0
+    virt = vm[1][V_MODE] != MODE_NATIVE
+    gm = (mem, halloc, vm, stats)
     for i in range(start, stop):
-        if not mem_room(mem, ROOM_FRAMES):
+        if not mem_room(mem, ROOM_FRAMES) or (virt and not vm_room(vm, galloc)):
             return ST_NEED_MEM, i
         o = np.int64(op[i])
         if o >= 16:
             stats[S_EVENTS] += 1
             if o == OP_SWITCH:
-                st = _switch_to(mem, alloc, osst, tlb, psc, stats, cfg, np.int64(pid[i]), counts)
+                st = _switch_to(gm, galloc, osst, tlb, psc, stats, cfg, np.int64(pid[i]))
                 if st == OS_OUT_OF_FRAMES:
                     return ST_OUT_OF_FRAMES, i
                 if st == OS_TOO_MANY_PROCS:
@@ -218,7 +229,7 @@ def replay_kernel(
         p = np.int64(pid[i])
         cur = ometa[O_CUR]
         if cur < 0 or procs[cur, 0] != p:
-            st = _switch_to(mem, alloc, osst, tlb, psc, stats, cfg, p, counts)
+            st = _switch_to(gm, galloc, osst, tlb, psc, stats, cfg, p)
             if st == OS_OUT_OF_FRAMES:
                 return ST_OUT_OF_FRAMES, i
             if st == OS_TOO_MANY_PROCS:
@@ -227,7 +238,7 @@ def replay_kernel(
         va = np.int64(addr[i])
         stats[S_ACCESSES] += 1
         stats[S_READS + o] += 1
-        st, pa = _translate_access(mem, alloc, osst, tlb, psc, ptc, cost, stats, cfg, cur, va, o, trail, counts)
+        st, pa = _translate_access(gm, galloc, osst, tlb, psc, ptc, stats, cfg, cur, va, o, trail, counts)
         if st != OS_OK:
             return ST_OUT_OF_FRAMES, i
         if emit:
@@ -238,20 +249,7 @@ def replay_kernel(
             # The access crosses into the next page: the processor translates that page too.
             stats[S_SPLIT] += 1
             st, pa = _translate_access(
-                mem,
-                alloc,
-                osst,
-                tlb,
-                psc,
-                ptc,
-                cost,
-                stats,
-                cfg,
-                cur,
-                last & ~np.int64(0xFFF),
-                o,
-                trail,
-                counts,
+                gm, galloc, osst, tlb, psc, ptc, stats, cfg, cur, last & ~np.int64(0xFFF), o, trail, counts
             )
             if st != OS_OK:
                 return ST_OUT_OF_FRAMES, i
@@ -311,6 +309,8 @@ class Machine:
         self.preset = get_preset(config.cpu)
         self.cost = cost_array(config.cpu if config.cpu in ("skylake", "zen2") else "skylake", config.cost_overrides)
         self.mem = PhysicalMemory(frames=256)
+        self.vm = make_vm(MODE_NATIVE)
+        self.galloc = self.mem.alloc
         self.osst = make_os(pcide=config.pcide, la57=config.la57)
         self.tlb = make_tlb(self.preset)
         self.psc = make_psc(self.preset)
@@ -340,6 +340,13 @@ class Machine:
         self._compiled = False
         self.compile_s = 0.0
 
+    def _kernel(self, addr, arg, pid, op, start, stop, out, pos):
+        return replay_kernel(
+            addr, arg, pid, op, start, stop, self.mem.state, self.mem.alloc.state, self.galloc.state, self.vm,
+            self.osst, self.tlb, self.psc, self.ptc, self.cost, self.stats, self.cfg, out, pos, self._trail,
+            self._counts,
+        )  # fmt: skip
+
     def run(self, records: np.ndarray, out: np.ndarray | None = None, where: str = "trace") -> int:
         """Replay a chunk of ``RECORD_DTYPE`` records; returns how many translations were emitted.
 
@@ -356,26 +363,20 @@ class Machine:
             out = np.zeros(0, dtype=np.uint64)
         pos = np.zeros(1, dtype=np.int64)
         i = 0
-        alloc = self.mem.alloc.state
         if not self._compiled:
             # An empty call compiles (or loads from cache) so that elapsed time is simulation only.
             t0 = time.perf_counter()
-            replay_kernel(
-                addr, arg, pid, op, 0, 0, self.mem.state, alloc, self.osst, self.tlb, self.psc, self.ptc,
-                self.cost, self.stats, self.cfg, out, pos, self._trail, self._counts,
-            )  # fmt: skip
+            self._kernel(addr, arg, pid, op, 0, 0, out, pos)
             self.compile_s = time.perf_counter() - t0
             self._compiled = True
         t0 = time.perf_counter()
         while i < n:
-            status, i = replay_kernel(
-                addr, arg, pid, op, i, n, self.mem.state, alloc, self.osst, self.tlb, self.psc, self.ptc,
-                self.cost, self.stats, self.cfg, out, pos, self._trail, self._counts,
-            )  # fmt: skip
+            status, i = self._kernel(addr, arg, pid, op, i, n, out, pos)
             if status == ST_DONE:
                 break
             if status == ST_NEED_MEM:
                 self.mem.reserve(max(ROOM_FRAMES, self.mem.frames_backed))
+                self.vm = grow_gfn2hfn(self.vm, int(self.galloc.state[0][0]) + (2 << 20))
                 continue
             rec = self.records_done + int(i)
             if status == ST_UNSUPPORTED_EVENT:

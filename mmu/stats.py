@@ -54,7 +54,10 @@ S_MODE_BASE = S_EXIT_CYCLES_BASE + N_EXIT_REASONS  # mode-specific counters
 N_MODE_STATS = 32
 N_STATS = S_MODE_BASE + N_MODE_STATS
 
-EXIT_REASONS: dict[int, str] = {}  # filled by the modes that exit (reason index -> name)
+# Exit reasons (index into S_EXIT_BASE..): one list for every mode that exits.
+EXIT_EPT_VIOLATION = 0  # nested: a guest frame's first touch; the VMM backs it
+EXIT_EPT_MISCONFIG = 1
+EXIT_REASONS: dict[int, str] = {EXIT_EPT_VIOLATION: "ept_violation", EXIT_EPT_MISCONFIG: "ept_misconfig"}
 
 
 def new_stats() -> np.ndarray:

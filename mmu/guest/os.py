@@ -3,7 +3,8 @@
 Every page-table edit is a store of a 64-bit entry to guest-physical memory,
 made by :func:`guest_store` exactly where a kernel's ``set_pte`` would make it,
 so each virtualization mode sees the edit the way its hardware would (native:
-a plain store; later modes: a write-protection trap, or nothing at all).
+a plain store; nested: a store to the host page backing the guest frame, with an
+EPT-violation exit on the frame's first touch; shadow: a write-protection trap).
 
 State ``osst = (procs, pid2slot, ometa)``:
 
@@ -25,6 +26,10 @@ import numpy as np
 
 from mmu._jit import jit
 from mmu.memory import alloc_frame, mem_read, mem_write, mem_zero_frame
+from mmu.modes.vmm import MODE_NATIVE, V_MODE, VM_OK, vm_back, vm_hpa
+from mmu.stats import EXIT_EPT_VIOLATION, S_EXIT_BASE, S_VM_EXITS
+from mmu.x86.bits import CTL_NXE, TA_PKEY_SHIFT, TA_RW, TA_US, TA_XD
+from mmu.x86.walk import access_fault
 
 P_PID = 0
 P_ROOT = 1
@@ -63,24 +68,67 @@ def make_os(pcide: bool = True, la57: bool = False) -> tuple[np.ndarray, np.ndar
     return procs, pid2slot, ometa
 
 
-@jit
-def guest_store(mem, gpa, value):
-    """A guest kernel store of a page-table entry to guest-physical ``gpa`` (native: a plain store)."""
-    mem_write(mem, gpa, value)
+# --- guest-physical memory as the guest kernel sees it ------------------------------------------
+#
+# ``gm = (mem, halloc, vm, stats)``: the memory holding guest-physical contents (the guest's own
+# memory natively, host memory in a VM), the host frame allocator, the VM state
+# (:mod:`mmu.modes.vmm`) and the stats array (exits are counted there). Every guest-physical
+# access of the guest kernel goes through :func:`guest_hpa`, so a mode sees it as its hardware
+# would: natively it is the address itself; in a VM a first touch of a guest frame is an EPT
+# violation exit after which the VMM backs the frame.
 
 
 @jit
-def os_alloc_table(mem, alloc):
-    """Allocate and zero a frame for a page table; returns its gpa, or -1 when out of frames."""
-    pfn = alloc_frame(alloc)
-    if pfn < 0:
+def guest_hpa(gm, gpa):
+    """Where guest-physical ``gpa`` lives in ``gm[0]``, backing it first if needed; -1 if impossible."""
+    vm = gm[2]
+    if vm[1][V_MODE] == MODE_NATIVE:
+        return gpa
+    hpa = vm_hpa(vm, gpa)
+    if hpa >= 0:
+        return hpa
+    stats = gm[3]
+    stats[S_VM_EXITS] += 1
+    stats[S_EXIT_BASE + EXIT_EPT_VIOLATION] += 1
+    if vm_back(gm[0], gm[1], vm, gpa >> 12) != VM_OK:
         return np.int64(-1)
-    mem_zero_frame(mem, pfn)
-    return pfn << 12
+    return vm_hpa(vm, gpa)
 
 
 @jit
-def os_process(osst, mem, alloc, pid):
+def guest_read(gm, gpa):
+    """A guest kernel load of the 64-bit word at guest-physical ``gpa`` (0 if it cannot be backed)."""
+    hpa = guest_hpa(gm, gpa)
+    if hpa < 0:
+        return np.uint64(0)
+    return mem_read(gm[0], hpa)
+
+
+@jit
+def guest_store(gm, gpa, value):
+    """A guest kernel store of a page-table entry to guest-physical ``gpa``. False if it could not land."""
+    hpa = guest_hpa(gm, gpa)
+    if hpa < 0:
+        return False
+    mem_write(gm[0], hpa, value)
+    return True
+
+
+@jit
+def os_alloc_table(gm, galloc):
+    """Allocate a guest frame for a page table and zero it (guest stores); its gpa, or -1."""
+    gfn = alloc_frame(galloc)
+    if gfn < 0:
+        return np.int64(-1)
+    hpa = guest_hpa(gm, gfn << 12)
+    if hpa < 0:
+        return np.int64(-1)
+    mem_zero_frame(gm[0], hpa >> 12)
+    return gfn << 12
+
+
+@jit
+def os_process(osst, gm, galloc, pid):
     """Row of process ``pid``, creating it (with an empty root table) on first sight.
 
     Returns (status, row, created).
@@ -94,7 +142,7 @@ def os_process(osst, mem, alloc, pid):
     row = ometa[O_NPROCS]
     if row >= procs.shape[0]:
         return OS_TOO_MANY_PROCS, -1, False
-    root = os_alloc_table(mem, alloc)
+    root = os_alloc_table(gm, galloc)
     if root < 0:
         return OS_OUT_OF_FRAMES, -1, False
     ometa[O_NPROCS] = row + 1
@@ -115,7 +163,7 @@ def os_cr3(osst, row):
 
 
 @jit
-def os_map_anon(mem, alloc, root, levels, va, counts):
+def os_map_anon(gm, galloc, root, levels, va, counts):
     """Map ``va`` to a fresh zero-filled 4 KiB frame, building missing tables (demand paging).
 
     Parameters
@@ -130,25 +178,54 @@ def os_map_anon(mem, alloc, root, levels, va, counts):
     for level in range(levels, 1, -1):
         shift = 12 + 9 * (level - 1)
         epa = table + ((va >> shift) & 511) * 8
-        e = mem_read(mem, epa)
+        e = guest_read(gm, epa)
         if (e & _P) == np.uint64(0):
-            nt = os_alloc_table(mem, alloc)
+            nt = os_alloc_table(gm, galloc)
             if nt < 0:
                 return OS_OUT_OF_FRAMES
             counts[0] += 1
-            guest_store(mem, epa, np.uint64(nt) | PTE_USER_RW)
+            if not guest_store(gm, epa, np.uint64(nt) | PTE_USER_RW):
+                return OS_OUT_OF_FRAMES
             table = nt
         else:
             if level <= 3 and (e & _PS) != np.uint64(0):
                 return OS_BAD_ADDRESS
             table = np.int64(e & _ADDR)
     epa = table + ((va >> 12) & 511) * 8
-    e = mem_read(mem, epa)
+    e = guest_read(gm, epa)
     if (e & _P) != np.uint64(0):
         return OS_OK
-    pfn = alloc_frame(alloc)
+    pfn = alloc_frame(galloc)
     if pfn < 0:
         return OS_OUT_OF_FRAMES
     counts[1] += 1
-    guest_store(mem, epa, np.uint64(pfn << 12) | PTE_USER_RW)
+    if not guest_store(gm, epa, np.uint64(pfn << 12) | PTE_USER_RW):
+        return OS_OUT_OF_FRAMES
     return OS_OK
+
+
+@jit
+def os_walk_allows(gm, root, levels, va, access, ctl, pkru):
+    """The guest kernel's software check: do its page tables allow ``access`` to ``va`` now?
+
+    Used to recognise a spurious #PF (a stale TLB entry was more restrictive than the tables).
+    Reads entries through :func:`guest_read`; the model's tables never hold reserved bits.
+    """
+    table = root
+    attrs = TA_RW | TA_US
+    nxe = (ctl & CTL_NXE) != 0
+    for level in range(levels, 0, -1):
+        e = guest_read(gm, table + ((va >> (12 + 9 * (level - 1))) & 511) * 8)
+        if (e & _P) == np.uint64(0):
+            return False
+        if (e & np.uint64(2)) == np.uint64(0):
+            attrs &= ~TA_RW
+        if (e & np.uint64(4)) == np.uint64(0):
+            attrs &= ~TA_US
+        if nxe and (e >> np.uint64(63)) != np.uint64(0):
+            attrs |= TA_XD
+        if level == 1 or (level <= 3 and (e & _PS) != np.uint64(0)):
+            attrs |= np.int64((e >> np.uint64(59)) & np.uint64(15)) << TA_PKEY_SHIFT
+            return access_fault(attrs, access, ctl, pkru) == 0
+        table = np.int64(e & _ADDR)
+    return False

@@ -1,0 +1,167 @@
+"""The host side of a VM: guest-physical memory backed by host frames, and the EPT/NPT that maps it.
+
+A hypervisor keeps two views of guest memory, as KVM does:
+
+* the **memslot view** (software): ``gfn2hfn``, the host frame backing each guest frame, which
+  the VMM (and this model's guest kernel stores) use; and
+* the **hardware view**: the EPT (or AMD NPT) in host memory, which the 2D walker reads.
+
+Both are filled together, lazily: the first touch of a guest frame -- by a guest kernel store
+or by a hardware access that ends in an EPT violation -- is a VM exit after which the VMM
+allocates a host page (4 KiB, 2 MiB or 1 GiB, ``host_shift``) and maps the whole aligned host
+page in both views. With ``prepopulate`` the Python layer maps guest memory up front instead.
+
+State ``vm = (gfn2hfn, vmeta)``:
+
+``gfn2hfn`` int64[cap]   host frame of guest frame ``gfn``, or -1 (grows; the kernels ask)
+``vmeta``   int64[V_LEN] mode, host root, levels, host page shift, npt flag, EPT A/D flag,
+                         next frame of the large-page region, counters
+
+Host frames: 4 KiB backing pages and table frames come from the host memory's allocator;
+2 MiB / 1 GiB backing pages from a separate aligned region starting at frame ``LARGE_BASE``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from mmu._jit import jit
+from mmu.memory import alloc_frame, mem_read, mem_write, mem_zero_frame
+
+MODE_NATIVE = 0
+MODE_NESTED = 1
+MODE_SHADOW = 2
+MODE_NAMES = {MODE_NATIVE: "native", MODE_NESTED: "nested", MODE_SHADOW: "shadow"}
+
+V_MODE = 0
+V_ROOT = 1  # hpa of the EPT / NPT root table
+V_LEVELS = 2  # 4 or 5
+V_HOST_SHIFT = 3  # 12, 21 or 30
+V_NPT = 4
+V_EPT_AD = 5
+V_LARGE_NEXT = 6  # next free frame of the large-page region
+V_TABLE_FRAMES = 7  # EPT/NPT table frames allocated
+V_BACKED_PAGES = 8  # host pages backing guest memory
+V_BACKED_FRAMES = 9  # 4 KiB frames of guest memory backed
+V_LEN = 16
+
+LARGE_BASE = 1 << 30  # frame number where 2M/1G backing pages start (4 TiB)
+
+VM_OK = 0
+VM_OUT_OF_FRAMES = 1
+VM_NEED_ROOM = 2  # gfn2hfn too small: the Python layer grows it
+
+_ADDR = np.uint64(0x000F_FFFF_FFFF_F000)
+_EPT_TABLE = np.uint64(0x7 | (1 << 10))  # R, W, X, XU: the leaf alone decides the rights
+_EPT_LEAF = np.uint64(0x7 | (6 << 3) | (1 << 10))  # R, W, X, WB memory type, XU
+_NPT_TABLE = np.uint64(0x7)  # P, R/W, U/S
+_NPT_LEAF = np.uint64(0x7)
+_LARGE = np.uint64(1 << 7)  # EPT large page / PS
+
+
+def make_vm(mode: int, root: int = 0, levels: int = 4, host_shift: int = 12, npt: bool = False, ept_ad: bool = False):
+    """An empty VM state (no guest frame backed)."""
+    if host_shift not in (12, 21, 30):
+        raise ValueError(f"host page shift must be 12, 21 or 30, not {host_shift}")
+    vmeta = np.zeros(V_LEN, dtype=np.int64)
+    vmeta[V_MODE] = mode
+    vmeta[V_ROOT] = root
+    vmeta[V_LEVELS] = levels
+    vmeta[V_HOST_SHIFT] = host_shift
+    vmeta[V_NPT] = 1 if npt else 0
+    vmeta[V_EPT_AD] = 1 if ept_ad else 0
+    vmeta[V_LARGE_NEXT] = LARGE_BASE
+    return np.full(1024, -1, dtype=np.int64), vmeta
+
+
+def grow_gfn2hfn(vm, need: int):
+    """A copy of ``vm`` whose gfn2hfn holds at least ``need`` frames."""
+    gfn2hfn, vmeta = vm
+    size = gfn2hfn.shape[0]
+    while size < need:
+        size *= 2
+    if size == gfn2hfn.shape[0]:
+        return vm
+    new = np.full(size, -1, dtype=np.int64)
+    new[: gfn2hfn.shape[0]] = gfn2hfn
+    return new, vmeta
+
+
+@jit
+def vm_room(vm, alloc):
+    """True if every guest frame the guest allocator may hand out soon (+ 4 GiB slack) has a slot."""
+    return alloc[0][0] + (1 << 20) <= vm[0].shape[0]
+
+
+@jit
+def host_table_map(hmem, halloc, vmeta, gpa, hpa, shift):
+    """Map guest page ``gpa`` -> host page ``hpa`` of size ``1 << shift`` in the EPT/NPT.
+
+    Creates missing tables (zeroed host frames). Returns VM_OK or VM_OUT_OF_FRAMES.
+    """
+    npt = vmeta[V_NPT] != 0
+    table_flags = _NPT_TABLE if npt else _EPT_TABLE
+    leaf_flags = _NPT_LEAF if npt else _EPT_LEAF
+    leaf_level = (shift - 12) // 9 + 1
+    table = vmeta[V_ROOT]
+    for level in range(vmeta[V_LEVELS], leaf_level, -1):
+        epa = table + ((gpa >> (12 + 9 * (level - 1))) & 511) * 8
+        e = mem_read(hmem, epa)
+        if (e & np.uint64(7)) == np.uint64(0):
+            pfn = alloc_frame(halloc)
+            if pfn < 0:
+                return VM_OUT_OF_FRAMES
+            mem_zero_frame(hmem, pfn)
+            vmeta[V_TABLE_FRAMES] += 1
+            mem_write(hmem, epa, np.uint64(pfn << 12) | table_flags)
+            table = pfn << 12
+        else:
+            table = np.int64(e & _ADDR)
+    epa = table + ((gpa >> shift) & 511) * 8
+    leaf = np.uint64(hpa) | leaf_flags
+    if leaf_level > 1:
+        leaf |= _LARGE
+    mem_write(hmem, epa, leaf)
+    return VM_OK
+
+
+@jit
+def vm_back(hmem, halloc, vm, gfn):
+    """Back guest frame ``gfn`` (and the rest of its aligned host page): the VMM's EPT-violation work.
+
+    Returns VM_OK, VM_OUT_OF_FRAMES or VM_NEED_ROOM.
+    """
+    gfn2hfn, vmeta = vm
+    shift = vmeta[V_HOST_SHIFT]
+    span = np.int64(1) << (shift - 12)
+    first = gfn & ~(span - 1)
+    if first + span > gfn2hfn.shape[0]:
+        return VM_NEED_ROOM
+    if span == 1:
+        hfn = alloc_frame(halloc)
+        if hfn < 0:
+            return VM_OUT_OF_FRAMES
+    else:
+        hfn = vmeta[V_LARGE_NEXT]
+        vmeta[V_LARGE_NEXT] = hfn + span
+    st = host_table_map(hmem, halloc, vmeta, first << 12, hfn << 12, shift)
+    if st != VM_OK:
+        return st
+    for k in range(span):
+        gfn2hfn[first + k] = hfn + k
+    vmeta[V_BACKED_PAGES] += 1
+    vmeta[V_BACKED_FRAMES] += span
+    return VM_OK
+
+
+@jit
+def vm_hpa(vm, gpa):
+    """Host-physical address of ``gpa`` in the memslot view, or -1 if not backed."""
+    gfn = gpa >> 12
+    gfn2hfn = vm[0]
+    if gfn >= gfn2hfn.shape[0]:
+        return np.int64(-1)
+    hfn = gfn2hfn[gfn]
+    if hfn < 0:
+        return np.int64(-1)
+    return (hfn << 12) | (gpa & 0xFFF)
