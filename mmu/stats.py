@@ -69,10 +69,21 @@ def derive_cycles(stats: np.ndarray, cost: np.ndarray, l1_hits: int, l2_hits: in
     """Fill the derived counters of ``stats`` (a copy is returned) from event counts and ``cost``.
 
     Kernels count events only; cycles are a linear function of the counts (docs/cost-model.md):
-    ``cycles = base*accesses + tlb + walk + guest #PF + exits``, with exits' cycles counted by
-    the kernels (their handler work varies per event).
+    ``cycles = base*accesses + tlb + walk + guest #PF + exits``. An exit costs the round trip
+    plus its reason's handler work; kernels may add per-event handler cycles that vary (e.g. a
+    resync of N entries) into ``S_EXIT_CYCLES_BASE + reason``.
     """
-    from mmu.hw.cost import K_BASE, K_GUEST_PF, K_REF_DRAM, K_REF_L2, K_REF_LLC, K_TLB_L1, K_TLB_L2
+    from mmu.hw.cost import (
+        K_BASE,
+        K_EPT_FAULT,
+        K_EXIT,
+        K_GUEST_PF,
+        K_REF_DRAM,
+        K_REF_L2,
+        K_REF_LLC,
+        K_TLB_L1,
+        K_TLB_L2,
+    )
 
     s = stats.copy()
     c = [int(x) for x in cost]
@@ -84,6 +95,14 @@ def derive_cycles(stats: np.ndarray, cost: np.ndarray, l1_hits: int, l2_hits: in
         int(s[S_REF_L2_HITS]) * c[K_REF_L2] + int(s[S_REF_LLC_HITS]) * c[K_REF_LLC] + int(s[S_REF_DRAM]) * c[K_REF_DRAM]
     )
     s[S_PF_CYCLES] = int(s[S_GUEST_PF]) * c[K_GUEST_PF]
+    handler = {EXIT_EPT_VIOLATION: c[K_EPT_FAULT]}
+    total_exit = 0
+    for reason in range(N_EXIT_REASONS):
+        n = int(s[S_EXIT_BASE + reason])
+        cyc = n * (c[K_EXIT] + handler.get(reason, 0)) + int(stats[S_EXIT_CYCLES_BASE + reason])
+        s[S_EXIT_CYCLES_BASE + reason] = cyc
+        total_exit += cyc
+    s[S_EXIT_CYCLES] = total_exit
     s[S_TRANSLATION_CYCLES] = int(s[S_TLB_CYCLES] + s[S_WALK_CYCLES] + s[S_PF_CYCLES] + s[S_EXIT_CYCLES])
     s[S_CYCLES] = int(s[S_ACCESSES]) * c[K_BASE] + int(s[S_TRANSLATION_CYCLES])
     return s
@@ -108,7 +127,7 @@ def stats_dict(
     s = [int(x) for x in stats]
     acc = s[S_ACCESSES]
     exits: dict[str, dict[str, int]] = {}
-    for reason, name in (exit_names or {}).items():
+    for reason, name in (EXIT_REASONS if exit_names is None else exit_names).items():
         n = s[S_EXIT_BASE + reason]
         if n:
             exits[name] = {"count": n, "cycles": s[S_EXIT_CYCLES_BASE + reason]}

@@ -409,11 +409,22 @@ def op_lists(draw, max_ops=60, max_pool=10, inval_weight=3):
     kinds = _MAIN + ["inval"] * inval_weight
     n = draw(st.integers(max_ops // 3, max_ops))
     ops = []
+    filled = []  # (va, asid, pcid) of fills so far: INVLPG / INVPCID aim at them half the time
     for _ in range(n):
         kind = draw(st.sampled_from(kinds))
         if kind == "inval":
             kind = draw(st.sampled_from(_INVAL))
-        ops.append((kind, *draw(args[kind])))
+        op = (kind, *draw(args[kind]))
+        if kind == "fill":
+            filled.append(op[1:4])
+        elif filled and kind in ("invlpg", "hw_invlpg", "invpcid", "tlb_invpcid") and draw(BOOLS):
+            fva, fasid, fpcid = draw(st.sampled_from(filled))
+            other = draw(st.sampled_from([fpcid, 0, 1, 2]))
+            if kind in ("invlpg", "hw_invlpg"):
+                op = (kind, fva, fasid, other, *op[4:])
+            else:
+                op = (kind, fasid, op[2], other, fva, *op[5:])
+        ops.append(op)
     return ops
 
 
