@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 
 import mmu
+from mmu.hw.ntlb import cold_host_cache
 from mmu.x86.ept import HT_COLS
 from mmu.x86.nested import GT_COLS, MAX_REFS, RF_COLS, nested_walk_many
 from mmu.x86.walk import MAX_LEVELS, TR_COLS, make_ctl, walk_many
@@ -90,7 +91,7 @@ def test_cold_nested_walks(benchmark, npt):
     ept_ad = False
     root = np.int64(0x1000)  # EPTP[51:12] or nCR3[51:12]
     args = (hmem.state, root, np.int64(4), ept_ad, npt, np.int64(0x1000), gvas, 0, ctl, np.int64(0), np.int64(52))
-    args += (gtrail, htrail, refs_out, out_hpa, out_st)
+    args += (gtrail, htrail, refs_out, out_hpa, out_st, cold_host_cache())
     nested_walk_many(*args)  # compile + warm (sets every A/D flag once)
 
     # baseline: the same guest walks made natively (1D), timed in this process

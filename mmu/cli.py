@@ -11,6 +11,7 @@ import os
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import typer
 
@@ -59,6 +60,7 @@ def _run_replay(
     quiet: bool,
     costs: list[str],
     chunk_size: int,
+    **machine: Any,
 ) -> None:
     from rich.console import Console
     from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeRemainingColumn
@@ -71,7 +73,7 @@ def _run_replay(
         fail(f"unknown mode {mode!r}; choose one of: {', '.join(MODES)}")
     if chunk_size <= 0:
         fail(f"--chunk-size must be positive, not {chunk_size}")
-    config = MachineConfig(mode=mode, cpu=cpu, cost_overrides=_parse_costs(costs))
+    config = MachineConfig(mode=mode, cpu=cpu, cost_overrides=_parse_costs(costs), **machine)
     err = Console(stderr=True)
     show_progress = not quiet and not as_json and err.is_terminal
     try:
@@ -114,9 +116,19 @@ def replay_cmd(
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar and no summary."),
     cost: list[str] = typer.Option([], "--cost", help="Override a cost parameter: NAME=CYCLES (repeatable)."),
     chunk_size: int = typer.Option(1 << 20, "--chunk-size", help="Records per kernel call."),
+    host_page: str = typer.Option("4k", "--host-page", help="Nested: host page size, 4k|2m|1g."),
+    ept_levels: int = typer.Option(4, "--ept-levels", help="Nested: EPT/NPT levels, 4|5."),
+    ept_ad: bool = typer.Option(False, "--ept-ad", help="Nested: EPT accessed/dirty flags (EPTP bit 6)."),
+    npt: bool = typer.Option(False, "--npt", help="Nested: AMD NPT instead of Intel EPT."),
+    ntlb: int = typer.Option(16, "--ntlb", help="Nested: nested-TLB entries (0 = off)."),
+    no_host_psc: bool = typer.Option(False, "--no-host-psc", help="Nested: no host paging-structure caches."),
 ) -> None:
     """Replay a trace through the simulated MMU and report what translation cost."""
-    _run_replay(trace, mode, cpu, as_json, emit, quiet, cost, chunk_size)
+    _run_replay(
+        trace, mode, cpu, as_json, emit, quiet, cost, chunk_size,
+        host_page=host_page.lower(), ept_levels=ept_levels, ept_ad=ept_ad, npt=npt, ntlb_entries=ntlb,
+        host_psc=not no_host_psc,
+    )  # fmt: skip
 
 
 def find_shipped_trace(name: str) -> Path:

@@ -40,18 +40,36 @@ from mmu.guest.os import (
 )
 from mmu.hw.cache import make_line_cache
 from mmu.hw.cost import K_L2_LINES, K_L2_WAYS, K_LLC_LINES, K_LLC_WAYS, cost_array
+from mmu.hw.ntlb import host_cache_drop, make_host_cache
 from mmu.hw.presets import get_preset
 from mmu.hw.pwc import make_psc
 from mmu.hw.tlb import hw_mov_cr3, make_tlb
-from mmu.memory import PhysicalMemory, mem_room
+from mmu.memory import FrameAllocator, PhysicalMemory, mem_room
 from mmu.modes.native import C_ASID, C_CTL, C_EMIT, C_LEN, C_MAXPHYADDR, C_PKRU, hw_translate
-from mmu.modes.vmm import MODE_NATIVE, V_MODE, grow_gfn2hfn, make_vm, vm_room
+from mmu.modes.nested import HW_EPT_MISCONFIG, HW_EPT_VIOLATION, hw_translate_nested
+from mmu.modes.vmm import (
+    LARGE_BASE,
+    MODE_NATIVE,
+    MODE_NESTED,
+    V_BACKED_FRAMES,
+    V_MODE,
+    V_TABLE_FRAMES,
+    VM_OK,
+    grow_vm,
+    make_vm,
+    vm_back,
+    vm_hpa,
+    vm_room,
+)
 from mmu.stats import (
+    EXIT_EPT_MISCONFIG,
+    EXIT_EPT_VIOLATION,
     S_ACCESSES,
     S_BAD_ACCESSES,
     S_CR3_LOADS,
     S_DATA_FRAMES,
     S_EVENTS,
+    S_EXIT_BASE,
     S_GUEST_PF,
     S_GUEST_PF_NOT_PRESENT,
     S_GUEST_PF_PROTECTION,
@@ -60,12 +78,17 @@ from mmu.stats import (
     S_READS,
     S_SPLIT,
     S_SPURIOUS_PF,
+    S_VM_EXITS,
+    S_WALK_REFS_GUEST,
+    S_WALK_REFS_HOST,
     derive_cycles,
     new_stats,
     stats_dict,
 )
 from mmu.trace.format import OP_NAMES, OP_SWITCH, TraceReader
 from mmu.x86.bits import CTL_LA57, CTL_NXE, CTL_PGE, CTL_USER, CTL_WP, PF_P, WALK_GP, WALK_OK
+from mmu.x86.ept import HT_COLS
+from mmu.x86.nested import GT_COLS, MAX_REFS, RF_COLS
 from mmu.x86.walk import MAX_LEVELS, TR_COLS
 
 ST_DONE = 0
@@ -74,7 +97,8 @@ ST_OUT_OF_FRAMES = 2
 ST_UNSUPPORTED_EVENT = 3
 ST_TOO_MANY_PROCS = 4
 
-MODES = ("native",)
+MODES = ("native", "nested")
+HOST_PAGES = {"4k": 12, "2m": 21, "1g": 30}
 NO_TRANSLATION = np.uint64(0xFFFF_FFFF_FFFF_FFFF)  # emitted for an access that had no translation
 ROOM_FRAMES = 16  # frames one record may need at most (5 tables + data + slack)
 
@@ -108,20 +132,46 @@ def _user_half(va, levels):
 
 
 @jit(inline="always")
-def _translate_access(gm, galloc, osst, tlb, psc, ptc, stats, cfg, row, va, access, trail, counts):
-    """Translate one access for the current process, running the guest's #PF handler as needed.
+def _translate_access(gm, galloc, hcache, osst, tlb, psc, ptc, stats, cfg, row, va, access, scratch):
+    """Translate one access for the current process, running the guest's #PF handler and the
+    VMM's EPT-violation handler as needed.
 
-    Returns (status, pa): status OS_OK with pa (or -1 when the guest could not map it),
-    OS_OUT_OF_FRAMES.
+    Returns (status, gpa): status OS_OK with the guest-physical address (or -1 when the guest
+    could not map it), OS_OUT_OF_FRAMES.
     """
     mem = gm[0]
+    vm = gm[2]
+    nested = vm[1][V_MODE] == MODE_NESTED
+    trail, gtrail, htrail, refs, counts = scratch
     procs = osst[0]
     levels = osst[2][O_LEVELS]
     cr3 = os_cr3(osst, row)
     pcid = procs[row, P_PCID]
     ctl = cfg[C_CTL] | CTL_USER
-    for _attempt in range(4):
-        status, code, pa = hw_translate(mem, tlb, psc, ptc, stats, cfg, cr3, pcid, va, access, ctl, trail)
+    for _attempt in range(8):
+        if nested:
+            status, code, _hpa, pa = hw_translate_nested(
+                mem, vm, hcache, tlb, psc, ptc, stats, cfg, cr3, pcid, va, access, ctl, gtrail, htrail, refs
+            )
+            if status == HW_EPT_VIOLATION:
+                # VM exit: the VMM backs the guest frame, maps it in the EPT, resumes the guest.
+                stats[S_VM_EXITS] += 1
+                stats[S_EXIT_BASE + EXIT_EPT_VIOLATION] += 1
+                if vm_hpa(vm, pa) >= 0:
+                    stats[S_BAD_ACCESSES] += 1  # a rights violation the VMM did not cause
+                    return OS_OK, np.int64(-1)
+                st = vm_back(mem, gm[1], vm, pa >> 12)
+                if st != VM_OK:
+                    return OS_OUT_OF_FRAMES, np.int64(-1)
+                host_cache_drop(hcache, pa)
+                continue
+            if status == HW_EPT_MISCONFIG:
+                stats[S_VM_EXITS] += 1
+                stats[S_EXIT_BASE + EXIT_EPT_MISCONFIG] += 1
+                stats[S_BAD_ACCESSES] += 1
+                return OS_OK, np.int64(-1)
+        else:
+            status, code, pa = hw_translate(mem, tlb, psc, ptc, stats, cfg, cr3, pcid, va, access, ctl, trail)
         if status == WALK_OK:
             return OS_OK, pa
         if status == WALK_GP:
@@ -162,6 +212,7 @@ def replay_kernel(
     halloc,
     galloc,
     vm,
+    hcache,
     osst,
     tlb,
     psc,
@@ -171,8 +222,7 @@ def replay_kernel(
     cfg,
     out,
     pos,
-    trail,
-    counts,
+    scratch,
 ):
     """Replay records ``[start, stop)`` of one chunk.
 
@@ -197,10 +247,11 @@ def replay_kernel(
         Guest-physical address of each access, written at ``pos[0]`` onward when cfg[C_EMIT].
     pos : int64[1]
         Next slot of ``out`` (mutated).
-    trail : int64[MAX_LEVELS, TR_COLS]
-        Walk scratch.
-    counts : int64[2]
-        Frames the guest OS allocates: [page tables, data] (a view into ``stats``).
+    hcache : tuple
+        Nested TLB and host PSCs (nested mode).
+    scratch : tuple
+        ``(trail, gtrail, htrail, refs, counts)``: walk scratch arrays, and the frames the guest
+        OS allocates, [page tables, data] (a view into ``stats``).
 
     Returns
     -------
@@ -213,7 +264,7 @@ def replay_kernel(
     virt = vm[1][V_MODE] != MODE_NATIVE
     gm = (mem, halloc, vm, stats)
     for i in range(start, stop):
-        if not mem_room(mem, ROOM_FRAMES) or (virt and not vm_room(vm, galloc)):
+        if not mem_room(mem, ROOM_FRAMES) or (virt and not vm_room(vm, galloc, halloc)):
             return ST_NEED_MEM, i
         o = np.int64(op[i])
         if o >= 16:
@@ -238,7 +289,7 @@ def replay_kernel(
         va = np.int64(addr[i])
         stats[S_ACCESSES] += 1
         stats[S_READS + o] += 1
-        st, pa = _translate_access(gm, galloc, osst, tlb, psc, ptc, stats, cfg, cur, va, o, trail, counts)
+        st, pa = _translate_access(gm, galloc, hcache, osst, tlb, psc, ptc, stats, cfg, cur, va, o, scratch)
         if st != OS_OK:
             return ST_OUT_OF_FRAMES, i
         if emit:
@@ -249,7 +300,7 @@ def replay_kernel(
             # The access crosses into the next page: the processor translates that page too.
             stats[S_SPLIT] += 1
             st, pa = _translate_access(
-                gm, galloc, osst, tlb, psc, ptc, stats, cfg, cur, last & ~np.int64(0xFFF), o, trail, counts
+                gm, galloc, hcache, osst, tlb, psc, ptc, stats, cfg, cur, last & ~np.int64(0xFFF), o, scratch
             )
             if st != OS_OK:
                 return ST_OUT_OF_FRAMES, i
@@ -279,7 +330,7 @@ class MachineConfig:
     Attributes
     ----------
     mode : str
-        Virtualization mode ("native").
+        Virtualization mode: "native" or "nested".
     cpu : str
         TLB/PSC geometry preset (see ``mmu.hw.presets``); also selects the cost preset.
     cost_overrides : dict
@@ -287,6 +338,18 @@ class MachineConfig:
     pcide, la57, nxe, wp : bool
         Guest CR4.PCIDE, CR4.LA57, EFER.NXE, CR0.WP.
     maxphyaddr : int
+    host_page : str
+        Nested mode: host page size backing guest memory, "4k", "2m" or "1g".
+    ept_levels : int
+        Nested mode: 4 or 5 host (EPT/NPT) levels.
+    ept_ad : bool
+        Nested mode: EPTP bit 6 (EPT accessed/dirty flags; guest table reads count as writes).
+    npt : bool
+        Nested mode: AMD NPT (long-mode nested tables) instead of Intel EPT.
+    ntlb_entries : int
+        Nested TLB entries (0 turns it off); fully associative.
+    host_psc : bool
+        Host-dimension paging-structure caches on/off.
     """
 
     mode: str = "native"
@@ -297,6 +360,12 @@ class MachineConfig:
     nxe: bool = True
     wp: bool = True
     maxphyaddr: int = 52
+    host_page: str = "4k"
+    ept_levels: int = 4
+    ept_ad: bool = False
+    npt: bool = False
+    ntlb_entries: int = 16
+    host_psc: bool = True
 
 
 class Machine:
@@ -308,9 +377,27 @@ class Machine:
             raise MMUInputError(f"unknown mode {config.mode!r}; choose one of: {', '.join(MODES)}")
         self.preset = get_preset(config.cpu)
         self.cost = cost_array(config.cpu if config.cpu in ("skylake", "zen2") else "skylake", config.cost_overrides)
-        self.mem = PhysicalMemory(frames=256)
-        self.vm = make_vm(MODE_NATIVE)
-        self.galloc = self.mem.alloc
+        if config.host_page not in HOST_PAGES:
+            raise MMUInputError(f"unknown host page size {config.host_page!r}; choose one of: 4k, 2m, 1g")
+        if config.ept_levels not in (4, 5):
+            raise MMUInputError(f"EPT levels must be 4 or 5, not {config.ept_levels}")
+        if config.ntlb_entries < 0:
+            raise MMUInputError(f"NTLB entries must be >= 0, not {config.ntlb_entries}")
+        self.mem = PhysicalMemory(frames=256, alloc_limit=LARGE_BASE)
+        if config.mode == "native":
+            self.vm = make_vm(MODE_NATIVE)
+            self.galloc = self.mem.alloc
+            self.hcache = make_host_cache(self.preset, 1, 1, enabled=False, npsc=False)
+        else:
+            # Host memory holds the EPT/NPT and the pages backing guest memory; guest frame
+            # numbers come from the guest's own allocator.
+            root = self.mem.alloc_frame()
+            self.vm = make_vm(
+                MODE_NESTED, root, config.ept_levels, HOST_PAGES[config.host_page], config.npt, config.ept_ad
+            )
+            self.galloc = FrameAllocator(1, 1 << 40)
+            n = config.ntlb_entries
+            self.hcache = make_host_cache(self.preset, n, n, enabled=True, npsc=config.host_psc)
         self.osst = make_os(pcide=config.pcide, la57=config.la57)
         self.tlb = make_tlb(self.preset)
         self.psc = make_psc(self.preset)
@@ -330,21 +417,26 @@ class Machine:
         self.cfg[C_CTL] = ctl
         self.cfg[C_PKRU] = 0
         self.cfg[C_MAXPHYADDR] = config.maxphyaddr
-        self.cfg[C_ASID] = 0
+        self.cfg[C_ASID] = 0 if config.mode == "native" else 1  # the guest's VPID / ASID
         self.elapsed = 0.0
         self.records_done = 0
-        self._trail = np.zeros((MAX_LEVELS, TR_COLS), dtype=np.int64)
         # The guest OS counts frames it allocates straight into the stats array.
-        self._counts = self.stats[S_PT_FRAMES : S_PT_FRAMES + 2]
         assert S_DATA_FRAMES == S_PT_FRAMES + 1
+        self._scratch = (
+            np.zeros((MAX_LEVELS, TR_COLS), dtype=np.int64),
+            np.zeros((MAX_LEVELS, GT_COLS), dtype=np.int64),
+            np.zeros((MAX_LEVELS, HT_COLS), dtype=np.int64),
+            np.zeros((MAX_REFS, RF_COLS), dtype=np.int64),
+            self.stats[S_PT_FRAMES : S_PT_FRAMES + 2],
+        )
         self._compiled = False
         self.compile_s = 0.0
 
     def _kernel(self, addr, arg, pid, op, start, stop, out, pos):
         return replay_kernel(
             addr, arg, pid, op, start, stop, self.mem.state, self.mem.alloc.state, self.galloc.state, self.vm,
-            self.osst, self.tlb, self.psc, self.ptc, self.cost, self.stats, self.cfg, out, pos, self._trail,
-            self._counts,
+            self.hcache, self.osst, self.tlb, self.psc, self.ptc, self.cost, self.stats, self.cfg, out, pos,
+            self._scratch,
         )  # fmt: skip
 
     def run(self, records: np.ndarray, out: np.ndarray | None = None, where: str = "trace") -> int:
@@ -376,7 +468,7 @@ class Machine:
                 break
             if status == ST_NEED_MEM:
                 self.mem.reserve(max(ROOM_FRAMES, self.mem.frames_backed))
-                self.vm = grow_gfn2hfn(self.vm, int(self.galloc.state[0][0]) + (2 << 20))
+                self.vm = grow_vm(self.vm, self.galloc.state, self.mem.alloc.state)
                 continue
             rec = self.records_done + int(i)
             if status == ST_UNSUPPORTED_EVENT:
@@ -398,17 +490,41 @@ class Machine:
         levels = np.array([st.level for st in self.preset.tlbs])
         l1 = int(counters[levels == 1, 0].sum())
         l2 = int(counters[levels == 2, 0].sum())
+        mode_stats: dict[str, Any] = {}
+        if self.config.mode == "nested":
+            vmeta = self.vm[1]
+            ntlb = self.hcache[0][-2]
+            npsc = self.hcache[1][-2]
+            c = self.config
+            mode_stats = {
+                "host": "npt" if c.npt else "ept",
+                "host_page": c.host_page,
+                "ept_levels": c.ept_levels,
+                "ept_ad": c.ept_ad,
+                "walk_refs_guest": int(self.stats[S_WALK_REFS_GUEST]),
+                "walk_refs_host": int(self.stats[S_WALK_REFS_HOST]),
+                "ntlb": {"entries": c.ntlb_entries, "hits": int(ntlb[0, 0]), "misses": int(ntlb[0, 1])},
+                "host_psc": {
+                    name: {"hits": int(npsc[lv - 2, 0]), "misses": int(npsc[lv - 2, 1])}
+                    for name, lv in (("PDE", 2), ("PDPTE", 3), ("PML4E", 4), ("PML5E", 5))
+                    if c.host_psc and any(p.entry_level == lv and p.entries for p in self.preset.pscs)
+                },
+                "ept_table_bytes": int(vmeta[V_TABLE_FRAMES]) * 4096 + 4096,
+                "guest_memory_backed_bytes": int(vmeta[V_BACKED_FRAMES]) * 4096,
+            }
         return stats_dict(
             self.config.mode,
             derive_cycles(self.stats, self.cost, l1, l2),
             elapsed_s=self.elapsed,
             tlb_levels=tlb_levels_dict(self.tlb, self.preset),
             psc_levels=psc_levels_dict(self.psc, self.preset),
+            mode_stats=mode_stats or None,
             extra={
                 "cpu": self.config.cpu,
                 "compile_s": round(self.compile_s, 3),
-                "guest_memory_frames": int(self.mem.alloc.peak),
+                "guest_memory_frames": int(self.galloc.peak),
                 "pt_memory_bytes": int(self.stats[S_PT_FRAMES]) * 4096,
+                "vmm_memory_bytes": mode_stats.get("ept_table_bytes", 0),
                 **(extra or {}),
             },
         )

@@ -53,6 +53,9 @@ S_EXIT_CYCLES_BASE = S_EXIT_BASE + N_EXIT_REASONS  # cycles by exit reason
 S_MODE_BASE = S_EXIT_CYCLES_BASE + N_EXIT_REASONS  # mode-specific counters
 N_MODE_STATS = 32
 N_STATS = S_MODE_BASE + N_MODE_STATS
+# nested mode
+S_WALK_REFS_GUEST = S_MODE_BASE + 0  # guest-dimension entries read by 2D walks
+S_WALK_REFS_HOST = S_MODE_BASE + 1  # host-dimension (EPT/NPT) entries read by 2D walks
 
 # Exit reasons (index into S_EXIT_BASE..): one list for every mode that exits.
 EXIT_EPT_VIOLATION = 0  # nested: a guest frame's first touch; the VMM backs it

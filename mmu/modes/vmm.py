@@ -11,11 +11,16 @@ or by a hardware access that ends in an EPT violation -- is a VM exit after whic
 allocates a host page (4 KiB, 2 MiB or 1 GiB, ``host_shift``) and maps the whole aligned host
 page in both views. With ``prepopulate`` the Python layer maps guest memory up front instead.
 
-State ``vm = (gfn2hfn, vmeta)``:
+State ``vm = (gfn2hfn, vmeta, hfn2gfn, large2gfn)``:
 
-``gfn2hfn`` int64[cap]   host frame of guest frame ``gfn``, or -1 (grows; the kernels ask)
-``vmeta``   int64[V_LEN] mode, host root, levels, host page shift, npt flag, EPT A/D flag,
-                         next frame of the large-page region, counters
+``gfn2hfn``   int64[cap]   host frame of guest frame ``gfn``, or -1 (grows; the kernels ask)
+``vmeta``     int64[V_LEN] mode, host root, levels, host page shift, npt flag, EPT A/D flag,
+                           next frame of the large-page region, counters
+``hfn2gfn``   int64[cap]   reverse map of 4 KiB backing frames (host frames below LARGE_BASE)
+``large2gfn`` int64[cap]   first guest frame of each large backing page, by its index
+
+The reverse maps let the simulator name the guest-physical address of an access that hit in
+a TLB holding gva -> hpa (the VMM's rmap; nothing architectural reads them).
 
 Host frames: 4 KiB backing pages and table frames come from the host memory's allocator;
 2 MiB / 1 GiB backing pages from a separate aligned region starting at frame ``LARGE_BASE``.
@@ -71,26 +76,47 @@ def make_vm(mode: int, root: int = 0, levels: int = 4, host_shift: int = 12, npt
     vmeta[V_NPT] = 1 if npt else 0
     vmeta[V_EPT_AD] = 1 if ept_ad else 0
     vmeta[V_LARGE_NEXT] = LARGE_BASE
-    return np.full(1024, -1, dtype=np.int64), vmeta
+    empty = lambda: np.full(1024, -1, dtype=np.int64)  # noqa: E731
+    return empty(), vmeta, empty(), empty()
 
 
-def grow_gfn2hfn(vm, need: int):
-    """A copy of ``vm`` whose gfn2hfn holds at least ``need`` frames."""
-    gfn2hfn, vmeta = vm
-    size = gfn2hfn.shape[0]
+ROOM = 1 << 16  # frames of slack every map keeps (one record needs far fewer)
+
+
+def _grown(a: np.ndarray, need: int) -> np.ndarray:
+    size = a.shape[0]
     while size < need:
         size *= 2
-    if size == gfn2hfn.shape[0]:
-        return vm
+    if size == a.shape[0]:
+        return a
     new = np.full(size, -1, dtype=np.int64)
-    new[: gfn2hfn.shape[0]] = gfn2hfn
-    return new, vmeta
+    new[: a.shape[0]] = a
+    return new
+
+
+def grow_vm(vm, galloc, halloc):
+    """A copy of ``vm`` whose maps have room for what the allocators may hand out next."""
+    gfn2hfn, vmeta, hfn2gfn, large2gfn = vm
+    span_shift = int(vmeta[V_HOST_SHIFT]) - 12
+    large_used = (int(vmeta[V_LARGE_NEXT]) - LARGE_BASE) >> span_shift
+    return (
+        _grown(gfn2hfn, int(galloc[0][0]) + 2 * ROOM),
+        vmeta,
+        _grown(hfn2gfn, int(halloc[0][0]) + 2 * ROOM),
+        _grown(large2gfn, large_used + 2 * ROOM),
+    )
 
 
 @jit
-def vm_room(vm, alloc):
-    """True if every guest frame the guest allocator may hand out soon (+ 4 GiB slack) has a slot."""
-    return alloc[0][0] + (1 << 20) <= vm[0].shape[0]
+def vm_room(vm, galloc, halloc):
+    """True if the maps have room for every frame the allocators may hand out during one record."""
+    vmeta = vm[1]
+    large_used = (vmeta[V_LARGE_NEXT] - LARGE_BASE) >> (vmeta[V_HOST_SHIFT] - 12)
+    return (
+        galloc[0][0] + ROOM <= vm[0].shape[0]
+        and halloc[0][0] + ROOM <= vm[2].shape[0]
+        and large_used + ROOM <= vm[3].shape[0]
+    )
 
 
 @jit
@@ -131,7 +157,8 @@ def vm_back(hmem, halloc, vm, gfn):
 
     Returns VM_OK, VM_OUT_OF_FRAMES or VM_NEED_ROOM.
     """
-    gfn2hfn, vmeta = vm
+    gfn2hfn = vm[0]
+    vmeta = vm[1]
     shift = vmeta[V_HOST_SHIFT]
     span = np.int64(1) << (shift - 12)
     first = gfn & ~(span - 1)
@@ -149,6 +176,10 @@ def vm_back(hmem, halloc, vm, gfn):
         return st
     for k in range(span):
         gfn2hfn[first + k] = hfn + k
+    if span == 1:
+        vm[2][hfn] = first
+    else:
+        vm[3][(hfn - LARGE_BASE) >> (shift - 12)] = first
     vmeta[V_BACKED_PAGES] += 1
     vmeta[V_BACKED_FRAMES] += span
     return VM_OK
@@ -165,3 +196,18 @@ def vm_hpa(vm, gpa):
     if hfn < 0:
         return np.int64(-1)
     return (hfn << 12) | (gpa & 0xFFF)
+
+
+@jit
+def vm_gpa_of(vm, hpa):
+    """Guest-physical address backed by host-physical ``hpa`` (the VMM's reverse map), or -1."""
+    hfn = hpa >> 12
+    if hfn < LARGE_BASE:
+        if hfn >= vm[2].shape[0] or vm[2][hfn] < 0:
+            return np.int64(-1)
+        return (vm[2][hfn] << 12) | (hpa & 0xFFF)
+    shift = vm[1][V_HOST_SHIFT]
+    idx = (hfn - LARGE_BASE) >> (shift - 12)
+    if idx >= vm[3].shape[0] or vm[3][idx] < 0:
+        return np.int64(-1)
+    return (vm[3][idx] << 12) + (hpa - ((LARGE_BASE + (idx << (shift - 12))) << 12))

@@ -61,6 +61,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from mmu._jit import jit
+from mmu.hw.ntlb import cold_host_cache, host_translate_cached
 from mmu.memory import PhysicalMemory, mem_find
 from mmu.x86.bits import (
     ACC_FETCH,
@@ -98,7 +99,6 @@ from mmu.x86.ept import (
     NPT_FAULT,
     PERM_W,
     host_root_and_mode,
-    host_translate,
     perm_qual,
 )
 from mmu.x86.walk import (
@@ -204,6 +204,7 @@ def nested_walk_core(
     nref0,
     mbec,
     xonly,
+    hcache,
 ):
     """2D walk of ``gva`` from the guest table at gpa ``gtable_gpa`` of ``glevel``.
 
@@ -247,6 +248,9 @@ def nested_walk_core(
         Mode-based execute control for EPT.
     xonly : bool
         Execute-only EPT entries are supported.
+    hcache : tuple
+        Nested TLB and host paging-structure caches (:mod:`mmu.hw.ntlb`); with
+        ``hcache[2][H_ENABLED] == 0`` every host translation is a cold walk.
 
     Returns
     -------
@@ -276,8 +280,8 @@ def nested_walk_core(
     while True:
         shift = 12 + 9 * (level - 1)
         entry_gpa = base + ((gva >> shift) & 511) * 8
-        hs, hq, entry_hpa, hshift, hperms, hn = host_translate(
-            hmem, hroot, hlevels, ept_ad, npt, entry_gpa, pw_access, False, mbec, xonly, maxphyaddr, htrail
+        hs, hq, entry_hpa, hshift, hperms, hn = host_translate_cached(
+            hmem, hcache, hroot, hlevels, ept_ad, npt, entry_gpa, pw_access, False, mbec, xonly, maxphyaddr, htrail
         )
         nr = _copy_host_refs(htrail, hn, refs_out, nr)
         if hs != EPT_OK:
@@ -343,8 +347,8 @@ def nested_walk_core(
                     return np.int64(NESTED_EPT_VIOLATION), z, q, gtrail[i, TR_ENTRY_PA], z, z, nr, ng, attrs, z
             gpa = frame | (gva & ((np.int64(1) << page_shift) - 1))
             user_addr = (attrs & TA_US) != 0
-            hs, hq, hpa, hshift, hperms, hn = host_translate(
-                hmem, hroot, hlevels, ept_ad, npt, gpa, access, user_addr, mbec, xonly, maxphyaddr, htrail
+            hs, hq, hpa, hshift, hperms, hn = host_translate_cached(
+                hmem, hcache, hroot, hlevels, ept_ad, npt, gpa, access, user_addr, mbec, xonly, maxphyaddr, htrail
             )
             nr = _copy_host_refs(htrail, hn, refs_out, nr)
             if hs != EPT_OK:
@@ -385,10 +389,11 @@ def nested_walk(
     gtrail,
     htrail,
     refs_out,
+    hcache,
     mbec=False,
     xonly=True,
 ):
-    """Cold 2D walk of ``gva`` from the guest CR3 (no caches).
+    """2D walk of ``gva`` from the guest CR3 (cold when ``hcache`` is disabled, see :mod:`mmu.hw.ntlb`).
 
     ``eptp_root`` is the hpa of the host root (EPTP[51:12] or nCR3[51:12]), ``ept_levels`` the
     host walk length (4 or 5, for NPT too), ``gcr3`` the guest CR3. Returns the tuple of
@@ -406,11 +411,11 @@ def nested_walk(
     if npt:
         return nested_walk_core(
             hmem, eptp_root, ept_levels, False, True, root, top, rights, gva, access, ctl, pkru,
-            maxphyaddr, gtrail, htrail, refs_out, 0, False, True,
+            maxphyaddr, gtrail, htrail, refs_out, 0, False, True, hcache,
         )  # fmt: skip
     return nested_walk_core(
         hmem, eptp_root, ept_levels, ept_ad, False, root, top, rights, gva, access, ctl, pkru,
-        maxphyaddr, gtrail, htrail, refs_out, 0, mbec, xonly,
+        maxphyaddr, gtrail, htrail, refs_out, 0, mbec, xonly, hcache,
     )  # fmt: skip
 
 
@@ -432,6 +437,7 @@ def nested_walk_many(
     refs_out,
     out_hpa,
     out_status,
+    hcache,
 ):
     """:func:`nested_walk` over ``gvas`` (int64[n]) in one call: no caches, every walk cold.
 
@@ -455,6 +461,7 @@ def nested_walk_many(
             gtrail,
             htrail,
             refs_out,
+            hcache,
         )
         refs += r[6]
         out_status[i] = r[0]
@@ -596,6 +603,7 @@ def walk_nested(
         gtrail,
         htrail,
         refs_out,
+        cold_host_cache(),
         bool(mbec),
         bool(execute_only),
     )
