@@ -122,12 +122,15 @@ def replay_cmd(
     npt: bool = typer.Option(False, "--npt", help="Nested: AMD NPT instead of Intel EPT."),
     ntlb: int = typer.Option(16, "--ntlb", help="Nested: nested-TLB entries (0 = off)."),
     no_host_psc: bool = typer.Option(False, "--no-host-psc", help="Nested: no host paging-structure caches."),
+    prepopulate: int = typer.Option(
+        0, "--prepopulate", help="Nested: MiB of guest memory the host backs before the run (0 = lazily)."
+    ),
 ) -> None:
     """Replay a trace through the simulated MMU and report what translation cost."""
     _run_replay(
         trace, mode, cpu, as_json, emit, quiet, cost, chunk_size,
         host_page=host_page.lower(), ept_levels=ept_levels, ept_ad=ept_ad, npt=npt, ntlb_entries=ntlb,
-        host_psc=not no_host_psc,
+        host_psc=not no_host_psc, prepopulate_mb=prepopulate,
     )  # fmt: skip
 
 

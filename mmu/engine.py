@@ -52,6 +52,7 @@ from mmu.modes.vmm import (
     MODE_NATIVE,
     MODE_NESTED,
     V_BACKED_FRAMES,
+    V_HOST_SHIFT,
     V_MODE,
     V_TABLE_FRAMES,
     VM_OK,
@@ -59,6 +60,7 @@ from mmu.modes.vmm import (
     make_vm,
     vm_back,
     vm_hpa,
+    vm_prepopulate,
     vm_room,
 )
 from mmu.stats import (
@@ -350,6 +352,9 @@ class MachineConfig:
         Nested TLB entries (0 turns it off); fully associative.
     host_psc : bool
         Host-dimension paging-structure caches on/off.
+    prepopulate_mb : int
+        Nested mode: back this much guest-physical memory before the guest runs (0: back every
+        guest frame lazily, on the EPT violation of its first touch).
     """
 
     mode: str = "native"
@@ -366,6 +371,7 @@ class MachineConfig:
     npt: bool = False
     ntlb_entries: int = 16
     host_psc: bool = True
+    prepopulate_mb: int = 0
 
 
 class Machine:
@@ -398,6 +404,10 @@ class Machine:
             self.galloc = FrameAllocator(1, 1 << 40)
             n = config.ntlb_entries
             self.hcache = make_host_cache(self.preset, n, n, enabled=True, npsc=config.host_psc)
+            if config.prepopulate_mb < 0:
+                raise MMUInputError(f"prepopulate size must be >= 0 MiB, not {config.prepopulate_mb}")
+            if config.prepopulate_mb:
+                self._prepopulate((config.prepopulate_mb << 20) >> 12)
         self.osst = make_os(pcide=config.pcide, la57=config.la57)
         self.tlb = make_tlb(self.preset)
         self.psc = make_psc(self.preset)
@@ -431,6 +441,17 @@ class Machine:
         )
         self._compiled = False
         self.compile_s = 0.0
+
+    def _prepopulate(self, frames: int) -> None:
+        host_shift = int(self.vm[1][V_HOST_SHIFT])
+        span = 1 << (host_shift - 12)
+        frames = -(-frames // span) * span
+        # room: the maps, plus host frames for the EPT tables (one leaf table per 512 entries)
+        host_next = int(self.mem.alloc.state[0][0])
+        self.vm = grow_vm(self.vm, frames, host_next + frames + frames // 512 + 64)
+        self.mem.reserve(frames // span // 512 + 64)
+        if vm_prepopulate(self.mem.state, self.mem.alloc.state, self.vm, np.int64(frames)) != VM_OK:
+            raise MMUInputError("the host ran out of frames while prepopulating guest memory")
 
     def _kernel(self, addr, arg, pid, op, start, stop, out, pos):
         return replay_kernel(
@@ -468,7 +489,7 @@ class Machine:
                 break
             if status == ST_NEED_MEM:
                 self.mem.reserve(max(ROOM_FRAMES, self.mem.frames_backed))
-                self.vm = grow_vm(self.vm, self.galloc.state, self.mem.alloc.state)
+                self.vm = grow_vm(self.vm, self.galloc.state[0][0], self.mem.alloc.state[0][0])
                 continue
             rec = self.records_done + int(i)
             if status == ST_UNSUPPORTED_EVENT:

@@ -94,16 +94,17 @@ def _grown(a: np.ndarray, need: int) -> np.ndarray:
     return new
 
 
-def grow_vm(vm, galloc, halloc):
-    """A copy of ``vm`` whose maps have room for what the allocators may hand out next."""
+def grow_vm(vm, guest_frames: int, host_frames: int):
+    """A copy of ``vm`` whose maps have room for guest frames ``< guest_frames`` and host frames
+    ``< host_frames`` (plus slack), as the allocators may hand them out next."""
     gfn2hfn, vmeta, hfn2gfn, large2gfn = vm
     span_shift = int(vmeta[V_HOST_SHIFT]) - 12
     large_used = (int(vmeta[V_LARGE_NEXT]) - LARGE_BASE) >> span_shift
     return (
-        _grown(gfn2hfn, int(galloc[0][0]) + 2 * ROOM),
+        _grown(gfn2hfn, int(guest_frames) + 2 * ROOM),
         vmeta,
-        _grown(hfn2gfn, int(halloc[0][0]) + 2 * ROOM),
-        _grown(large2gfn, large_used + 2 * ROOM),
+        _grown(hfn2gfn, int(host_frames) + 2 * ROOM),
+        _grown(large2gfn, large_used + (int(guest_frames) >> span_shift) + 2 * ROOM),
     )
 
 
@@ -211,3 +212,20 @@ def vm_gpa_of(vm, hpa):
     if idx >= vm[3].shape[0] or vm[3][idx] < 0:
         return np.int64(-1)
     return (vm[3][idx] << 12) + (hpa - ((LARGE_BASE + (idx << (shift - 12))) << 12))
+
+
+@jit
+def vm_prepopulate(hmem, halloc, vm, frames):
+    """Back guest frames ``[0, frames)`` up front (no EPT-violation exits for them later).
+
+    Returns VM_OK, VM_OUT_OF_FRAMES or VM_NEED_ROOM (the caller grows the maps / memory first).
+    """
+    span = np.int64(1) << (vm[1][V_HOST_SHIFT] - 12)
+    gfn = np.int64(0)
+    while gfn < frames:
+        if vm[0][gfn] < 0:
+            st = vm_back(hmem, halloc, vm, gfn)
+            if st != VM_OK:
+                return st
+        gfn += span
+    return VM_OK
