@@ -55,3 +55,26 @@ def test_native_replay(benchmark, kind):
     benchmark.extra_info["accesses_per_s"] = N / benchmark.stats.stats.mean
     benchmark.extra_info["l1_hit_rate"] = s["tlb_l1_hits"] / s["translations"]
     benchmark.extra_info["stlb_hit_rate"] = s["tlb_l2_hits"] / s["translations"]
+
+
+TRACES = sorted((__import__("pathlib").Path(__file__).resolve().parent.parent / "traces").glob("*.trace"))
+
+
+@pytest.mark.parametrize("mode", ["native", "nested"])
+@pytest.mark.parametrize("path", TRACES, ids=[p.name for p in TRACES])
+def test_shipped_trace_replay(benchmark, path, mode):
+    """A full replay of a shipped trace on a fresh machine (demand paging and exits included)."""
+    from mmu.trace.format import TraceReader
+
+    recs = np.array(TraceReader(path).memmap())
+    Machine(MachineConfig(mode=mode)).run(recs[:10])  # compile / load kernels outside the timing
+
+    def setup():
+        return (Machine(MachineConfig(mode=mode)),), {}
+
+    def run(m):
+        m.run(recs)
+        return m
+
+    m = benchmark.pedantic(run, setup=setup, rounds=5, warmup_rounds=1)
+    benchmark.extra_info["accesses_per_s"] = m.result()["accesses"] / benchmark.stats.stats.mean

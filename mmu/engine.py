@@ -403,7 +403,9 @@ class Machine:
             )
             self.galloc = FrameAllocator(1, 1 << 40)
             n = config.ntlb_entries
-            self.hcache = make_host_cache(self.preset, n, n, enabled=True, npsc=config.host_psc)
+            self.hcache = make_host_cache(
+                self.preset, n, n, enabled=True, npsc=config.host_psc, host_shift=HOST_PAGES[config.host_page]
+            )
             if config.prepopulate_mb < 0:
                 raise MMUInputError(f"prepopulate size must be >= 0 MiB, not {config.prepopulate_mb}")
             if config.prepopulate_mb:

@@ -60,9 +60,21 @@ SRC_NTLB = (
 SRC_NPSC = "assumption: the host-dimension PSCs mirror the guest-dimension sizes of the preset"
 
 
-def make_host_cache(preset, ntlb_entries: int = 16, ntlb_ways: int = 16, enabled: bool = True, npsc: bool = True):
-    """NTLB + host PSCs for a VM on ``preset`` (host PSC sizes copy the preset's PSCs)."""
-    ntlb = make_tlb([TLBStructure("NTLB", 1, SIDE_UNIFIED, 7, max(1, ntlb_entries), max(1, ntlb_ways), SRC_NTLB)])
+def make_host_cache(
+    preset,
+    ntlb_entries: int = 16,
+    ntlb_ways: int = 16,
+    enabled: bool = True,
+    npsc: bool = True,
+    host_shift: int | None = None,
+):
+    """NTLB + host PSCs for a VM on ``preset`` (host PSC sizes copy the preset's PSCs).
+
+    ``host_shift`` (12/21/30): the VM's one host page size, so the NTLB probes one size only;
+    None holds all three sizes.
+    """
+    sizes = 7 if host_shift is None else 1 << ((host_shift - 12) // 9)
+    ntlb = make_tlb([TLBStructure("NTLB", 1, SIDE_UNIFIED, sizes, max(1, ntlb_entries), max(1, ntlb_ways), SRC_NTLB)])
     caches = [PSCCache(f"host {c.name}", c.entry_level, c.entries, c.ways, SRC_NPSC) for c in preset.pscs]
     hmeta = np.zeros(H_LEN, dtype=np.int64)
     hmeta[H_ENABLED] = 1 if enabled else 0
@@ -105,7 +117,7 @@ def _need_bit(access, mbec, user_mode):
     return PERM_XU if (mbec and user_mode) else PERM_X
 
 
-@jit
+@jit(inline="always")
 def host_translate_cached(
     hmem, hcache, hroot, hlevels, ept_ad, npt, gpa, access, user_mode, mbec, xonly, maxphyaddr, htrail
 ):
