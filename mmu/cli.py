@@ -152,16 +152,104 @@ def find_shipped_trace(name: str) -> Path:
     raise AssertionError("unreachable")
 
 
-DEMO_TRACE = "ls-usr.trace"
+def _parse_modes(spec: str, host_page: str) -> list[tuple[str, str]]:
+    from mmu.engine import HOST_PAGES, MODES
+
+    out = []
+    for item in [x.strip() for x in spec.split(",") if x.strip()]:
+        mode, _, hp = item.partition(":")
+        hp = (hp or host_page).lower()
+        if mode not in MODES:
+            fail(f"unknown mode {mode!r} in --modes; choose from: {', '.join(MODES)} (nested:2m picks a host page)")
+        if hp not in HOST_PAGES:
+            fail(f"unknown host page size {hp!r} in --modes; choose one of: 4k, 2m, 1g")
+        out.append((mode, hp))
+    if not out:
+        fail("--modes is empty")
+    return out
+
+
+def _compare(trace: Path, modes: list[tuple[str, str]], cpu: str, costs: list[str], quiet: bool) -> list[dict]:
+    from rich.console import Console
+
+    from mmu.engine import MachineConfig, replay
+
+    err = Console(stderr=True)
+    results = []
+    for mode, hp in modes:
+        config = MachineConfig(mode=mode, cpu=cpu, cost_overrides=_parse_costs(costs), host_page=hp)
+        try:
+            if quiet or not err.is_terminal:
+                results.append(replay(trace, config))
+            else:
+                with err.status(f"replaying {trace.name} in {mode} mode (first run compiles kernels)..."):
+                    results.append(replay(trace, config))
+        except MMUInputError as exc:
+            fail(str(exc))
+    return results
+
+
+@app.command("compare")
+def compare_cmd(
+    trace: Path = typer.Argument(..., help="Trace in mmu's format."),
+    modes: str = typer.Option(
+        "native,nested", "--modes", help="Comma-separated MODE[:HOSTPAGE], e.g. native,nested:2m."
+    ),
+    cpu: str = typer.Option("skylake", "--cpu", help="CPU preset."),
+    host_page: str = typer.Option("4k", "--host-page", help="Default host page for nested modes."),
+    cost: list[str] = typer.Option([], "--cost", help="Override a cost parameter: NAME=CYCLES."),
+    as_json: bool = typer.Option(False, "--json", help="Print the per-mode stats objects as a JSON list."),
+    csv_out: Path = typer.Option(None, "--csv", help="Write one CSV row per mode."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No spinner."),
+) -> None:
+    """Replay one trace in several modes and compare what translation costs in each."""
+    from rich.console import Console
+
+    from mmu.report.compare import compare_renderable
+    from mmu.stats import to_csv_row, to_json
+
+    results = _compare(trace, _parse_modes(modes, host_page), cpu, cost, quiet)
+    if csv_out is not None:
+        import csv
+
+        rows = [to_csv_row(r) for r in results]
+        keys = list(dict.fromkeys(k for r in rows for k in r))
+        with open(csv_out, "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=keys)
+            w.writeheader()
+            w.writerows(rows)
+    if as_json:
+        sys.stdout.write(to_json(results) + "\n")
+    else:
+        Console().print(compare_renderable(results, title=f"mmu compare — {trace.name}"))
+
+
+DEMO_TRACES = ("ls-usr.trace", "gups-64m.trace")
 
 
 @app.command("demo")
 def demo_cmd(
-    as_json: bool = typer.Option(False, "--json", help="Print the stats object as JSON."),
+    as_json: bool = typer.Option(False, "--json", help="Print the stats objects as JSON."),
     cpu: str = typer.Option("skylake", "--cpu", help="CPU preset."),
 ) -> None:
-    """Replay a shipped real trace (valgrind lackey recording of `ls -l /usr`) and summarise it."""
-    _run_replay(find_shipped_trace(DEMO_TRACE), "native", cpu, as_json, None, False, [], 1 << 20)
+    """Replay shipped real traces (valgrind lackey recordings) natively and under nested paging."""
+    from rich.console import Console
+
+    from mmu.report.compare import compare_renderable
+    from mmu.stats import to_json
+
+    modes = [("native", "4k"), ("nested", "4k"), ("nested", "2m")]
+    everything = []
+    console = Console()
+    for name in DEMO_TRACES:
+        trace = find_shipped_trace(name)
+        results = _compare(trace, modes, cpu, [], as_json)
+        everything.extend(results)
+        if not as_json:
+            console.print(compare_renderable(results, title=f"{name}: native vs nested paging"))
+            console.print()
+    if as_json:
+        sys.stdout.write(to_json(everything) + "\n")
 
 
 @app.command("presets")

@@ -186,7 +186,7 @@ def stats_dict(
     return out
 
 
-def to_json(obj: dict[str, Any]) -> str:
+def to_json(obj: Any) -> str:
     """Stable JSON text for a stats object."""
     return json.dumps(obj, indent=2, sort_keys=False)
 

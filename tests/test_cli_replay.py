@@ -68,7 +68,9 @@ def test_replay_emit(tmp_path):
 def test_demo_json():
     r = run("demo", "--json")
     assert r.exit_code == 0, r.output
-    assert REQUIRED <= set(json.loads(r.stdout))
+    results = json.loads(r.stdout)
+    assert [s["mode"] for s in results] == ["native", "nested", "nested"] * 2
+    assert all(REQUIRED <= set(s) for s in results)
 
 
 @pytest.mark.parametrize(
@@ -119,3 +121,24 @@ def test_presets_lists_sources():
 def test_cache_path():
     r = run("cache", "path")
     assert r.exit_code == 0 and r.stdout.strip()
+
+
+def test_compare_json_csv_and_table(tmp_path):
+    csv_path = tmp_path / "c.csv"
+    r = run("compare", TRACES / "ls-usr.trace", "--modes", "native,nested:2m", "--json", "--csv", csv_path)
+    assert r.exit_code == 0, r.output
+    results = json.loads(r.stdout)
+    assert [s["mode"] for s in results] == ["native", "nested"]
+    assert results[1]["mode_stats"]["host_page"] == "2m"
+    assert all(REQUIRED <= set(s) for s in results)
+    lines = csv_path.read_text().splitlines()
+    assert len(lines) == 3 and "mode_stats.host_page" in lines[0]
+    t = run("compare", TRACES / "ls-usr.trace", "--modes", "native,nested", "-q")
+    assert t.exit_code == 0 and "slowdown vs native" in t.stdout and "is fastest" in t.stdout
+
+
+@pytest.mark.parametrize(
+    "modes, fragment", [("native,warp", "unknown mode 'warp'"), ("nested:3m", "host page"), (",", "empty")]
+)
+def test_compare_bad_modes(modes, fragment):
+    assert_clean_failure(run("compare", TRACES / "ls-usr.trace", "--modes", modes), fragment)
