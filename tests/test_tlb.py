@@ -19,7 +19,6 @@ from mmu.hw.presets import (
     SIDE_DATA,
     SIDE_INSTR,
     SIDE_UNIFIED,
-    SZ_1G,
     SZ_2M,
     SZ_4K,
     SZ_ALL,
@@ -29,10 +28,18 @@ from mmu.hw.presets import (
 )
 from mmu.hw.pwc import make_psc, psc_entries, psc_fill, psc_lookup
 from mmu.hw.tlb import (
+    _HMUL,
+    G_BASE,
+    G_ENTRIES,
+    G_HBASE,
+    G_HMASK,
     HW_GP,
     HW_NOP,
     HW_OK,
+    T_GEOM,
+    T_HIDX,
     T_STATS,
+    T_TAG,
     hw_cr4_change,
     hw_cr4_flush_current,
     hw_invlpg,
@@ -66,6 +73,12 @@ ODD = (
     TLBStructure("L1 D", 1, SIDE_DATA, SZ_ALL, 6, 2),
     TLBStructure("L1 I", 1, SIDE_INSTR, SZ_4K, 3, 1),
     TLBStructure("L2 U", 2, SIDE_UNIFIED, SZ_4K | SZ_2M, 12, 4),
+)
+# wide fully associative arrays (>= INDEX_MIN_WAYS ways) are looked up through a hash index
+FA = (
+    TLBStructure("L1 D", 1, SIDE_DATA, SZ_ALL, 20, 20),
+    TLBStructure("L1 I", 1, SIDE_INSTR, SZ_4K | SZ_2M, 17, 17),
+    TLBStructure("L2 U", 2, SIDE_UNIFIED, SZ_4K | SZ_2M, 24, 2),
 )
 # L1 that holds 1G (fully associative, 2 entries) above an L2 that smashes 1G into 2M
 PROMOTE = (
@@ -432,6 +445,7 @@ SPECS = {
     "toy": get_preset("toy"),
     "odd": ODD,
     "promote": PROMOTE,
+    "fa": FA,
     "skylake": get_preset("skylake"),
     "zen2": get_preset("zen2"),
 }
@@ -493,9 +507,37 @@ class Twin:
             want = self.ref.psc.snapshot(lvl)
             assert got == (want if want else [[] for _ in got])
         assert self.psc[6].tolist() == self.ref.psc.stats()
+        check_index(self.tlb)
 
 
-@pytest.mark.parametrize("name", ["toy", "odd", "promote"])
+def _hslot(key, hmask):
+    x = (key * _HMUL) % (1 << 64)
+    x -= (x >> 63) << 64  # as int64
+    return (x >> 32) & hmask
+
+
+def check_index(tlb):
+    """The hash index of every indexed structure holds exactly its valid slots, each one
+    reachable from its home bucket without crossing an empty bucket."""
+    geom, tag, hidx = tlb[T_GEOM], tlb[T_TAG], tlb[T_HIDX]
+    for s in range(geom.shape[0]):
+        hm = int(geom[s, G_HMASK])
+        if hm < 0:
+            continue
+        hb, base = int(geom[s, G_HBASE]), int(geom[s, G_BASE])
+        table = [int(r) for r in hidx[hb : hb + hm + 1]]
+        valid = [i for i in range(base, base + int(geom[s, G_ENTRIES])) if tag[i] != -1]
+        assert sorted(r for r in table if r >= 0) == valid
+        for h, r in enumerate(table):
+            if r < 0:
+                continue
+            j = _hslot(int(tag[r]), hm)
+            while j != h:
+                assert table[j] >= 0, (s, r)
+                j = (j + 1) & hm
+
+
+@pytest.mark.parametrize("name", ["toy", "odd", "promote", "fa"])
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(ops=op_lists())
 def test_kernel_matches_reference_small(name, ops):
@@ -519,7 +561,7 @@ def test_kernel_matches_reference_presets(name, ops):
 
 @settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
-    name=st.sampled_from(["toy", "zen2", "promote"]),
+    name=st.sampled_from(["toy", "zen2", "promote", "fa"]),
     fills=st.lists(
         st.tuples(VAS, ASIDS, PCIDS, SIDES, FRAMES, st.sampled_from([12, 21, 30]), ATTRS), min_size=1, max_size=40
     ),
@@ -586,3 +628,32 @@ def test_fully_associative_and_12_way_eviction():
         tlb_fill(skl, (k * 128) << 12, 0, 0, 0, (k + 1) << 12, 12, RW_US)
     assert [e[2] for e in tlb_entries(skl, stlb)[0]] == [k * 128 for k in range(1, 13)]
     assert tlb_lookup(skl, 0, 0, 0, 0)[0] == 0  # gone from the L1 DTLB (16 sets x 4) and the STLB
+
+
+def test_hash_index_under_churn():
+    """Many more pages than entries through the indexed fully associative arrays: evictions,
+    overwrites and invalidations keep the index exact, and results match the reference."""
+    rng = np.random.default_rng(5)
+    twin = Twin(FA)
+    pages = [int(p) for p in rng.integers(0, 1 << 20, 60)]
+    full = 0
+    for step in range(3000):
+        va = (pages[int(rng.integers(0, 60))] << 12) + int(rng.integers(0, 4096))
+        pcid = int(rng.integers(0, 2))
+        r = rng.random()
+        if r < 0.45:
+            op = ("lookup", va, 0, pcid, int(rng.integers(0, 2)))
+        elif r < 0.9:
+            attrs = RW_US | (TA_G if rng.random() < 0.1 else 0)
+            op = ("fill", va, 0, pcid, int(rng.integers(0, 2)), va & ~0xFFF, [12, 12, 21, 30][step % 4], attrs)
+        elif r < 0.97:
+            op = ("invlpg", va, 0, pcid)
+        else:
+            op = ("flush_pcid", 0, pcid, bool(rng.integers(0, 2)))
+        got, want = twin.apply(op)
+        assert tuple(np.atleast_1d(got).tolist()) == tuple(np.atleast_1d(want).tolist()), (step, op)
+        if step % 10 == 0:
+            twin.check_state()
+            full += [tlb_count_valid(twin.tlb, s) == st_.entries for s, st_ in enumerate(FA[:2])].count(True)
+    twin.check_state()
+    assert full > 100  # the fully associative L1s spent much of the run full (evicting)

@@ -85,8 +85,7 @@ class TLBStructure:
             raise MMUInputError(f"TLB structure '{self.name}': page-size mask {self.sizes} is not in 1..7")
         if self.entries < 1 or self.ways < 1 or self.entries % self.ways:
             raise MMUInputError(
-                f"TLB structure '{self.name}': {self.entries} entries is not a positive multiple of "
-                f"{self.ways} ways"
+                f"TLB structure '{self.name}': {self.entries} entries is not a positive multiple of {self.ways} ways"
             )
 
     @property
@@ -122,9 +121,7 @@ class PSCCache:
         if self.entry_level not in PSC_NAMES:
             raise MMUInputError(f"PSC '{self.name}': entry level must be 2..5, got {self.entry_level}")
         if self.entries < 0 or (self.entries and (self.ways < 1 or self.entries % self.ways)):
-            raise MMUInputError(
-                f"PSC '{self.name}': {self.entries} entries is not a multiple of {self.ways} ways"
-            )
+            raise MMUInputError(f"PSC '{self.name}': {self.entries} entries is not a multiple of {self.ways} ways")
 
 
 @dataclass(frozen=True)
@@ -148,9 +145,7 @@ SKYLAKE = CPUPreset(
     name="skylake",
     tlbs=(
         TLBStructure("L1 DTLB 4K", 1, SIDE_DATA, SZ_4K, 64, 4, f"{_SKL_OPT}; cpuid leaf 2"),
-        TLBStructure(
-            "L1 DTLB 2M", 1, SIDE_DATA, SZ_2M, 32, 4, "32 x 2M 4-way as on Haswell (unconfirmed for Skylake)"
-        ),
+        TLBStructure("L1 DTLB 2M", 1, SIDE_DATA, SZ_2M, 32, 4, "32 x 2M 4-way as on Haswell (unconfirmed for Skylake)"),
         TLBStructure("L1 DTLB 1G", 1, SIDE_DATA, SZ_1G, 4, 4, f"{_SKL_OPT}; cpuid leaf 2"),
         TLBStructure(
             "L1 ITLB 4K",
@@ -229,8 +224,7 @@ ZEN2 = CPUPreset(
         PSCCache("PML5E cache", PSC_PML5E, 0, 0, "Zen 2 has no 5-level paging"),
     ),
     source=(
-        "reference/x86-paging-and-ept.md 6.6: WikiChip Zen 2, 7-cpu.com Zen2; 2 page-table walkers "
-        "(not modeled here)"
+        "reference/x86-paging-and-ept.md 6.6: WikiChip Zen 2, 7-cpu.com Zen2; 2 page-table walkers (not modeled here)"
     ),
 )
 

@@ -115,9 +115,12 @@ def _psc_set_base(geom, c, t):
     return geom[c, G_BASE] + k * geom[c, G_WAYS]
 
 
-@jit
+@jit(inline="always")
 def psc_lookup(psc, va, asid, pcid, la57):
     """Deepest paging-structure-cache hit for ``va`` (SDM 4.10.3.2 order).
+
+    Inlined into its caller (numba IR level), like :func:`mmu.hw.tlb.tlb_lookup`: it runs on
+    every TLB miss, and passing the state tuple to a real call costs about as much as the probe.
 
     Probes the PDE cache, then PDPTE, then PML4E, then (only if ``la57``) PML5E; the first hit
     wins. Updates LRU and the per-cache hit/miss counters (mutates ``psc``).
@@ -305,7 +308,5 @@ def psc_entries(psc: tuple, entry_level: int) -> list[list[tuple[int, int, int, 
     for k in range(int(geom[c, G_NSETS])):
         idx = [i for i in range(base + k * ways, base + (k + 1) * ways) if tag[i] != -1]
         idx.sort(key=lambda i: int(stamp[i]))
-        out.append(
-            [(int(ctx[i]) >> 12, int(ctx[i]) & 0xFFF, int(tag[i]), int(table[i]), int(attrs[i])) for i in idx]
-        )
+        out.append([(int(ctx[i]) >> 12, int(ctx[i]) & 0xFFF, int(tag[i]), int(table[i]), int(attrs[i])) for i in idx])
     return out

@@ -37,15 +37,17 @@ Semantics
 
 State
 -----
-``tlb = (geom, plan, route, tag, ctx, frame, attrs, stamp, orig, stats, clock)``, built by
-:func:`make_tlb`; all arrays int64, mutated in place by the kernels.
+``tlb = (geom, plan, route, tag, ctx, frame, attrs, stamp, orig, hidx, stats, clock)``, built
+by :func:`make_tlb`; all arrays int64, mutated in place by the kernels. ``stats`` and
+``clock`` stay the last two (``tlb[-2]`` is the counter table).
 
 ``geom``  int64[nstruct, G_LEN]
     Per structure: ``G_LEVEL`` (1, 2), ``G_SIDE`` (0 data, 1 instr, 2 unified), ``G_SIZES``
     (mask: 1 = 4K, 2 = 2M, 4 = 1G), ``G_ENTRIES``, ``G_WAYS``, ``G_NSETS``, ``G_MASK``
     (nsets - 1 if a power of two, else -1: the set index is ``vpn % nsets`` either way),
     ``G_BASE`` (first slot in the flat arrays; set ``k`` starts at ``base + k * ways``),
-    ``G_SMASH`` (1 if fills may store pieces of larger pages here).
+    ``G_SMASH`` (1 if fills may store pieces of larger pages here), ``G_HBASE`` / ``G_HMASK``
+    (the structure's region of ``hidx`` and its size - 1; ``G_HMASK = -1``: no index).
 ``plan``  int64[2, 2, 8]
     ``plan[side, level-1]``: ``[0]`` = number of probes, ``[1:4]`` = probes in lookup order as
     ``structure << 2 | size_index``; ``[4]`` = number of structures in the group, ``[5:8]``
@@ -66,6 +68,14 @@ State
     LRU stamp: clock value at the last fill or hit (smallest valid = LRU victim).
 ``orig``  int64[total]
     Page shift (12/21/30) of the translation the entry came from (> stored shift if smashed).
+``hidx``  int64[nh]
+    Hash index over the tags of structures whose sets have at least ``INDEX_MIN_WAYS`` ways
+    (a fully associative 64-entry L1 would otherwise compare 64 tags per probe, and a 4K
+    probe precedes every 2M/1G hit). Open addressing, linear probing, load <= 1/4: each
+    record is a slot number (-1 = empty), hashed by ``tag[slot]``; every valid slot of an
+    indexed structure is in it exactly once (records move by backward-shift deletion).
+    The index only speeds lookups up: which entry hits, LRU order and victims are the same
+    as with a scan.
 ``stats`` int64[nstruct, 2]
     ``[s, 0]`` hits, ``[s, 1]`` misses.
 ``clock`` int64[1]
@@ -97,7 +107,9 @@ G_NSETS = 5
 G_MASK = 6
 G_BASE = 7
 G_SMASH = 8
-G_LEN = 10
+G_HBASE = 9
+G_HMASK = 10
+G_LEN = 12
 
 # plan layout
 P_NPROBE = 0
@@ -107,7 +119,7 @@ P_STRUCTS = 5
 P_LEN = 8
 
 # tuple positions, for Python code that reads the state
-T_GEOM, T_PLAN, T_ROUTE, T_TAG, T_CTX, T_FRAME, T_ATTRS, T_STAMP, T_ORIG, T_STATS, T_CLOCK = range(11)
+T_GEOM, T_PLAN, T_ROUTE, T_TAG, T_CTX, T_FRAME, T_ATTRS, T_STAMP, T_ORIG, T_HIDX, T_STATS, T_CLOCK = range(12)
 
 # lookup result levels
 TLB_MISS = 0
@@ -121,6 +133,8 @@ HW_GP = 2  # the instruction faults with #GP(0); nothing was invalidated
 
 VA_MASK = (1 << 57) - 1
 _MAXSTAMP = 0x7FFFFFFFFFFFFFFF
+INDEX_MIN_WAYS = 17  # sets at least this wide get a hash index over their tags
+_HMUL = 0x7F4A7C159E3779B9  # odd multiplier < 2**63 (stays int64 in numba)
 
 
 def make_tlb(spec: CPUPreset | Iterable[TLBStructure]) -> tuple:
@@ -134,8 +148,8 @@ def make_tlb(spec: CPUPreset | Iterable[TLBStructure]) -> tuple:
     Returns
     -------
     tuple
-        ``(geom, plan, route, tag, ctx, frame, attrs, stamp, orig, stats, clock)``, all int64,
-        see the module docstring.
+        ``(geom, plan, route, tag, ctx, frame, attrs, stamp, orig, hidx, stats, clock)``, all
+        int64, see the module docstring.
 
     Raises
     ------
@@ -162,7 +176,15 @@ def make_tlb(spec: CPUPreset | Iterable[TLBStructure]) -> tuple:
         geom[s, G_NSETS] = nsets
         geom[s, G_MASK] = nsets - 1 if nsets & (nsets - 1) == 0 else -1
         geom[s, G_BASE] = base
+        geom[s, G_HMASK] = -1
         base += st.entries
+    hbase = 0
+    for s, st in enumerate(structs):
+        if st.ways >= INDEX_MIN_WAYS:
+            hsize = 1 << (4 * st.entries - 1).bit_length()  # load factor <= 1/4
+            geom[s, G_HBASE] = hbase
+            geom[s, G_HMASK] = hsize - 1
+            hbase += hsize
 
     plan = np.zeros((2, 2, P_LEN), dtype=np.int64)
     route = np.full((2, 2, 3, 2), -1, dtype=np.int64)
@@ -198,9 +220,10 @@ def make_tlb(spec: CPUPreset | Iterable[TLBStructure]) -> tuple:
     attrs = np.zeros(base, dtype=np.int64)
     stamp = np.zeros(base, dtype=np.int64)
     orig = np.zeros(base, dtype=np.int64)
+    hidx = np.full(max(hbase, 1), -1, dtype=np.int64)
     stats = np.zeros((n, 2), dtype=np.int64)
     clock = np.zeros(1, dtype=np.int64)
-    return (geom, plan, route, tag, ctx, frame, attrs, stamp, orig, stats, clock)
+    return (geom, plan, route, tag, ctx, frame, attrs, stamp, orig, hidx, stats, clock)
 
 
 # --- kernels ------------------------------------------------------------------------------------
@@ -216,10 +239,104 @@ def _set_base(geom, s, vpn):
     return geom[s, G_BASE] + k * geom[s, G_WAYS]
 
 
+@jit(inline="always")
+def _hslot(key, hmask):
+    return ((key * _HMUL) >> 32) & hmask
+
+
+@jit(inline="always")
+def _ctx_ok(c, ck, a, attr):
+    return c == ck or ((attr & TA_G) != 0 and (c >> 12) == a)
+
+
+@jit(inline="always")
+def _probe(geom, tag, ctx, attrs, hidx, s, vpn, key, ck, a):
+    """Slot of structure ``s`` that translates ``key`` for context ``ck``, or -1.
+
+    Wide sets (``G_HMASK >= 0``) go through the hash index; narrow ones compare every tag of
+    the set without branching (which way hits is unpredictable, so an early exit costs a
+    branch mispredict on most lookups), then check the context of the match.
+    """
+    hm = geom[s, G_HMASK]
+    if hm >= 0:
+        hb = geom[s, G_HBASE]
+        h = _hslot(key, hm)
+        while True:
+            r = hidx[hb + h]
+            if r < 0:
+                return -1
+            if tag[r] == key and _ctx_ok(ctx[r], ck, a, attrs[r]):
+                return r
+            h = (h + 1) & hm
+    base = _set_base(geom, s, vpn)
+    end = base + geom[s, G_WAYS]
+    hit = -1
+    for i in range(base, end):
+        hit = i if tag[i] == key else hit
+    if hit >= 0:
+        if _ctx_ok(ctx[hit], ck, a, attrs[hit]):
+            return hit
+        for i in range(base, end):  # rare: the same page cached for another context too
+            if tag[i] == key and _ctx_ok(ctx[i], ck, a, attrs[i]):
+                return i
+    return -1
+
+
+@jit
+def _link(geom, tag, hidx, s, i):
+    """Add slot ``i`` (its tag already written) to the hash index of ``s``, if it has one."""
+    hm = geom[s, G_HMASK]
+    if hm < 0:
+        return
+    hb = geom[s, G_HBASE]
+    h = _hslot(tag[i], hm)
+    while hidx[hb + h] >= 0:
+        h = (h + 1) & hm
+    hidx[hb + h] = i
+
+
+@jit
+def _unlink(geom, tag, hidx, s, i):
+    """Remove valid slot ``i`` (its tag still in place) from the hash index of ``s``.
+
+    Linear probing with backward-shift deletion, so lookups never need tombstones.
+    """
+    hm = geom[s, G_HMASK]
+    if hm < 0:
+        return
+    hb = geom[s, G_HBASE]
+    h = _hslot(tag[i], hm)
+    while hidx[hb + h] != i:
+        h = (h + 1) & hm
+    hole = h
+    j = h
+    while True:
+        j = (j + 1) & hm
+        r = hidx[hb + j]
+        if r < 0:
+            break
+        home = _hslot(tag[r], hm)
+        # r may move back into the hole unless its home lies cyclically in (hole, j]
+        if hole <= j:
+            stays = hole < home <= j
+        else:
+            stays = home > hole or home <= j
+        if not stays:
+            hidx[hb + hole] = r
+            hole = j
+    hidx[hb + hole] = -1
+
+
+@jit
+def _kill(geom, tag, hidx, s, i):
+    _unlink(geom, tag, hidx, s, i)
+    tag[i] = -1
+
+
 @jit
 def _insert(tlb, s, q, v, ck, frame_pa, attr, orig_shift):
     """Store page-size-index ``q`` entry for masked address ``v`` in structure ``s``."""
-    geom, plan, route, tag, ctx, frame, attrs, stamp, orig, stats, clock = tlb
+    geom, plan, route, tag, ctx, frame, attrs, stamp, orig, hidx, stats, clock = tlb
     key = ((v >> (12 + 9 * q)) << 2) | q
     base = _set_base(geom, s, v >> (12 + 9 * q))
     asid = ck >> 12
@@ -240,16 +357,20 @@ def _insert(tlb, s, q, v, ck, frame_pa, attr, orig_shift):
                 if target < 0:
                     target = i
                 else:
-                    tag[i] = -1
+                    _kill(geom, tag, hidx, s, i)
                 continue
         if stamp[i] < lru_stamp:
             lru_stamp = stamp[i]
             lru = i
     if target < 0:
         target = free if free >= 0 else lru
+    if tag[target] != key:
+        if tag[target] != -1:
+            _unlink(geom, tag, hidx, s, target)
+        tag[target] = key
+        _link(geom, tag, hidx, s, target)
     now = clock[0] + 1
     clock[0] = now
-    tag[target] = key
     ctx[target] = ck
     frame[target] = frame_pa
     attrs[target] = attr
@@ -272,9 +393,23 @@ def _fill_group(tlb, side, lv, v, ck, frame_pa, k, attr):
     _insert(tlb, s, q, v, ck, sub, attr, ps)
 
 
+@jit
+def _promote(tlb, side, v, i, vpn, shift):
+    """Re-install the original translation of L2 slot ``i`` in the L1 group of ``side``."""
+    ctx = tlb[4]
+    frame = tlb[5]
+    attrs = tlb[6]
+    osh = tlb[8][i]
+    ofr = frame[i] - ((vpn << shift) & ((np.int64(1) << osh) - 1))
+    _fill_group(tlb, side, 0, v, ctx[i], ofr, (osh - 12) // 9, attrs[i])
+
+
 @jit(inline="always")
 def tlb_lookup(tlb, va, asid, pcid, side):
     """Translate ``va`` through the TLB hierarchy (the hot path; mutates LRU and counters).
+
+    Inlined into its caller at the numba IR level: passing the state tuple to a real call
+    costs more than an L1 hit.
 
     Parameters
     ----------
@@ -297,7 +432,7 @@ def tlb_lookup(tlb, va, asid, pcid, side):
         (``pa = frame_pa + (va & ((1 << page_shift) - 1))``), ``page_shift`` 12/21/30 is the
         stored (possibly smashed) size, ``attrs`` the ``TA_*`` bits stored at fill time.
     """
-    geom, plan, route, tag, ctx, frame, attrs, stamp, orig, stats, clock = tlb
+    geom, plan, route, tag, ctx, frame, attrs, stamp, orig, hidx, stats, clock = tlb
     v = np.int64(va) & VA_MASK
     a = asid & 0xFFFF
     ck = (a << 12) | (pcid & 0xFFF)
@@ -308,24 +443,17 @@ def tlb_lookup(tlb, va, asid, pcid, side):
             q = p & 3
             shift = 12 + 9 * q
             vpn = v >> shift
-            key = (vpn << 2) | q
-            base = _set_base(geom, s, vpn)
-            for i in range(base, base + geom[s, G_WAYS]):
-                if tag[i] == key:
-                    c = ctx[i]
-                    if c == ck or ((attrs[i] & TA_G) != 0 and (c >> 12) == a):
-                        now = clock[0] + 1
-                        clock[0] = now
-                        stamp[i] = now
-                        stats[s, 0] += 1
-                        fr = frame[i]
-                        at = attrs[i]
-                        if lv == 1:
-                            # promotion: re-install the original translation in L1
-                            os = orig[i]
-                            ofr = fr - ((vpn << shift) & ((np.int64(1) << os) - 1))
-                            _fill_group(tlb, side, 0, v, c, ofr, (os - 12) // 9, at)
-                        return lv + 1, fr, shift, at
+            i = _probe(geom, tag, ctx, attrs, hidx, s, vpn, (vpn << 2) | q, ck, a)
+            if i >= 0:
+                now = clock[0] + 1
+                clock[0] = now
+                stamp[i] = now
+                stats[s, 0] += 1
+                fr = frame[i]
+                at = attrs[i]
+                if lv == 1:
+                    _promote(tlb, side, v, i, vpn, shift)
+                return lv + 1, fr, shift, at
         for j in range(P_STRUCTS, P_STRUCTS + plan[side, lv, P_NSTRUCT]):
             stats[plan[side, lv, j], 1] += 1
     return np.int64(0), np.int64(0), np.int64(0), np.int64(0)
@@ -375,36 +503,50 @@ def tlb_fill(tlb, va, asid, pcid, side, frame_pa, page_shift, attrs):
 
 
 @jit
-def _inv_addr(tlb, va, asid, pcid, with_global):
-    """Remove entries of ``asid`` whose original page contains ``va``.
+def _doomed(c, at, a, ck, mode):
+    """Does an invalidation remove an entry with context ``c`` and attrs ``at``?
 
-    ``with_global``: entries of ``pcid`` plus global entries of any PCID (INVLPG);
-    otherwise non-global entries of ``pcid`` only (INVPCID type 0).
+    ``mode`` 0: entries of ``ck`` plus globals of asid ``a`` (INVLPG); 1: non-global entries
+    of ``ck`` (INVPCID 0/1, MOV CR3); 2: all entries of ``ck``; 3: all entries of asid ``a``;
+    4: non-global entries of asid ``a``; 5: every entry; 6: every non-global entry.
     """
-    geom, plan, route, tag, ctx, frame, attrs, stamp, orig, stats, clock = tlb
+    g = (at & TA_G) != 0
+    if mode == 0:
+        return (c >> 12) == a and (c == ck or g)
+    if mode == 1:
+        return c == ck and not g
+    if mode == 2:
+        return c == ck
+    if mode == 3:
+        return (c >> 12) == a
+    if mode == 4:
+        return (c >> 12) == a and not g
+    if mode == 5:
+        return True
+    return not g
+
+
+@jit
+def _inv_addr(tlb, va, asid, pcid, mode):
+    """Remove the entries selected by ``mode`` (see :func:`_doomed`) whose original page
+    contains ``va``: every smashed piece of a large page, as the SDM's INVLPG/INVPCID
+    footnote requires. Returns the number removed."""
+    geom, plan, route, tag, ctx, frame, attrs, stamp, orig, hidx, stats, clock = tlb
     v = np.int64(va) & VA_MASK
     a = asid & 0xFFFF
     ck = (a << 12) | (pcid & 0xFFF)
     n = 0
     for s in range(geom.shape[0]):
-        base = geom[s, G_BASE]
         if geom[s, G_SMASH] != 0:
+            # pieces of one large page sit in many sets: look at every entry
+            base = geom[s, G_BASE]
             for i in range(base, base + geom[s, G_ENTRIES]):
                 t = tag[i]
-                if t == -1:
+                if t == -1 or not _doomed(ctx[i], attrs[i], a, ck, mode):
                     continue
-                c = ctx[i]
-                if (c >> 12) != a:
-                    continue
-                g = (attrs[i] & TA_G) != 0
-                if with_global:
-                    if c != ck and not g:
-                        continue
-                elif c != ck or g:
-                    continue
-                os = orig[i]
-                if (((t >> 2) << (12 + 9 * (t & 3))) >> os) == (v >> os):
-                    tag[i] = -1
+                osh = orig[i]
+                if (((t >> 2) << (12 + 9 * (t & 3))) >> osh) == (v >> osh):
+                    _kill(geom, tag, hidx, s, i)
                     n += 1
         else:
             for q in range(3):
@@ -414,19 +556,29 @@ def _inv_addr(tlb, va, asid, pcid, with_global):
                 key = (vpn << 2) | q
                 sb = _set_base(geom, s, vpn)
                 for i in range(sb, sb + geom[s, G_WAYS]):
-                    if tag[i] != key:
-                        continue
-                    c = ctx[i]
-                    if (c >> 12) != a:
-                        continue
-                    g = (attrs[i] & TA_G) != 0
-                    if with_global:
-                        if c != ck and not g:
-                            continue
-                    elif c != ck or g:
-                        continue
-                    tag[i] = -1
-                    n += 1
+                    if tag[i] == key and _doomed(ctx[i], attrs[i], a, ck, mode):
+                        _kill(geom, tag, hidx, s, i)
+                        n += 1
+    return n
+
+
+@jit
+def _inv_all(tlb, asid, pcid, mode):
+    """Remove every entry selected by ``mode`` (see :func:`_doomed`). Returns the number."""
+    geom = tlb[0]
+    tag = tlb[3]
+    ctx = tlb[4]
+    attrs = tlb[6]
+    hidx = tlb[9]
+    a = asid & 0xFFFF
+    ck = (a << 12) | (pcid & 0xFFF)
+    n = 0
+    for s in range(geom.shape[0]):
+        base = geom[s, G_BASE]
+        for i in range(base, base + geom[s, G_ENTRIES]):
+            if tag[i] != -1 and _doomed(ctx[i], attrs[i], a, ck, mode):
+                _kill(geom, tag, hidx, s, i)
+                n += 1
     return n
 
 
@@ -438,7 +590,7 @@ def tlb_invlpg(tlb, va, asid, pcid):
     Canonical-address checks are the caller's (see :func:`hw_invlpg`). Returns the number of
     entries removed (mutates ``tlb``).
     """
-    return _inv_addr(tlb, va, asid, pcid, True)
+    return _inv_addr(tlb, va, asid, pcid, 0)
 
 
 @jit
@@ -447,44 +599,19 @@ def tlb_flush_pcid(tlb, asid, pcid, keep_global):
 
     A global entry belongs to the PCID it was filled under. Returns the number removed.
     """
-    tag = tlb[3]
-    ctx = tlb[4]
-    attrs = tlb[6]
-    ck = ((asid & 0xFFFF) << 12) | (pcid & 0xFFF)
-    n = 0
-    for i in range(tag.shape[0]):
-        if tag[i] != -1 and ctx[i] == ck and not (keep_global and (attrs[i] & TA_G) != 0):
-            tag[i] = -1
-            n += 1
-    return n
+    return _inv_all(tlb, asid, pcid, 1 if keep_global else 2)
 
 
 @jit
 def tlb_flush_asid(tlb, asid, keep_global):
     """Remove the entries of ``asid`` (all PCIDs); global ones too unless ``keep_global``."""
-    tag = tlb[3]
-    ctx = tlb[4]
-    attrs = tlb[6]
-    a = asid & 0xFFFF
-    n = 0
-    for i in range(tag.shape[0]):
-        if tag[i] != -1 and (ctx[i] >> 12) == a and not (keep_global and (attrs[i] & TA_G) != 0):
-            tag[i] = -1
-            n += 1
-    return n
+    return _inv_all(tlb, asid, 0, 4 if keep_global else 3)
 
 
 @jit
 def tlb_flush_all(tlb, keep_global):
     """Remove the entries of every asid; global ones too unless ``keep_global``."""
-    tag = tlb[3]
-    attrs = tlb[6]
-    n = 0
-    for i in range(tag.shape[0]):
-        if tag[i] != -1 and not (keep_global and (attrs[i] & TA_G) != 0):
-            tag[i] = -1
-            n += 1
-    return n
+    return _inv_all(tlb, 0, 0, 6 if keep_global else 5)
 
 
 @jit
@@ -501,7 +628,7 @@ def tlb_invpcid(tlb, asid, kind, pcid, va):
         :data:`HW_OK`, or :data:`HW_GP` for a kind outside 0..3 (nothing invalidated).
     """
     if kind == 0:
-        _inv_addr(tlb, va, asid, pcid, False)
+        _inv_addr(tlb, va, asid, pcid, 1)
     elif kind == 1:
         tlb_flush_pcid(tlb, asid, pcid, True)
     elif kind == 2:
@@ -529,7 +656,7 @@ def tlb_count_valid(tlb, structure_index):
 @jit
 def tlb_reset_stats(tlb):
     """Zero the hit/miss counters (mutates ``tlb[T_STATS]``)."""
-    tlb[9][:, :] = 0
+    tlb[10][:, :] = 0
 
 
 @jit
@@ -660,7 +787,9 @@ def tlb_entries(tlb: tuple, structure_index: int) -> list[list[tuple[int, int, i
         ``(asid, pcid, vpn, page_shift, frame_pa, attrs, orig_shift)`` with ``vpn`` the page
         number at the stored ``page_shift`` of ``va mod 2**57``.
     """
-    geom, tag, ctx, frame, attrs, stamp, orig = (tlb[i] for i in (0, 3, 4, 5, 6, 7, 8))
+    geom, tag, ctx, frame, attrs, stamp, orig = (
+        tlb[i] for i in (T_GEOM, T_TAG, T_CTX, T_FRAME, T_ATTRS, T_STAMP, T_ORIG)
+    )
     s = int(structure_index)
     ways = int(geom[s, G_WAYS])
     base = int(geom[s, G_BASE])

@@ -68,9 +68,7 @@ class RefTLB:
 
     # -- helpers ------------------------------------------------------------------------------
     def _group(self, side: int, level: int) -> list[int]:
-        return [
-            i for i, st in enumerate(self.structs) if st.level == level and st.side in (side, UNIFIED)
-        ]
+        return [i for i, st in enumerate(self.structs) if st.level == level and st.side in (side, UNIFIED)]
 
     def _set_of(self, i: int, vpn: int) -> OrderedDict:
         return self.sets[i][vpn % len(self.sets[i])]
@@ -87,12 +85,7 @@ class RefTLB:
                     vpn = lin >> shift
                     od = self._set_of(i, vpn)
                     for key, e in od.items():
-                        if (
-                            e.vpn == vpn
-                            and e.shift == shift
-                            and e.asid == asid
-                            and (e.pcid == pcid or e.is_global)
-                        ):
+                        if e.vpn == vpn and e.shift == shift and e.asid == asid and (e.pcid == pcid or e.is_global):
                             od.move_to_end(key)
                             self.hits[i] += 1
                             if level == 2:
@@ -115,9 +108,7 @@ class RefTLB:
 
     def _fill_group(self, side, level, lin, asid, pcid, frame, shift, attrs):
         group = self._group(side, level)
-        fits = [
-            (s, i) for i in group for s in SHIFTS if s <= shift and self.structs[i].sizes & SIZE_BIT[s]
-        ]
+        fits = [(s, i) for i in group for s in SHIFTS if s <= shift and self.structs[i].sizes & SIZE_BIT[s]]
         if not fits:
             return
         stored, i = max(fits)
@@ -160,9 +151,7 @@ class RefTLB:
         )
 
     def flush_pcid(self, asid, pcid, keep_global) -> int:
-        return self._remove(
-            lambda e: e.asid == asid and e.pcid == pcid and not (keep_global and e.is_global)
-        )
+        return self._remove(lambda e: e.asid == asid and e.pcid == pcid and not (keep_global and e.is_global))
 
     def flush_asid(self, asid, keep_global) -> int:
         return self._remove(lambda e: e.asid == asid and not (keep_global and e.is_global))
