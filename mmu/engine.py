@@ -291,21 +291,21 @@ def replay_kernel(
         va = np.int64(addr[i])
         stats[S_ACCESSES] += 1
         stats[S_READS + o] += 1
-        st, pa = _translate_access(gm, galloc, hcache, osst, tlb, psc, ptc, stats, cfg, cur, va, o, scratch)
-        if st != OS_OK:
-            return ST_OUT_OF_FRAMES, i
-        if emit:
-            out[pos[0]] = np.uint64(pa) if pa >= 0 else NO_TRANSLATION
-            pos[0] += 1
+        # An access that crosses into the next page makes the processor translate that page
+        # too (one call site, so the inlined translation path is compiled once).
         last = va + arg[i] - 1
-        if (last >> 12) != (va >> 12):
-            # The access crosses into the next page: the processor translates that page too.
+        pages = 1 if (last >> 12) == (va >> 12) else 2
+        if pages == 2:
             stats[S_SPLIT] += 1
-            st, pa = _translate_access(
-                gm, galloc, hcache, osst, tlb, psc, ptc, stats, cfg, cur, last & ~np.int64(0xFFF), o, scratch
-            )
+        tva = va
+        for k in range(pages):
+            st, pa = _translate_access(gm, galloc, hcache, osst, tlb, psc, ptc, stats, cfg, cur, tva, o, scratch)
             if st != OS_OK:
                 return ST_OUT_OF_FRAMES, i
+            if k == 0 and emit:
+                out[pos[0]] = np.uint64(pa) if pa >= 0 else NO_TRANSLATION
+                pos[0] += 1
+            tva = last & ~np.int64(0xFFF)
     return ST_DONE, stop
 
 
