@@ -470,6 +470,12 @@ class Machine:
         """
         n = len(records)
         records = np.asarray(records)
+        if n < 2:
+            # numba types a 0/1-element field view as contiguous, a longer one as strided: pad so
+            # every chunk has the one type the kernel was compiled for (only [0, n) is replayed).
+            padded = np.zeros(2, dtype=records.dtype)
+            padded[:n] = records
+            records = padded
         # Strided views of the record fields: no per-chunk copies.
         addr, arg, pid, op = records["addr"], records["arg"], records["pid"], records["op"]
         emit = out is not None

@@ -39,7 +39,7 @@ from mmu.x86.nested import (
     NESTED_PF,
     RF_DIM,
     RF_HPA,
-    nested_walk_core,
+    nested_walk_core_call,
 )
 from mmu.x86.walk import TR_ATTRS, TR_LEVEL, TR_NEXT, access_fault, is_canonical
 
@@ -104,7 +104,7 @@ def hw_translate_nested(hmem, vm, hcache, tlb, psc, ptc, stats, cfg, gcr3, pcid,
         pattrs = TA_RW | TA_US
     vmeta = vm[1]
     npt = vmeta[V_NPT] != 0
-    st, code, qual, gpa, hpa, pshift, nr, ng, attrs, _perms = nested_walk_core(
+    st, code, qual, gpa, hpa, pshift, nr, ng, attrs, _perms = nested_walk_core_call(
         hmem, vmeta[V_ROOT], vmeta[V_LEVELS], vmeta[V_EPT_AD] != 0, npt, table, next_level, pattrs, va,
         access, ctl, cfg[C_PKRU], maxphy, gtrail, htrail, refs, 0, False, True, hcache,
     )  # fmt: skip

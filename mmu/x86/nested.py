@@ -183,7 +183,7 @@ def _copy_host_refs(htrail, hn, refs_out, nr):
     return nr
 
 
-@jit
+@jit(inline="always")
 def nested_walk_core(
     hmem,
     hroot,
@@ -373,7 +373,7 @@ def nested_walk_core(
         level -= 1
 
 
-@jit
+@jit(inline="always")
 def nested_walk(
     hmem,
     eptp_root,
@@ -617,3 +617,9 @@ def walk_nested(
     if status == NESTED_GP:
         return NestedWalkResult(fault, 0, 0, None, None, 0, [])
     return NestedWalkResult(fault, 0, int(qual), int(gpa), None, 0, refs, int(attrs))
+
+
+# The same core as a plain (not inlined) kernel, for callers that would rather pay one call
+# per walk than compile the core into their own body (the replay engine: numba inlines IR,
+# and compile time grows with every inlined copy).
+nested_walk_core_call = jit(nested_walk_core.py_func)
