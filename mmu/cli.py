@@ -309,3 +309,6 @@ def cache_cmd(
 from mmu.trace.cli import register  # noqa: E402
 
 register(app)
+from mmu.report.cli import register as _register_report  # noqa: E402
+
+_register_report(app)
