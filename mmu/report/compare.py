@@ -64,19 +64,12 @@ def verdict(results: list[dict[str, Any]]) -> Text:
     best, worst = ranked[0], ranked[-1]
     if len(results) < 2 or not best["cycles"]:
         return Text("")
-    b = worst["cycles_breakdown"]
-    terms = {
-        "TLB": b["tlb"],
-        "page walks": b["walk"],
-        "guest page faults": b["guest_page_faults"],
-        "VM exits": b["vm_exits"],
-    }
-    extra = {k: v - best["cycles_breakdown"][key] for k, v, key in zip(
-        terms, terms.values(), ("tlb", "walk", "guest_page_faults", "vm_exits"), strict=True)}  # fmt: skip
+    names = {"tlb": "TLB", "walk": "page walks", "guest_page_faults": "guest page faults", "vm_exits": "VM exits"}
+    extra = {names[k]: worst["cycles_breakdown"][k] - best["cycles_breakdown"][k] for k in names}
     main = max(extra, key=lambda k: extra[k])
     t = Text()
-    t.append(f"{best['mode']}", style="bold green")
-    t.append(f" is fastest; {worst['mode']} takes ")
+    t.append(mode_label(best), style="bold green")
+    t.append(f" is fastest; {mode_label(worst)} takes ")
     t.append(f"{worst['cycles'] / best['cycles']:.2f}×", style="bold")
     t.append(f" the cycles, most of the difference in {main} ({extra[main]:+,} cycles).")
     return t
