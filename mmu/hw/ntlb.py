@@ -25,8 +25,21 @@ import numpy as np
 
 from mmu._jit import jit
 from mmu.hw.presets import SIDE_UNIFIED, PSCCache, TLBStructure
-from mmu.hw.pwc import make_psc, psc_fill, psc_flush_all, psc_lookup
-from mmu.hw.tlb import make_tlb, tlb_fill, tlb_flush_all, tlb_invlpg, tlb_lookup
+from mmu.hw.pwc import make_psc, psc_fill, psc_flush_all, psc_flush_asid, psc_lookup
+from mmu.hw.tlb import (
+    G_BASE,
+    G_ENTRIES,
+    HW_GP,
+    HW_OK,
+    _inv_addr,
+    _kill,
+    make_tlb,
+    tlb_fill,
+    tlb_flush_all,
+    tlb_flush_asid,
+    tlb_invlpg,
+    tlb_lookup,
+)
 from mmu.x86.bits import ACC_READ, ACC_WRITE, PF_P
 from mmu.x86.ept import (
     EPT_OK,
@@ -191,3 +204,70 @@ def host_translate_cached(
         for i in range(n - 1):
             psc_fill(npsc, gpa, 0, 0, la57, htrail[i, TR_LEVEL], htrail[i, TR_NEXT], htrail[i, TR_ATTRS] & upper)
     return status, q, hpa, shift, perms, n
+
+
+# --- VMX invalidations (SDM vol. 3C 28.3.3: INVEPT, INVVPID) ----------------------------------
+INVEPT_SINGLE = 1
+INVEPT_GLOBAL = 2
+INVVPID_ADDRESS = 0
+INVVPID_SINGLE = 1
+INVVPID_ALL = 2
+INVVPID_SINGLE_KEEP_GLOBALS = 3
+
+
+@jit
+def _flush_nonzero_asids(tlb, psc):
+    """Drop every TLB and PSC entry tagged with a VPID other than 0 (the guests')."""
+    geom = tlb[0]
+    tag = tlb[3]
+    ctx = tlb[4]
+    hidx = tlb[9]
+    for s in range(geom.shape[0]):
+        base = geom[s, G_BASE]
+        for i in range(base, base + geom[s, G_ENTRIES]):
+            if tag[i] != -1 and (ctx[i] >> 12) != 0:
+                _kill(geom, tag, hidx, s, i)
+    ptag = psc[1]
+    pctx = psc[2]
+    for i in range(ptag.shape[0]):
+        if ptag[i] != -1 and (pctx[i] >> 12) != 0:
+            ptag[i] = -1
+
+
+@jit
+def hw_invept(tlb, psc, hcache, kind):
+    """INVEPT: drop guest-physical mappings (nested TLB, host PSCs) and the combined mappings
+    (gva -> hpa TLB entries and guest PSC entries of every VPID) derived through the EPT.
+
+    This model runs one EPTP, so single-context (1) and global (2) invalidate the same set.
+    Returns HW_OK, or HW_GP for another ``kind``.
+    """
+    if kind != INVEPT_SINGLE and kind != INVEPT_GLOBAL:
+        return HW_GP
+    host_cache_flush(hcache)
+    _flush_nonzero_asids(tlb, psc)
+    return HW_OK
+
+
+@jit
+def hw_invvpid(tlb, psc, kind, vpid, va):
+    """INVVPID: drop linear and combined mappings of ``vpid`` (never guest-physical ones).
+
+    kind 0: the page containing ``va`` (every PCID, globals too); 1: everything of ``vpid``;
+    2: everything of every VPID except 0; 3: everything of ``vpid`` except globals. PSC entries
+    of the VPID go in every case (the SDM allows invalidating more than required). VPID 0 is
+    invalid for kinds 0, 1 and 3. Returns HW_OK or HW_GP.
+    """
+    if kind == INVVPID_ALL:
+        _flush_nonzero_asids(tlb, psc)
+        return HW_OK
+    if vpid == 0 or kind < 0 or kind > 3:
+        return HW_GP
+    if kind == INVVPID_ADDRESS:
+        _inv_addr(tlb, va, vpid, 0, 3)
+    elif kind == INVVPID_SINGLE:
+        tlb_flush_asid(tlb, vpid, False)
+    else:
+        tlb_flush_asid(tlb, vpid, True)
+    psc_flush_asid(psc, vpid)
+    return HW_OK
