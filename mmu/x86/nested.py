@@ -69,17 +69,11 @@ from mmu.x86.bits import (
     ACC_WRITE,
     CTL_LA57,
     CTL_NXE,
-    CTL_PGE,
     PF_P,
     PF_RSVD,
     TA_D,
-    TA_G,
-    TA_PCD,
-    TA_PKEY_SHIFT,
-    TA_PWT,
     TA_RW,
     TA_US,
-    TA_XD,
     WALK_GP,
     WALK_OK,
     WALK_PF,
@@ -102,12 +96,15 @@ from mmu.x86.ept import (
     perm_qual,
 )
 from mmu.x86.walk import (
+    ENTRY_NOT_PRESENT,
+    ENTRY_RESERVED,
     MAX_LEVELS,
     TR_ATTRS,
     TR_ENTRY_PA,
     TR_LEVEL,
     TR_NEXT,
     access_fault,
+    entry_step,
     error_code_bits,
     is_canonical,
     make_ctl,
@@ -298,38 +295,15 @@ def nested_walk_core(
         gtrail[ng, GT_HPERMS] = hperms
         gtrail[ng, GT_ROW] = row
         ng += 1
-        if (e & _P) == _U0:
+        kind, leaf, attrs = entry_step(e, level, rsvd, nxe, ctl, attrs)
+        if kind == ENTRY_NOT_PRESENT:
             return np.int64(NESTED_PF), error_code_bits(0, access, ctl), z, z, z, z, nr, ng, attrs, z
-        leaf = level == 1 or (level <= 3 and (e & _PS) != _U0)
-        bad = (e & rsvd) != _U0
-        if level >= 4 and (e & _PS) != _U0:
-            bad = True
-        elif leaf and level == 3 and (e & _RSVD_1G) != _U0:
-            bad = True
-        elif leaf and level == 2 and (e & _RSVD_2M) != _U0:
-            bad = True
-        if bad:
+        if kind == ENTRY_RESERVED:
             code = error_code_bits(PF_P | PF_RSVD, access, ctl)
             return np.int64(NESTED_PF), code, z, z, z, z, nr, ng, attrs, z
-        if (e & _RW) == _U0:
-            attrs &= ~TA_RW
-        if (e & _US) == _U0:
-            attrs &= ~TA_US
-        if nxe and (e & _XD) != _U0:
-            attrs |= TA_XD
-        attrs &= ~(TA_PWT | TA_PCD)
-        if (e & _PWT) != _U0:
-            attrs |= TA_PWT
-        if (e & _PCD) != _U0:
-            attrs |= TA_PCD
         if leaf:
             page_shift = shift
             frame = np.int64(e & addr_mask) & ~((np.int64(1) << page_shift) - 1)
-            if (e & _D) != _U0:
-                attrs |= TA_D
-            if (e & _G) != _U0 and (ctl & CTL_PGE) != 0:
-                attrs |= TA_G
-            attrs |= np.int64((e >> np.uint64(59)) & np.uint64(15)) << TA_PKEY_SHIFT
             gtrail[ng - 1, TR_NEXT] = frame
             gtrail[ng - 1, TR_ATTRS] = attrs
             code = access_fault(attrs, access, ctl, pkru)

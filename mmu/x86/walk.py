@@ -157,6 +157,53 @@ def error_code_bits(base, access, ctl):
     return code
 
 
+ENTRY_OK = 0
+ENTRY_NOT_PRESENT = 1
+ENTRY_RESERVED = 2
+
+
+@jit(inline="always")
+def entry_step(e, level, rsvd, nxe, ctl, attrs):
+    """Apply one paging-structure entry ``e`` of ``level`` to a walk (SDM 4.5, 4.6, 4.10.2.2).
+
+    ``rsvd`` is the mask of bits 51:M (plus XD when NXE=0) that are reserved at every level.
+    Returns ``(kind, leaf, attrs)``: kind ENTRY_NOT_PRESENT (P=0; nothing else is checked),
+    ENTRY_RESERVED (a reserved bit is set), or ENTRY_OK with ``attrs`` combining this entry
+    (R/W and U/S ANDed, XD ORed, PWT/PCD of the entry; for a leaf also D, G with CR4.PGE, and
+    the protection key). Shared by the 1D walker and the guest dimension of the 2D walker.
+    """
+    if (e & _P) == _U0:
+        return ENTRY_NOT_PRESENT, False, attrs
+    leaf = level == 1 or (level <= 3 and (e & _PS) != _U0)
+    bad = (e & rsvd) != _U0
+    if level >= 4 and (e & _PS) != _U0:
+        bad = True
+    elif leaf and level == 3 and (e & _RSVD_1G) != _U0:
+        bad = True
+    elif leaf and level == 2 and (e & _RSVD_2M) != _U0:
+        bad = True
+    if bad:
+        return ENTRY_RESERVED, leaf, attrs
+    if (e & _RW) == _U0:
+        attrs &= ~TA_RW
+    if (e & _US) == _U0:
+        attrs &= ~TA_US
+    if nxe and (e & _XD) != _U0:
+        attrs |= TA_XD
+    attrs &= ~(TA_PWT | TA_PCD)
+    if (e & _PWT) != _U0:
+        attrs |= TA_PWT
+    if (e & _PCD) != _U0:
+        attrs |= TA_PCD
+    if leaf:
+        if (e & _D) != _U0:
+            attrs |= TA_D
+        if (e & _G) != _U0 and (ctl & CTL_PGE) != 0:
+            attrs |= TA_G
+        attrs |= np.int64((e >> np.uint64(59)) & np.uint64(15)) << TA_PKEY_SHIFT
+    return ENTRY_OK, leaf, attrs
+
+
 @jit
 def walk_core(mem, table_pa, level, attrs_in, va, access, ctl, pkru, maxphyaddr, trail, set_ad):
     """Walk ``va`` from the table at ``table_pa`` of ``level`` down to a leaf.
@@ -204,37 +251,14 @@ def walk_core(mem, table_pa, level, attrs_in, va, access, ctl, pkru, maxphyaddr,
         trail[n, TR_ENTRY_PA] = entry_pa
         trail[n, TR_LEVEL] = level
         n += 1
-        if (e & _P) == _U0:
+        kind, leaf, attrs = entry_step(e, level, rsvd, nxe, ctl, attrs)
+        if kind == ENTRY_NOT_PRESENT:
             return WALK_PF, error_code_bits(0, access, ctl), 0, 0, attrs, n
-        leaf = level == 1 or (level <= 3 and (e & _PS) != _U0)
-        bad = (e & rsvd) != _U0
-        if level >= 4 and (e & _PS) != _U0:
-            bad = True
-        elif leaf and level == 3 and (e & _RSVD_1G) != _U0:
-            bad = True
-        elif leaf and level == 2 and (e & _RSVD_2M) != _U0:
-            bad = True
-        if bad:
+        if kind == ENTRY_RESERVED:
             return WALK_PF, error_code_bits(PF_P | PF_RSVD, access, ctl), 0, 0, attrs, n
-        if (e & _RW) == _U0:
-            attrs &= ~TA_RW
-        if (e & _US) == _U0:
-            attrs &= ~TA_US
-        if nxe and (e & _XD) != _U0:
-            attrs |= TA_XD
-        attrs &= ~(TA_PWT | TA_PCD)
-        if (e & _PWT) != _U0:
-            attrs |= TA_PWT
-        if (e & _PCD) != _U0:
-            attrs |= TA_PCD
         if leaf:
             page_shift = shift
             frame = np.int64(e & addr_mask) & ~((np.int64(1) << page_shift) - 1)
-            if (e & _D) != _U0:
-                attrs |= TA_D
-            if (e & _G) != _U0 and (ctl & CTL_PGE) != 0:
-                attrs |= TA_G
-            attrs |= np.int64((e >> np.uint64(59)) & np.uint64(15)) << TA_PKEY_SHIFT
             trail[n - 1, TR_NEXT] = frame
             trail[n - 1, TR_ATTRS] = attrs
             code = access_fault(attrs, access, ctl, pkru)
