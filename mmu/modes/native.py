@@ -54,6 +54,46 @@ def count_walk_ref(ptc, stats, pa):
         stats[S_REF_DRAM] += 1
 
 
+FRONT_HIT = 0  # the TLB translated the access: value = physical address
+FRONT_FAULT = 1  # the TLB entry's rights forbid it: value = #PF error code (entry dropped)
+FRONT_WALK = 2  # a walk is needed, from (next_level, table, pattrs)
+
+
+@jit(inline="always")
+def tlb_then_psc(tlb, psc, stats, cfg, cr3, pcid, va, access, ctl):
+    """The front of every hardware translation: the TLB, then where a walk would start.
+
+    A hit is used by the SDM's rules: rights the cached entry forbids raise #PF from the
+    entry, which the fault invalidates (SDM 4.10.4.1/4.10.4.3); a write through an entry whose
+    D flag is 0 walks again so that D gets set (SDM 4.8). On a miss (or that re-walk) the
+    paging-structure caches give the deepest table to start from, else the root at ``cr3``.
+
+    Returns ``(outcome, value, next_level, table, pattrs)`` (see ``FRONT_*``).
+    """
+    la57 = (ctl & CTL_LA57) != 0
+    asid = cfg[C_ASID]
+    side = 1 if access == ACC_FETCH else 0
+    level, frame, shift, attrs = tlb_lookup(tlb, va, asid, pcid, side)
+    z = np.int64(0)
+    if level > 0:
+        code = access_fault(attrs, access, ctl, cfg[C_PKRU])
+        if code != 0:
+            tlb_invlpg(tlb, va, asid, pcid)
+            return FRONT_FAULT, np.int64(code), z, z, z
+        if access != ACC_WRITE or (attrs & TA_D) != 0:
+            return FRONT_HIT, frame | (va & ((np.int64(1) << shift) - 1)), z, z, z
+        stats[S_DIRTY_REWALKS] += 1
+    else:
+        stats[S_TLB_MISSES] += 1
+    next_level, table, pattrs = psc_lookup(psc, va, asid, pcid, la57)
+    if next_level < 0:
+        maxphy = cfg[C_MAXPHYADDR]
+        table = cr3 & (((np.int64(1) << maxphy) - 1) & ~np.int64(0xFFF))
+        next_level = 5 if la57 else 4
+        pattrs = TA_RW | TA_US
+    return FRONT_WALK, z, next_level, table, pattrs
+
+
 @jit(inline="always")
 def hw_translate(mem, tlb, psc, ptc, stats, cfg, cr3, pcid, va, access, ctl, trail):
     """Translate ``va`` as the hardware does: TLB, then PSC, then a (partial) walk.
@@ -88,24 +128,12 @@ def hw_translate(mem, tlb, psc, ptc, stats, cfg, cr3, pcid, va, access, ctl, tra
         return WALK_GP, 0, 0
     asid = cfg[C_ASID]
     side = 1 if access == ACC_FETCH else 0
-    level, frame, shift, attrs = tlb_lookup(tlb, va, asid, pcid, side)
-    if level > 0:
-        code = access_fault(attrs, access, ctl, cfg[C_PKRU])
-        if code != 0:
-            # The access faults on the cached translation; the #PF invalidates it (SDM 4.10.4.1).
-            tlb_invlpg(tlb, va, asid, pcid)
-            return WALK_PF, code, 0
-        if access != ACC_WRITE or (attrs & TA_D) != 0:
-            return WALK_OK, 0, frame | (va & ((np.int64(1) << shift) - 1))
-        stats[S_DIRTY_REWALKS] += 1
-    else:
-        stats[S_TLB_MISSES] += 1
+    outcome, value, next_level, table, pattrs = tlb_then_psc(tlb, psc, stats, cfg, cr3, pcid, va, access, ctl)
+    if outcome == FRONT_HIT:
+        return WALK_OK, 0, value
+    if outcome == FRONT_FAULT:
+        return WALK_PF, value, 0
     maxphy = cfg[C_MAXPHYADDR]
-    next_level, table, pattrs = psc_lookup(psc, va, asid, pcid, la57)
-    if next_level < 0:
-        table = cr3 & (((np.int64(1) << maxphy) - 1) & ~np.int64(0xFFF))
-        next_level = 5 if la57 else 4
-        pattrs = TA_RW | TA_US
     status, code, pa, shift, attrs, n = walk_core(
         mem, table, next_level, pattrs, va, access, ctl, cfg[C_PKRU], maxphy, trail, True
     )

@@ -17,19 +17,25 @@ from __future__ import annotations
 import numpy as np
 
 from mmu._jit import jit
-from mmu.hw.pwc import psc_fill, psc_lookup
-from mmu.hw.tlb import tlb_fill, tlb_invlpg, tlb_lookup
-from mmu.modes.native import C_ASID, C_MAXPHYADDR, C_PKRU, count_walk_ref
+from mmu.hw.pwc import psc_fill
+from mmu.hw.tlb import tlb_fill, tlb_invlpg
+from mmu.modes.native import (
+    C_ASID,
+    C_MAXPHYADDR,
+    C_PKRU,
+    FRONT_FAULT,
+    FRONT_HIT,
+    count_walk_ref,
+    tlb_then_psc,
+)
 from mmu.modes.vmm import V_EPT_AD, V_LEVELS, V_NPT, V_ROOT, vm_gpa_of
 from mmu.stats import (
-    S_DIRTY_REWALKS,
-    S_TLB_MISSES,
     S_WALK_REFS,
     S_WALK_REFS_GUEST,
     S_WALK_REFS_HOST,
     S_WALKS,
 )
-from mmu.x86.bits import ACC_FETCH, ACC_WRITE, CTL_LA57, TA_D, TA_RW, TA_US, WALK_GP, WALK_OK, WALK_PF
+from mmu.x86.bits import ACC_FETCH, CTL_LA57, WALK_GP, WALK_OK, WALK_PF
 from mmu.x86.nested import (
     DIM_GUEST,
     NESTED_EPT_MISCONFIG,
@@ -41,7 +47,7 @@ from mmu.x86.nested import (
     RF_HPA,
     nested_walk_core_call,
 )
-from mmu.x86.walk import TR_ATTRS, TR_LEVEL, TR_NEXT, access_fault, is_canonical
+from mmu.x86.walk import TR_ATTRS, TR_LEVEL, TR_NEXT, is_canonical
 
 # Outcomes of hw_translate_nested beyond WALK_OK / WALK_PF / WALK_GP.
 HW_EPT_VIOLATION = 3  # (or AMD NPF) the VMM must handle it: gpa in the result
@@ -84,24 +90,12 @@ def hw_translate_nested(hmem, vm, hcache, tlb, psc, ptc, stats, cfg, gcr3, pcid,
         return WALK_GP, z, z, z
     asid = cfg[C_ASID]
     side = 1 if access == ACC_FETCH else 0
-    level, frame, shift, attrs = tlb_lookup(tlb, va, asid, pcid, side)
-    if level > 0:
-        code = access_fault(attrs, access, ctl, cfg[C_PKRU])
-        if code != 0:
-            tlb_invlpg(tlb, va, asid, pcid)
-            return WALK_PF, code, z, z
-        if access != ACC_WRITE or (attrs & TA_D) != 0:
-            hpa = frame | (va & ((np.int64(1) << shift) - 1))
-            return WALK_OK, z, hpa, vm_gpa_of(vm, hpa)
-        stats[S_DIRTY_REWALKS] += 1
-    else:
-        stats[S_TLB_MISSES] += 1
+    outcome, value, next_level, table, pattrs = tlb_then_psc(tlb, psc, stats, cfg, gcr3, pcid, va, access, ctl)
+    if outcome == FRONT_HIT:
+        return WALK_OK, z, value, vm_gpa_of(vm, value)
+    if outcome == FRONT_FAULT:
+        return WALK_PF, value, z, z
     maxphy = cfg[C_MAXPHYADDR]
-    next_level, table, pattrs = psc_lookup(psc, va, asid, pcid, la57)
-    if next_level < 0:
-        table = gcr3 & (((np.int64(1) << maxphy) - 1) & ~np.int64(0xFFF))
-        next_level = 5 if la57 else 4
-        pattrs = TA_RW | TA_US
     vmeta = vm[1]
     npt = vmeta[V_NPT] != 0
     st, code, qual, gpa, hpa, pshift, nr, ng, attrs, _perms = nested_walk_core_call(
