@@ -95,7 +95,12 @@ from mmu.x86.ept import (
     host_root_and_mode,
     perm_qual,
 )
-from mmu.x86.walk import (
+from mmu.x86.walk import (  # noqa: I001  (the entry-bit constants are the 1D walker's)
+    _A,
+    _D,
+    _LOW52,
+    _U0,
+    _XD,
     ENTRY_NOT_PRESENT,
     ENTRY_RESERVED,
     MAX_LEVELS,
@@ -134,21 +139,6 @@ GT_ENTRY_HPA = 4  # host-physical address the entry was read from
 GT_HPERMS = 5  # EPT rights (PERM_* bits) of the host page holding the entry
 GT_ROW = 6  # row of the host memory's ``data`` array holding the entry (A/D updates skip the hash)
 GT_COLS = 7
-
-_U0 = np.uint64(0)
-_P = np.uint64(1)
-_RW = np.uint64(2)
-_US = np.uint64(4)
-_PWT = np.uint64(8)
-_PCD = np.uint64(16)
-_A = np.uint64(32)
-_D = np.uint64(64)
-_PS = np.uint64(128)
-_G = np.uint64(256)
-_XD = np.uint64(1 << 63)
-_LOW52 = np.uint64((1 << 52) - 1)
-_RSVD_1G = np.uint64(((1 << 30) - 1) & ~((1 << 13) - 1))  # bits 29:13
-_RSVD_2M = np.uint64(((1 << 21) - 1) & ~((1 << 13) - 1))  # bits 20:13
 
 
 @jit(inline="always")
