@@ -143,7 +143,6 @@ def _translate_access(gm, galloc, hcache, osst, tlb, psc, ptc, stats, cfg, row, 
     """
     mem = gm[0]
     vm = gm[2]
-    nested = vm[1][V_MODE] == MODE_NESTED
     trail, gtrail, htrail, refs, counts = scratch
     procs = osst[0]
     levels = osst[2][O_LEVELS]
@@ -151,7 +150,7 @@ def _translate_access(gm, galloc, hcache, osst, tlb, psc, ptc, stats, cfg, row, 
     pcid = procs[row, P_PCID]
     ctl = cfg[C_CTL] | CTL_USER
     for _attempt in range(8):
-        if nested:
+        if hcache is not None:
             status, code, _hpa, pa = hw_translate_nested(
                 mem, vm, hcache, tlb, psc, ptc, stats, cfg, cr3, pcid, va, access, ctl, gtrail, htrail, refs
             )
@@ -393,7 +392,9 @@ class Machine:
         if config.mode == "native":
             self.vm = make_vm(MODE_NATIVE)
             self.galloc = self.mem.alloc
-            self.hcache = make_host_cache(self.preset, 1, 1, enabled=False, npsc=False)
+            # None: the replay kernel is compiled without the nested path (numba prunes
+            # ``hcache is not None`` branches), which keeps the native hot loop lean.
+            self.hcache = None
         else:
             # Host memory holds the EPT/NPT and the pages backing guest memory; guest frame
             # numbers come from the guest's own allocator.

@@ -45,7 +45,7 @@ from mmu.x86.nested import (
     NESTED_PF,
     RF_DIM,
     RF_HPA,
-    nested_walk_core_call,
+    nested_walk_core,
 )
 from mmu.x86.walk import TR_ATTRS, TR_LEVEL, TR_NEXT, is_canonical
 
@@ -98,7 +98,7 @@ def hw_translate_nested(hmem, vm, hcache, tlb, psc, ptc, stats, cfg, gcr3, pcid,
     maxphy = cfg[C_MAXPHYADDR]
     vmeta = vm[1]
     npt = vmeta[V_NPT] != 0
-    st, code, qual, gpa, hpa, pshift, nr, ng, attrs, _perms = nested_walk_core_call(
+    st, code, qual, gpa, hpa, pshift, nr, ng, attrs, _perms = nested_walk_core(
         hmem, vmeta[V_ROOT], vmeta[V_LEVELS], vmeta[V_EPT_AD] != 0, npt, table, next_level, pattrs, va,
         access, ctl, cfg[C_PKRU], maxphy, gtrail, htrail, refs, 0, False, True, hcache,
     )  # fmt: skip

@@ -581,9 +581,3 @@ def walk_nested(
     if status == NESTED_GP:
         return NestedWalkResult(fault, 0, 0, None, None, 0, [])
     return NestedWalkResult(fault, 0, int(qual), int(gpa), None, 0, refs, int(attrs))
-
-
-# The same core as a plain (not inlined) kernel, for callers that would rather pay one call
-# per walk than compile the core into their own body (the replay engine: numba inlines IR,
-# and compile time grows with every inlined copy).
-nested_walk_core_call = jit(nested_walk_core.py_func)
