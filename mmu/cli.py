@@ -125,12 +125,13 @@ def replay_cmd(
     prepopulate: int = typer.Option(
         0, "--prepopulate", help="Nested: MiB of guest memory the host backs before the run (0 = lazily)."
     ),
+    no_psc: bool = typer.Option(False, "--no-psc", help="No paging-structure caches (guest dimension)."),
 ) -> None:
     """Replay a trace through the simulated MMU and report what translation cost."""
     _run_replay(
         trace, mode, cpu, as_json, emit, quiet, cost, chunk_size,
         host_page=host_page.lower(), ept_levels=ept_levels, ept_ad=ept_ad, npt=npt, ntlb_entries=ntlb,
-        host_psc=not no_host_psc, prepopulate_mb=prepopulate,
+        host_psc=not no_host_psc, prepopulate_mb=prepopulate, psc=not no_psc,
     )  # fmt: skip
 
 

@@ -351,6 +351,8 @@ class MachineConfig:
         Nested TLB entries (0 turns it off); fully associative.
     host_psc : bool
         Host-dimension paging-structure caches on/off.
+    psc : bool
+        Paging-structure caches of the (guest) linear dimension on/off.
     prepopulate_mb : int
         Nested mode: back this much guest-physical memory before the guest runs (0: back every
         guest frame lazily, on the EPT violation of its first touch).
@@ -371,6 +373,7 @@ class MachineConfig:
     ntlb_entries: int = 16
     host_psc: bool = True
     prepopulate_mb: int = 0
+    psc: bool = True
 
 
 class Machine:
@@ -413,7 +416,7 @@ class Machine:
                 self._prepopulate((config.prepopulate_mb << 20) >> 12)
         self.osst = make_os(pcide=config.pcide, la57=config.la57)
         self.tlb = make_tlb(self.preset)
-        self.psc = make_psc(self.preset)
+        self.psc = make_psc(self.preset if config.psc else [])
         self.ptc = (
             make_line_cache(int(self.cost[K_L2_LINES]), int(self.cost[K_L2_WAYS])),
             make_line_cache(int(self.cost[K_LLC_LINES]), int(self.cost[K_LLC_WAYS])),

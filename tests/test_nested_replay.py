@@ -66,6 +66,7 @@ NESTED_CONFIGS = [
     {"mode": "nested", "npt": True},
     {"mode": "nested", "ntlb_entries": 0, "host_psc": False},
     {"mode": "nested", "prepopulate_mb": 64},
+    {"mode": "nested", "psc": False, "ntlb_entries": 0, "host_psc": False},
 ]
 
 
@@ -144,3 +145,17 @@ def test_bad_nested_config(cfg, match):
 
     with pytest.raises(MMUInputError, match=match):
         Machine(MachineConfig(mode="nested", **cfg))
+
+
+def test_every_cache_off_gives_cold_2d_walks():
+    """With the guest PSCs, the nested TLB and the host PSCs off, and memory prepopulated, each
+    2D walk reads (4+1)(4+1)-1 = 24 entries: the cold figure of Bhargava et al."""
+    records = np.array(TraceReader(TRACES / "gups-64m.trace").memmap()[:N])
+    s = _run(records, mode="nested", psc=False, ntlb_entries=0, host_psc=False, prepopulate_mb=128)[0].result()
+    assert s["walks"] > 1000
+    # a guest #PF ends a walk early; every other walk reads all 24 entries
+    full = s["walks"] - s["guest_page_faults"]
+    short = s["walk_refs"] - 24 * full
+    assert 5 * s["guest_page_faults"] <= short < 24 * s["guest_page_faults"]
+    native = _run(records, psc=False)[0].result()
+    assert native["walk_refs"] - 4 * (native["walks"] - native["guest_page_faults"]) < 4 * native["guest_page_faults"]
