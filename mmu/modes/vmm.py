@@ -100,8 +100,9 @@ def grow_vm(vm, guest_frames: int, host_frames: int):
     gfn2hfn, vmeta, hfn2gfn, large2gfn = vm
     span_shift = int(vmeta[V_HOST_SHIFT]) - 12
     large_used = (int(vmeta[V_LARGE_NEXT]) - LARGE_BASE) >> span_shift
+    span = 1 << span_shift  # backing a frame fills its whole aligned host page
     return (
-        _grown(gfn2hfn, int(guest_frames) + 2 * ROOM),
+        _grown(gfn2hfn, int(guest_frames) + 2 * ROOM + span),
         vmeta,
         _grown(hfn2gfn, int(host_frames) + 2 * ROOM),
         _grown(large2gfn, large_used + (int(guest_frames) >> span_shift) + 2 * ROOM),
@@ -113,8 +114,9 @@ def vm_room(vm, galloc, halloc):
     """True if the maps have room for every frame the allocators may hand out during one record."""
     vmeta = vm[1]
     large_used = (vmeta[V_LARGE_NEXT] - LARGE_BASE) >> (vmeta[V_HOST_SHIFT] - 12)
+    span = np.int64(1) << (vmeta[V_HOST_SHIFT] - 12)
     return (
-        galloc[0][0] + ROOM <= vm[0].shape[0]
+        galloc[0][0] + ROOM + span <= vm[0].shape[0]
         and halloc[0][0] + ROOM <= vm[2].shape[0]
         and large_used + ROOM <= vm[3].shape[0]
     )
