@@ -148,6 +148,26 @@ _PT_RSVD_1G = np.uint64(((1 << 30) - 1) & ~((1 << 13) - 1))  # bits 29:13 (bit 1
 _PT_RSVD_2M = np.uint64(((1 << 21) - 1) & ~((1 << 13) - 1))  # bits 20:13
 
 
+@jit(inline="always")
+def read_host_entry(hmem, trail, n, memo, entry_hpa, level):
+    """Read the host paging-structure entry at ``entry_hpa`` as row ``n`` of ``trail``.
+
+    Records the entry's address and level; with an ``HT_COLS``-wide trail, reuses (or stores)
+    the host frame -> data row lookup of that row (the memo described at ``HT_PFN``).
+    """
+    pfn = entry_hpa >> 12
+    if memo and trail[n, HT_PFN] == pfn:
+        row = trail[n, HT_ROW]
+    else:
+        row = mem_find(hmem, pfn)
+        if memo:
+            trail[n, HT_PFN] = pfn
+            trail[n, HT_ROW] = row
+    trail[n, TR_ENTRY_PA] = entry_hpa
+    trail[n, TR_LEVEL] = level
+    return hmem[0][row, (entry_hpa >> 3) & 511] if row >= 0 else _U0
+
+
 @jit
 def ept_walk_core(hmem, table_hpa, level, gpa, access, ad, mbec, user_mode, maxphyaddr, trail, set_ad, xonly=True):
     """Translate ``gpa`` through the EPT from the table at ``table_hpa`` of ``level``.
@@ -210,18 +230,7 @@ def ept_walk_core(hmem, table_hpa, level, gpa, access, ad, mbec, user_mode, maxp
     n = 0
     while True:
         shift = 12 + 9 * (level - 1)
-        entry_hpa = np.int64(base) + ((gpa >> shift) & 511) * 8
-        pfn = entry_hpa >> 12
-        if memo and trail[n, HT_PFN] == pfn:
-            row = trail[n, HT_ROW]
-        else:
-            row = mem_find(hmem, pfn)
-            if memo:
-                trail[n, HT_PFN] = pfn
-                trail[n, HT_ROW] = row
-        e = data[row, (entry_hpa >> 3) & 511] if row >= 0 else _U0
-        trail[n, TR_ENTRY_PA] = entry_hpa
-        trail[n, TR_LEVEL] = level
+        e = read_host_entry(hmem, trail, n, memo, np.int64(base) + ((gpa >> shift) & 511) * 8, level)
         n += 1
         if (e & _A) == _U0:
             clean = False
@@ -315,18 +324,7 @@ def npt_walk_core(hmem, table_hpa, level, gpa, access, maxphyaddr, trail, set_ad
     n = 0
     while True:
         shift = 12 + 9 * (level - 1)
-        entry_hpa = np.int64(base) + ((gpa >> shift) & 511) * 8
-        pfn = entry_hpa >> 12
-        if memo and trail[n, HT_PFN] == pfn:
-            row = trail[n, HT_ROW]
-        else:
-            row = mem_find(hmem, pfn)
-            if memo:
-                trail[n, HT_PFN] = pfn
-                trail[n, HT_ROW] = row
-        e = data[row, (entry_hpa >> 3) & 511] if row >= 0 else _U0
-        trail[n, TR_ENTRY_PA] = entry_hpa
-        trail[n, TR_LEVEL] = level
+        e = read_host_entry(hmem, trail, n, memo, np.int64(base) + ((gpa >> shift) & 511) * 8, level)
         n += 1
         if (e & _PT_A) == _U0:
             clean = False
