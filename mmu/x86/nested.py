@@ -109,6 +109,7 @@ from mmu.x86.walk import (  # noqa: I001  (the entry-bit constants are the 1D wa
     TR_LEVEL,
     TR_NEXT,
     access_fault,
+    check_walk_args,
     entry_step,
     error_code_bits,
     is_canonical,
@@ -540,12 +541,7 @@ def walk_nested(
     execute_only : bool
         The processor supports execute-only EPT entries (else they are misconfigurations).
     """
-    if access not in _ACCESS:
-        raise ValueError(f"access must be 'r', 'w' or 'x', not {access!r}")
-    if not 32 <= int(maxphyaddr) <= 52:
-        raise ValueError(f"maxphyaddr must be between 32 and 52, not {maxphyaddr}")
-    if not 0 <= int(pkru) < 1 << 32:
-        raise ValueError(f"pkru {pkru:#x} does not fit in 32 bits")
+    check_walk_args(access, maxphyaddr, pkru)
     root, levels, ad = host_root_and_mode(eptp, ept_levels, ept_ad, npt, int(maxphyaddr))
     ctl = make_ctl(user=user, wp=wp, nxe=nxe, smep=smep, smap=smap, ac=ac, la57=la57, pke=pke)
     gtrail = np.zeros((MAX_LEVELS, GT_COLS), dtype=np.int64)

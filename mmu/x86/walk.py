@@ -299,6 +299,18 @@ def walk_va(mem, cr3, va, access, ctl, pkru, maxphyaddr, trail):
 _ACCESS = {"r": ACC_READ, "w": ACC_WRITE, "x": ACC_FETCH}
 
 
+def check_walk_args(access: str, maxphyaddr: int, pkru: int) -> int:
+    """Validate the Python-level walk arguments shared by :func:`walk` and ``walk_nested``;
+    returns the ACC_* code of ``access``."""
+    if access not in _ACCESS:
+        raise ValueError(f"access must be 'r', 'w' or 'x', not {access!r}")
+    if not 32 <= int(maxphyaddr) <= 52:
+        raise ValueError(f"maxphyaddr must be between 32 and 52, not {maxphyaddr}")
+    if not 0 <= int(pkru) < 1 << 32:
+        raise ValueError(f"pkru {pkru:#x} does not fit in 32 bits")
+    return _ACCESS[access]
+
+
 @dataclass(frozen=True)
 class WalkResult:
     """Outcome of :func:`walk`.
@@ -404,12 +416,7 @@ def walk(
     pkru : int
         PKRU register (32 bits), used when ``pke``.
     """
-    if access not in _ACCESS:
-        raise ValueError(f"access must be 'r', 'w' or 'x', not {access!r}")
-    if not 32 <= int(maxphyaddr) <= 52:
-        raise ValueError(f"maxphyaddr must be between 32 and 52, not {maxphyaddr}")
-    if not 0 <= int(pkru) < 1 << 32:
-        raise ValueError(f"pkru {pkru:#x} does not fit in 32 bits")
+    check_walk_args(access, maxphyaddr, pkru)
     ctl = make_ctl(user=user, wp=wp, nxe=nxe, smep=smep, smap=smap, ac=ac, la57=la57, pke=pke)
     trail = np.zeros((MAX_LEVELS, TR_COLS), dtype=np.int64)
     mem.reserve(0)
