@@ -168,6 +168,24 @@ def read_host_entry(hmem, trail, n, memo, entry_hpa, level):
     return hmem[0][row, (entry_hpa >> 3) & 511] if row >= 0 else _U0
 
 
+@jit(inline="always")
+def set_host_ad(hmem, trail, n, memo, a_bit, d_bit, write):
+    """Set ``a_bit`` on the ``n`` host entries of ``trail`` and ``d_bit`` on the last for a write.
+
+    Every entry of a successful walk was present, so its frame is backed (its row exists).
+    """
+    data = hmem[0]
+    for i in range(n):
+        pa_i = trail[i, TR_ENTRY_PA]
+        row_i = trail[i, HT_ROW] if memo else mem_find(hmem, pa_i >> 12)
+        v = data[row_i, (pa_i >> 3) & 511]
+        nv = v | a_bit
+        if i == n - 1 and write:
+            nv |= d_bit
+        if nv != v:
+            data[row_i, (pa_i >> 3) & 511] = nv
+
+
 @jit
 def ept_walk_core(hmem, table_hpa, level, gpa, access, ad, mbec, user_mode, maxphyaddr, trail, set_ad, xonly=True):
     """Translate ``gpa`` through the EPT from the table at ``table_hpa`` of ``level``.
@@ -224,7 +242,6 @@ def ept_walk_core(hmem, table_hpa, level, gpa, access, ad, mbec, user_mode, maxp
         need = _XU if (mbec and user_mode) else np.uint64(4)
         qacc = np.int64(EQ_FETCH)
     base = np.uint64(table_hpa)
-    data = hmem[0]
     memo = trail.shape[1] >= HT_COLS
     clean = True  # every entry read already has A set (then no A/D write is needed)
     n = 0
@@ -271,16 +288,7 @@ def ept_walk_core(hmem, table_hpa, level, gpa, access, ad, mbec, user_mode, maxp
             if (perms & need) == _U0:
                 return EPT_VIOLATION, qacc | perm_qual(np.int64(perms)), np.int64(0), np.int64(0), np.int64(perms), n
             if set_ad and ad and not (clean and (access != ACC_WRITE or (e & _D) != _U0)):
-                # every entry used was present, so its frame is backed (row >= 0)
-                for i in range(n):
-                    pa_i = trail[i, TR_ENTRY_PA]
-                    row_i = trail[i, HT_ROW] if memo else mem_find(hmem, pa_i >> 12)
-                    v = data[row_i, (pa_i >> 3) & 511]
-                    nv = v | _A
-                    if i == n - 1 and access == ACC_WRITE:
-                        nv |= _D
-                    if nv != v:
-                        data[row_i, (pa_i >> 3) & 511] = nv
+                set_host_ad(hmem, trail, n, memo, _A, _D, access == ACC_WRITE)
             hpa = frame | (gpa & ((np.int64(1) << page_shift) - 1))
             return EPT_OK, np.int64(0), hpa, np.int64(page_shift), np.int64(perms), np.int64(n)
         base = e & addr_mask
@@ -317,7 +325,6 @@ def npt_walk_core(hmem, table_hpa, level, gpa, access, maxphyaddr, trail, set_ad
     user = True
     nx = False
     base = np.uint64(table_hpa)
-    data = hmem[0]
     memo = trail.shape[1] >= HT_COLS
     z = np.int64(0)
     clean = True  # every entry read already has A set (then no A/D write is needed)
@@ -355,16 +362,7 @@ def npt_walk_core(hmem, table_hpa, level, gpa, access, maxphyaddr, trail, set_ad
             if not user or (access == ACC_WRITE and not writable) or (access == ACC_FETCH and nx):
                 return np.int64(NPT_FAULT), error_code_bits(PF_P, access, NPT_CTL), z, z, z, np.int64(n)
             if set_ad and not (clean and (access != ACC_WRITE or (e & _PT_D) != _U0)):
-                # every entry used was present, so its frame is backed (row >= 0)
-                for i in range(n):
-                    pa_i = trail[i, TR_ENTRY_PA]
-                    row_i = trail[i, HT_ROW] if memo else mem_find(hmem, pa_i >> 12)
-                    v = data[row_i, (pa_i >> 3) & 511]
-                    nv = v | _PT_A
-                    if i == n - 1 and access == ACC_WRITE:
-                        nv |= _PT_D
-                    if nv != v:
-                        data[row_i, (pa_i >> 3) & 511] = nv
+                set_host_ad(hmem, trail, n, memo, _PT_A, _PT_D, access == ACC_WRITE)
             hpa = frame | (gpa & ((np.int64(1) << page_shift) - 1))
             return np.int64(EPT_OK), z, hpa, np.int64(page_shift), np.int64(perms), np.int64(n)
         base = e & addr_mask
