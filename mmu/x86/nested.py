@@ -95,7 +95,7 @@ from mmu.x86.ept import (
     host_root_and_mode,
     perm_qual,
 )
-from mmu.x86.walk import (  # noqa: I001  (the entry-bit constants are the 1D walker's)
+from mmu.x86.walk import (
     _A,
     _D,
     _LOW52,
