@@ -126,12 +126,21 @@ def replay_cmd(
         0, "--prepopulate", help="Nested: MiB of guest memory the host backs before the run (0 = lazily)."
     ),
     no_psc: bool = typer.Option(False, "--no-psc", help="No paging-structure caches (guest dimension)."),
+    no_unsync: bool = typer.Option(
+        False, "--no-unsync", help="Shadow: never let leaf guest tables go unsync (emulate every store)."
+    ),
+    prefetch: int = typer.Option(8, "--prefetch", help="Shadow: entries prefetched around a fill (0 = off)."),
+    roots: int = typer.Option(3, "--roots", help="Shadow: previous roots in the root cache (0..11)."),
+    flood_threshold: int = typer.Option(
+        3, "--flood-threshold", help="Shadow: emulated writes that zap an upper-level shadow page (0 = never)."
+    ),
 ) -> None:
     """Replay a trace through the simulated MMU and report what translation cost."""
     _run_replay(
         trace, mode, cpu, as_json, emit, quiet, cost, chunk_size,
         host_page=host_page.lower(), ept_levels=ept_levels, ept_ad=ept_ad, npt=npt, ntlb_entries=ntlb,
-        host_psc=not no_host_psc, prepopulate_mb=prepopulate, psc=not no_psc,
+        host_psc=not no_host_psc, prepopulate_mb=prepopulate, psc=not no_psc, unsync=not no_unsync,
+        prefetch=prefetch, roots=roots, flood_threshold=flood_threshold,
     )  # fmt: skip
 
 

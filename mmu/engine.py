@@ -21,36 +21,24 @@ import numpy as np
 
 from mmu._jit import jit
 from mmu.errors import MMUInputError
-from mmu.guest.os import (
-    O_CUR,
-    O_LEVELS,
-    O_PCIDE,
-    OS_BAD_ADDRESS,
-    OS_OK,
-    OS_OUT_OF_FRAMES,
-    OS_TOO_MANY_PROCS,
-    P_LOADS,
-    P_PCID,
-    P_ROOT,
-    make_os,
-    os_cr3,
-    os_map_anon,
-    os_process,
-    os_walk_allows,
-)
+from mmu.guest.os import O_CUR, OS_OK, OS_OUT_OF_FRAMES, OS_TOO_MANY_PROCS, guest_store, make_os
+from mmu.guest.osops import OS_UNSUPPORTED, os_event
 from mmu.hw.cache import make_line_cache
 from mmu.hw.cost import K_L2_LINES, K_L2_WAYS, K_LLC_LINES, K_LLC_WAYS, cost_array
-from mmu.hw.ntlb import host_cache_drop, make_host_cache
+from mmu.hw.ntlb import make_host_cache
 from mmu.hw.presets import get_preset
 from mmu.hw.pwc import make_psc
-from mmu.hw.tlb import hw_mov_cr3, make_tlb
-from mmu.memory import FrameAllocator, PhysicalMemory, mem_room
-from mmu.modes.native import C_ASID, C_CTL, C_EMIT, C_LEN, C_MAXPHYADDR, C_PKRU, hw_translate
-from mmu.modes.nested import HW_EPT_MISCONFIG, HW_EPT_VIOLATION, hw_translate_nested
+from mmu.hw.tlb import make_tlb
+from mmu.memory import FrameAllocator, PhysicalMemory, mem_read, mem_room
+from mmu.modes.cpuops import cpu_flush_tlb, cpu_invlpg, switch_to
+from mmu.modes.dispatch import FLOG_N, FLOG_ON, translate_access
+from mmu.modes.native import C_ASID, C_CTL, C_EMIT, C_LEN, C_MAXPHYADDR, C_PKRU
+from mmu.modes.shadow import dummy_shadow, grow_shadow, make_shadow, sh_budget
 from mmu.modes.vmm import (
     LARGE_BASE,
     MODE_NATIVE,
     MODE_NESTED,
+    MODE_SHADOW,
     V_BACKED_FRAMES,
     V_HOST_SHIFT,
     V_MODE,
@@ -58,29 +46,33 @@ from mmu.modes.vmm import (
     VM_OK,
     grow_vm,
     make_vm,
-    vm_back,
     vm_hpa,
     vm_prepopulate,
     vm_room,
 )
 from mmu.stats import (
-    EXIT_EPT_MISCONFIG,
-    EXIT_EPT_VIOLATION,
     S_ACCESSES,
-    S_BAD_ACCESSES,
-    S_CR3_LOADS,
     S_DATA_FRAMES,
     S_EVENTS,
-    S_EXIT_BASE,
-    S_GUEST_PF,
-    S_GUEST_PF_NOT_PRESENT,
-    S_GUEST_PF_PROTECTION,
-    S_PROCESSES,
     S_PT_FRAMES,
     S_READS,
+    S_SH_CREATED,
+    S_SH_EMULATED,
+    S_SH_FLOODED,
+    S_SH_LIVE,
+    S_SH_PEAK,
+    S_SH_PREFETCHED,
+    S_SH_RESYNCED,
+    S_SH_ROOT_HITS,
+    S_SH_ROOT_MISSES,
+    S_SH_SPTE_WRITES,
+    S_SH_SW_WALK_STEPS,
+    S_SH_SYNC_ENTRIES,
+    S_SH_UNSYNCED,
+    S_SH_VMM_FLUSHES,
+    S_SH_WP_SPTES,
+    S_SH_ZAPPED,
     S_SPLIT,
-    S_SPURIOUS_PF,
-    S_VM_EXITS,
     S_WALK_REFS_GUEST,
     S_WALK_REFS_HOST,
     derive_cycles,
@@ -88,10 +80,10 @@ from mmu.stats import (
     stats_dict,
 )
 from mmu.trace.format import OP_NAMES, OP_SWITCH, TraceReader
-from mmu.x86.bits import CTL_LA57, CTL_NXE, CTL_PGE, CTL_USER, CTL_WP, PF_P, WALK_GP, WALK_OK
+from mmu.x86.bits import CTL_LA57, CTL_NXE, CTL_PGE, CTL_WP
 from mmu.x86.ept import HT_COLS
 from mmu.x86.nested import GT_COLS, MAX_REFS, RF_COLS
-from mmu.x86.walk import MAX_LEVELS, TR_COLS
+from mmu.x86.walk import MAX_LEVELS, TR_COLS, to_int64
 
 ST_DONE = 0
 ST_NEED_MEM = 1  # grow PhysicalMemory, then resume at the returned index
@@ -99,106 +91,10 @@ ST_OUT_OF_FRAMES = 2
 ST_UNSUPPORTED_EVENT = 3
 ST_TOO_MANY_PROCS = 4
 
-MODES = ("native", "nested")
+MODES = ("native", "nested", "shadow")
 HOST_PAGES = {"4k": 12, "2m": 21, "1g": 30}
 NO_TRANSLATION = np.uint64(0xFFFF_FFFF_FFFF_FFFF)  # emitted for an access that had no translation
-ROOM_FRAMES = 16  # frames one record may need at most (5 tables + data + slack)
-
-_ADDR = np.int64(0x000F_FFFF_FFFF_F000)
-
-
-@jit
-def _switch_to(gm, galloc, osst, tlb, psc, stats, cfg, pid):
-    """Make ``pid`` the current process (creating it on first sight) and load its CR3."""
-    st, row, created = os_process(osst, gm, galloc, pid)
-    if st != OS_OK:
-        return st
-    if created:
-        stats[S_PROCESSES] += 1
-        stats[S_PT_FRAMES] += 1
-    procs = osst[0]
-    ometa = osst[2]
-    ometa[O_CUR] = row
-    stats[S_CR3_LOADS] += 1
-    pcide = ometa[O_PCIDE] != 0
-    # Linux keeps a PCID's translations across switches (CR3 bit 63 set) once it has run.
-    no_flush = pcide and procs[row, P_LOADS] > 0
-    hw_mov_cr3(tlb, psc, cfg[C_ASID], pcide, procs[row, P_PCID], no_flush)
-    procs[row, P_LOADS] += 1
-    return OS_OK
-
-
-@jit
-def _user_half(va, levels):
-    return va >= 0 and va < (np.int64(1) << (47 if levels == 4 else 56))
-
-
-@jit(inline="always")
-def _translate_access(gm, galloc, hcache, osst, tlb, psc, ptc, stats, cfg, row, va, access, scratch):
-    """Translate one access for the current process, running the guest's #PF handler and the
-    VMM's EPT-violation handler as needed.
-
-    Returns (status, gpa): status OS_OK with the guest-physical address (or -1 when the guest
-    could not map it), OS_OUT_OF_FRAMES.
-    """
-    mem = gm[0]
-    vm = gm[2]
-    trail, gtrail, htrail, refs, counts = scratch
-    procs = osst[0]
-    levels = osst[2][O_LEVELS]
-    cr3 = os_cr3(osst, row)
-    pcid = procs[row, P_PCID]
-    ctl = cfg[C_CTL] | CTL_USER
-    for _attempt in range(8):
-        if hcache is not None:
-            status, code, _hpa, pa = hw_translate_nested(
-                mem, vm, hcache, tlb, psc, ptc, stats, cfg, cr3, pcid, va, access, ctl, gtrail, htrail, refs
-            )
-            if status == HW_EPT_VIOLATION:
-                # VM exit: the VMM backs the guest frame, maps it in the EPT, resumes the guest.
-                stats[S_VM_EXITS] += 1
-                stats[S_EXIT_BASE + EXIT_EPT_VIOLATION] += 1
-                if vm_hpa(vm, pa) >= 0:
-                    stats[S_BAD_ACCESSES] += 1  # a rights violation the VMM did not cause
-                    return OS_OK, np.int64(-1)
-                st = vm_back(mem, gm[1], vm, pa >> 12)
-                if st != VM_OK:
-                    return OS_OUT_OF_FRAMES, np.int64(-1)
-                host_cache_drop(hcache, pa)
-                continue
-            if status == HW_EPT_MISCONFIG:
-                stats[S_VM_EXITS] += 1
-                stats[S_EXIT_BASE + EXIT_EPT_MISCONFIG] += 1
-                stats[S_BAD_ACCESSES] += 1
-                return OS_OK, np.int64(-1)
-        else:
-            status, code, pa = hw_translate(mem, tlb, psc, ptc, stats, cfg, cr3, pcid, va, access, ctl, trail)
-        if status == WALK_OK:
-            return OS_OK, pa
-        if status == WALK_GP:
-            stats[S_BAD_ACCESSES] += 1
-            return OS_OK, np.int64(-1)
-        stats[S_GUEST_PF] += 1
-        if (code & PF_P) == 0:
-            stats[S_GUEST_PF_NOT_PRESENT] += 1
-            if not _user_half(va, levels):
-                stats[S_BAD_ACCESSES] += 1
-                return OS_OK, np.int64(-1)
-            st = os_map_anon(gm, galloc, procs[row, P_ROOT], levels, va, counts)
-            if st == OS_OUT_OF_FRAMES:
-                return st, np.int64(-1)
-            if st == OS_BAD_ADDRESS:
-                stats[S_BAD_ACCESSES] += 1
-                return OS_OK, np.int64(-1)
-        else:
-            stats[S_GUEST_PF_PROTECTION] += 1
-            # Spurious fault (stale, more restrictive TLB entry) if the tables allow it now.
-            if not os_walk_allows(gm, procs[row, P_ROOT], levels, va, access, ctl, cfg[C_PKRU]):
-                stats[S_BAD_ACCESSES] += 1
-                return OS_OK, np.int64(-1)
-            stats[S_SPURIOUS_PF] += 1
-    stats[S_BAD_ACCESSES] += 1
-    return OS_OK, np.int64(-1)
+ROOM_FRAMES = 256  # frames one record may need at most (guest tables, data, shadow pages, slack)
 
 
 @jit
@@ -214,6 +110,7 @@ def replay_kernel(
     galloc,
     vm,
     hcache,
+    sh,
     osst,
     tlb,
     psc,
@@ -248,11 +145,14 @@ def replay_kernel(
         Guest-physical address of each access, written at ``pos[0]`` onward when cfg[C_EMIT].
     pos : int64[1]
         Next slot of ``out`` (mutated).
-    hcache : tuple
-        Nested TLB and host PSCs (nested mode).
+    hcache : tuple or None
+        Nested TLB and host PSCs (nested mode; None otherwise).
+    sh : tuple
+        The shadow MMU (:mod:`mmu.modes.shadow`; a dummy outside shadow mode).
     scratch : tuple
-        ``(trail, gtrail, htrail, refs, counts)``: walk scratch arrays, and the frames the guest
-        OS allocates, [page tables, data] (a view into ``stats``).
+        ``(trail, gtrail, htrail, refs, counts, flog)``: walk scratch arrays, the frames the
+        guest OS allocates, [page tables, data] (a view into ``stats``), and the guest page-fault
+        log (:data:`mmu.modes.dispatch.FLOG_ON`).
 
     Returns
     -------
@@ -263,25 +163,42 @@ def replay_kernel(
     ometa = osst[2]
     emit = cfg[C_EMIT] != 0
     virt = vm[1][V_MODE] != MODE_NATIVE
-    gm = (mem, halloc, vm, stats)
+    shadow = vm[1][V_MODE] == MODE_SHADOW
+    gm = (mem, halloc, vm, stats, sh)
+    budget = np.int64(0)  # records the shadow state has room for (checked in batches: it is big)
     for i in range(start, stop):
         if not mem_room(mem, ROOM_FRAMES) or (virt and not vm_room(vm, galloc, halloc)):
             return ST_NEED_MEM, i
+        if shadow:
+            if budget == 0:
+                budget = sh_budget(sh, galloc, halloc)
+                if budget == 0:
+                    return ST_NEED_MEM, i
+            budget -= 1
         o = np.int64(op[i])
         if o >= 16:
             stats[S_EVENTS] += 1
             if o == OP_SWITCH:
-                st = _switch_to(gm, galloc, osst, tlb, psc, stats, cfg, np.int64(pid[i]))
+                st = switch_to(gm, galloc, osst, tlb, psc, stats, cfg, np.int64(pid[i]))
                 if st == OS_OUT_OF_FRAMES:
                     return ST_OUT_OF_FRAMES, i
                 if st == OS_TOO_MANY_PROCS:
                     return ST_TOO_MANY_PROCS, i
                 continue
-            return ST_UNSUPPORTED_EVENT, i
+            st = os_event(
+                gm, galloc, osst, tlb, psc, stats, cfg, o, np.int64(pid[i]), np.int64(addr[i]), np.int64(arg[i])
+            )
+            if st == OS_UNSUPPORTED:
+                return ST_UNSUPPORTED_EVENT, i
+            if st == OS_OUT_OF_FRAMES:
+                return ST_OUT_OF_FRAMES, i
+            if st == OS_TOO_MANY_PROCS:
+                return ST_TOO_MANY_PROCS, i
+            continue
         p = np.int64(pid[i])
         cur = ometa[O_CUR]
         if cur < 0 or procs[cur, 0] != p:
-            st = _switch_to(gm, galloc, osst, tlb, psc, stats, cfg, p)
+            st = switch_to(gm, galloc, osst, tlb, psc, stats, cfg, p)
             if st == OS_OUT_OF_FRAMES:
                 return ST_OUT_OF_FRAMES, i
             if st == OS_TOO_MANY_PROCS:
@@ -298,7 +215,7 @@ def replay_kernel(
             stats[S_SPLIT] += 1
         tva = va
         for k in range(pages):
-            st, pa = _translate_access(gm, galloc, hcache, osst, tlb, psc, ptc, stats, cfg, cur, tva, o, scratch)
+            st, pa = translate_access(gm, galloc, hcache, osst, tlb, psc, ptc, stats, cfg, cur, tva, o, scratch)
             if st != OS_OK:
                 return ST_OUT_OF_FRAMES, i
             if k == 0 and emit:
@@ -306,6 +223,26 @@ def replay_kernel(
                 pos[0] += 1
             tva = last & ~np.int64(0xFFF)
     return ST_DONE, stop
+
+
+GOP_STORE = 0  # guest kernel store of a 64-bit value to a guest-physical address
+GOP_INVLPG = 1  # guest kernel INVLPG of a linear address (current process)
+GOP_FLUSH = 2  # guest kernel CR3 reload without the no-flush bit
+
+
+@jit
+def guest_op_kernel(kind, a, b, mem, halloc, vm, sh, osst, tlb, psc, stats, cfg):
+    """One privileged operation of the guest kernel (tests and tools drive the guest with it).
+
+    Returns 0, or 1 if the guest ran out of frames.
+    """
+    gm = (mem, halloc, vm, stats, sh)
+    if kind == GOP_STORE:
+        return 0 if guest_store(gm, a, np.uint64(b)) else 1
+    if kind == GOP_INVLPG:
+        cpu_invlpg(gm, osst, tlb, psc, stats, cfg, a)
+        return 0
+    return 0 if cpu_flush_tlb(gm, osst, tlb, psc, stats, cfg) else 1
 
 
 def tlb_levels_dict(tlb: tuple, preset) -> dict[str, dict[str, int]]:
@@ -356,6 +293,18 @@ class MachineConfig:
     prepopulate_mb : int
         Nested mode: back this much guest-physical memory before the guest runs (0: back every
         guest frame lazily, on the EPT violation of its first touch).
+    unsync : bool
+        Shadow mode: leaf guest tables may go out of sync (KVM's default) instead of having
+        every store emulated.
+    prefetch : int
+        Shadow mode: shadow entries filled around a hidden fault (aligned group; KVM's
+        PTE_PREFETCH_NUM = 8; 0 or 1 turns prefetch off). A power of two up to 512.
+    roots : int
+        Shadow mode: previous roots kept in the root cache besides the current one
+        (KVM_MMU_NUM_PREV_ROOTS = 3; 0..11).
+    flood_threshold : int
+        Shadow mode: emulated writes without an intervening use that zap an upper-level shadow
+        page (KVM: 3; 0 turns write-flooding detection off).
     """
 
     mode: str = "native"
@@ -374,6 +323,10 @@ class MachineConfig:
     host_psc: bool = True
     prepopulate_mb: int = 0
     psc: bool = True
+    unsync: bool = True
+    prefetch: int = 8
+    roots: int = 3
+    flood_threshold: int = 3
 
 
 class Machine:
@@ -391,13 +344,36 @@ class Machine:
             raise MMUInputError(f"EPT levels must be 4 or 5, not {config.ept_levels}")
         if config.ntlb_entries < 0:
             raise MMUInputError(f"NTLB entries must be >= 0, not {config.ntlb_entries}")
+        if config.prefetch < 0 or config.prefetch > 512 or (config.prefetch & (config.prefetch - 1)):
+            raise MMUInputError(f"prefetch must be 0 or a power of two up to 512, not {config.prefetch}")
+        if not 0 <= config.roots <= 11:
+            raise MMUInputError(f"previous roots must be 0..11 (KVM allows at most 11), not {config.roots}")
+        if config.flood_threshold < 0:
+            raise MMUInputError(f"flood threshold must be >= 0, not {config.flood_threshold}")
+        if config.mode == "shadow" and config.host_page != "4k":
+            raise MMUInputError(
+                "shadow mode backs guest memory with 4k host pages in this version (large shadow "
+                "entries over host large pages are not modelled yet)"
+            )
         self.mem = PhysicalMemory(frames=256, alloc_limit=LARGE_BASE)
+        self.sh = dummy_shadow()
         if config.mode == "native":
             self.vm = make_vm(MODE_NATIVE)
             self.galloc = self.mem.alloc
             # None: the replay kernel is compiled without the nested path (numba prunes
             # ``hcache is not None`` branches), which keeps the native hot loop lean.
             self.hcache = None
+        elif config.mode == "shadow":
+            # Host memory holds the pages backing guest memory and the shadow tables; the VMM
+            # keeps only the memslot view of guest memory (no EPT).
+            self.vm = make_vm(MODE_SHADOW)
+            self.galloc = FrameAllocator(1, 1 << 40)
+            self.hcache = None
+            self.sh = make_shadow(
+                unsync=config.unsync, prefetch=config.prefetch, roots=config.roots,
+                flood_threshold=config.flood_threshold, ctl=self._ctl(), levels=5 if config.la57 else 4,
+                cost=self.cost,
+            )  # fmt: skip
         else:
             # Host memory holds the EPT/NPT and the pages backing guest memory; guest frame
             # numbers come from the guest's own allocator.
@@ -423,17 +399,12 @@ class Machine:
         )
         self.stats = new_stats()
         self.cfg = np.zeros(C_LEN, dtype=np.int64)
-        ctl = CTL_PGE
-        if config.nxe:
-            ctl |= CTL_NXE
-        if config.wp:
-            ctl |= CTL_WP
-        if config.la57:
-            ctl |= CTL_LA57
-        self.cfg[C_CTL] = ctl
+        self.cfg[C_CTL] = self._ctl()
         self.cfg[C_PKRU] = 0
         self.cfg[C_MAXPHYADDR] = config.maxphyaddr
         self.cfg[C_ASID] = 0 if config.mode == "native" else 1  # the guest's VPID / ASID
+        # Guest page-fault log (tests ask for it with ``log_faults``): row 0 holds on/count.
+        self.flog = np.zeros((1, 2), dtype=np.int64)
         self.elapsed = 0.0
         self.records_done = 0
         # The guest OS counts frames it allocates straight into the stats array.
@@ -444,9 +415,74 @@ class Machine:
             np.zeros((MAX_LEVELS, HT_COLS), dtype=np.int64),
             np.zeros((MAX_REFS, RF_COLS), dtype=np.int64),
             self.stats[S_PT_FRAMES : S_PT_FRAMES + 2],
+            self.flog,
         )
         self._compiled = False
         self.compile_s = 0.0
+
+    def _ctl(self) -> int:
+        c = self.config
+        ctl = CTL_PGE
+        if c.nxe:
+            ctl |= CTL_NXE
+        if c.wp:
+            ctl |= CTL_WP
+        if c.la57:
+            ctl |= CTL_LA57
+        return ctl
+
+    def log_faults(self, capacity: int = 1 << 16) -> None:
+        """Record every guest page fault (address, error code) from now on; see :meth:`faults`."""
+        self.flog = np.zeros((capacity + 1, 2), dtype=np.int64)
+        self.flog[0, FLOG_ON] = 1
+        self._scratch = self._scratch[:5] + (self.flog,)
+
+    def faults(self) -> list[tuple[int, int]]:
+        """The guest page faults logged so far, in order, as (address, #PF error code)."""
+        n = int(self.flog[0, FLOG_N]) if self.flog.shape[0] > 1 else 0
+        return [(int(self.flog[k, 0]), int(self.flog[k, 1])) for k in range(1, n + 1)]
+
+    def _grow(self) -> None:
+        """Room for one more record: host memory, the VMM's maps, the shadow MMU's arrays."""
+        self.mem.reserve(max(ROOM_FRAMES, self.mem.frames_backed))
+        self.vm = grow_vm(self.vm, self.galloc.state[0][0], self.mem.alloc.state[0][0])
+        if self.config.mode == "shadow":
+            self.sh = grow_shadow(self.sh, int(self.galloc.state[0][0]), int(self.mem.alloc.state[0][0]))
+
+    def _guest_op(self, kind: int, a: int = 0, b: int = 0) -> None:
+        self._grow()
+        st = guest_op_kernel(
+            kind, np.int64(a), np.uint64(b), self.mem.state, self.mem.alloc.state, self.vm, self.sh, self.osst,
+            self.tlb, self.psc, self.stats, self.cfg,
+        )  # fmt: skip
+        if st != 0:
+            raise MMUInputError("the guest ran out of physical frames")
+
+    def guest_store(self, gpa: int, value: int) -> None:
+        """The guest kernel stores the 64-bit ``value`` at guest-physical ``gpa`` (e.g. edits a PTE).
+
+        Under shadow paging the store traps if the frame holds a write-protected guest table.
+        """
+        if gpa < 0 or gpa & 7:
+            raise MMUInputError(f"guest store address {gpa:#x} is not a non-negative multiple of 8")
+        self._guest_op(GOP_STORE, gpa, value & 0xFFFF_FFFF_FFFF_FFFF)
+
+    def invlpg(self, va: int) -> None:
+        """The guest kernel executes INVLPG ``va`` in the current process."""
+        if int(self.osst[2][O_CUR]) < 0:
+            raise MMUInputError("INVLPG before any process ran")
+        self._guest_op(GOP_INVLPG, to_int64(va))
+
+    def flush_tlb(self) -> None:
+        """The guest kernel reloads CR3 with bit 63 clear (flushes the current PCID)."""
+        if int(self.osst[2][O_CUR]) < 0:
+            raise MMUInputError("CR3 reload before any process ran")
+        self._guest_op(GOP_FLUSH)
+
+    def read_guest(self, gpa: int) -> int:
+        """The 64-bit word at guest-physical ``gpa`` as the guest sees it (0 if never written)."""
+        pa = gpa if self.config.mode == "native" else int(vm_hpa(self.vm, np.int64(gpa)))
+        return 0 if pa < 0 else int(mem_read(self.mem.state, np.int64(pa)))
 
     def _prepopulate(self, frames: int) -> None:
         host_shift = int(self.vm[1][V_HOST_SHIFT])
@@ -462,7 +498,7 @@ class Machine:
     def _kernel(self, addr, arg, pid, op, start, stop, out, pos):
         return replay_kernel(
             addr, arg, pid, op, start, stop, self.mem.state, self.mem.alloc.state, self.galloc.state, self.vm,
-            self.hcache, self.osst, self.tlb, self.psc, self.ptc, self.cost, self.stats, self.cfg, out, pos,
+            self.hcache, self.sh, self.osst, self.tlb, self.psc, self.ptc, self.cost, self.stats, self.cfg, out, pos,
             self._scratch,
         )  # fmt: skip
 
@@ -500,8 +536,7 @@ class Machine:
             if status == ST_DONE:
                 break
             if status == ST_NEED_MEM:
-                self.mem.reserve(max(ROOM_FRAMES, self.mem.frames_backed))
-                self.vm = grow_vm(self.vm, self.galloc.state[0][0], self.mem.alloc.state[0][0])
+                self._grow()
                 continue
             rec = self.records_done + int(i)
             if status == ST_UNSUPPORTED_EVENT:
@@ -516,6 +551,39 @@ class Machine:
         self.elapsed += time.perf_counter() - t0
         self.records_done += n
         return int(pos[0])
+
+    def _shadow_stats(self) -> dict[str, Any]:
+        """The shadow MMU's counters (``mode_stats`` in shadow mode)."""
+        s = self.stats
+        c = self.config
+        return {
+            "policy": {
+                "unsync": c.unsync,
+                "prefetch": c.prefetch,
+                "roots": c.roots,
+                "flood_threshold": c.flood_threshold,
+            },
+            "shadow_pages": {
+                "created": int(s[S_SH_CREATED]),
+                "zapped": int(s[S_SH_ZAPPED]),
+                "flooded": int(s[S_SH_FLOODED]),
+                "unsynced": int(s[S_SH_UNSYNCED]),
+                "resynced": int(s[S_SH_RESYNCED]),
+                "live": int(s[S_SH_LIVE]),
+                "peak": int(s[S_SH_PEAK]),
+            },
+            "root_cache": {"hits": int(s[S_SH_ROOT_HITS]), "misses": int(s[S_SH_ROOT_MISSES])},
+            "prefetched_sptes": int(s[S_SH_PREFETCHED]),
+            "spte_writes": int(s[S_SH_SPTE_WRITES]),
+            "write_protected_sptes": int(s[S_SH_WP_SPTES]),
+            "emulated_writes": int(s[S_SH_EMULATED]),
+            "resync_entries": int(s[S_SH_SYNC_ENTRIES]),
+            "vmm_sw_walk_steps": int(s[S_SH_SW_WALK_STEPS]),
+            "vmm_tlb_flushes": int(s[S_SH_VMM_FLUSHES]),
+            "shadow_table_bytes": int(s[S_SH_LIVE]) * 4096,
+            "shadow_table_peak_bytes": int(s[S_SH_PEAK]) * 4096,
+            "guest_memory_backed_bytes": int(self.vm[1][V_BACKED_FRAMES]) * 4096,
+        }
 
     def result(self, extra: dict[str, Any] | None = None) -> dict[str, Any]:
         """The stats object (common schema) of everything replayed so far."""
@@ -545,6 +613,8 @@ class Machine:
                 "ept_table_bytes": int(vmeta[V_TABLE_FRAMES]) * 4096 + 4096,
                 "guest_memory_backed_bytes": int(vmeta[V_BACKED_FRAMES]) * 4096,
             }
+        if self.config.mode == "shadow":
+            mode_stats = self._shadow_stats()
         return stats_dict(
             self.config.mode,
             derive_cycles(self.stats, self.cost, l1, l2),
@@ -557,7 +627,7 @@ class Machine:
                 "compile_s": round(self.compile_s, 3),
                 "guest_memory_frames": int(self.galloc.peak),
                 "pt_memory_bytes": int(self.stats[S_PT_FRAMES]) * 4096,
-                "vmm_memory_bytes": mode_stats.get("ept_table_bytes", 0),
+                "vmm_memory_bytes": mode_stats.get("ept_table_bytes", mode_stats.get("shadow_table_bytes", 0)),
                 **(extra or {}),
             },
         )

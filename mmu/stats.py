@@ -57,10 +57,45 @@ N_STATS = S_MODE_BASE + N_MODE_STATS
 S_WALK_REFS_GUEST = S_MODE_BASE + 0  # guest-dimension entries read by 2D walks
 S_WALK_REFS_HOST = S_MODE_BASE + 1  # host-dimension (EPT/NPT) entries read by 2D walks
 
+# shadow mode
+S_SH_CREATED = S_MODE_BASE + 2  # shadow pages created
+S_SH_ZAPPED = S_MODE_BASE + 3  # shadow pages zapped (unshadowed)
+S_SH_UNSYNCED = S_MODE_BASE + 4  # shadow pages made unsync
+S_SH_RESYNCED = S_MODE_BASE + 5  # unsync shadow pages resynchronised (whole pages)
+S_SH_SYNC_ENTRIES = S_MODE_BASE + 6  # guest entries compared while resynchronising
+S_SH_PREFETCHED = S_MODE_BASE + 7  # shadow entries filled by prefetch
+S_SH_FLOODED = S_MODE_BASE + 8  # shadow pages zapped by write-flooding detection
+S_SH_ROOT_HITS = S_MODE_BASE + 9  # CR3 loads whose shadow root was in the root cache
+S_SH_ROOT_MISSES = S_MODE_BASE + 10
+S_SH_VMM_FLUSHES = S_MODE_BASE + 11  # VM-wide TLB/PSC flushes the VMM issued
+S_SH_LIVE = S_MODE_BASE + 12  # shadow pages live now
+S_SH_PEAK = S_MODE_BASE + 13
+S_SH_SW_WALK_STEPS = S_MODE_BASE + 14  # guest/shadow entries the VMM read walking in software
+S_SH_SPTE_WRITES = S_MODE_BASE + 15  # shadow entries written or zapped
+S_SH_EMULATED = S_MODE_BASE + 16  # emulated writes to write-tracked guest tables
+S_SH_WP_SPTES = S_MODE_BASE + 17  # shadow entries made read-only to write-protect a frame
+
 # Exit reasons (index into S_EXIT_BASE..): one list for every mode that exits.
 EXIT_EPT_VIOLATION = 0  # nested: a guest frame's first touch; the VMM backs it
 EXIT_EPT_MISCONFIG = 1
-EXIT_REASONS: dict[int, str] = {EXIT_EPT_VIOLATION: "ept_violation", EXIT_EPT_MISCONFIG: "ept_misconfig"}
+EXIT_HIDDEN_FAULT = 2  # shadow: the guest maps it, the shadow did not: fill and resume
+EXIT_TRACING_WRITE = 3  # shadow: a write to a write-tracked guest table, emulated
+EXIT_CR3_LOAD = 4  # shadow: MOV CR3 traps; root-cache lookup (and resync on a flushing load)
+EXIT_INVLPG = 5  # shadow: INVLPG traps; resync the entry, INVVPID the address
+EXIT_PF_INJECT = 6  # shadow: a true guest fault, reflected into the guest as #PF
+EXIT_AD_DIRTY = 7  # shadow: first write to a clean page; the VMM sets the guest's D
+EXIT_WP_UNSYNC = 8  # shadow: a store to a write-protected leaf table, which goes unsync
+EXIT_REASONS: dict[int, str] = {
+    EXIT_EPT_VIOLATION: "ept_violation",
+    EXIT_EPT_MISCONFIG: "ept_misconfig",
+    EXIT_HIDDEN_FAULT: "hidden_fault",
+    EXIT_TRACING_WRITE: "tracing_write",
+    EXIT_CR3_LOAD: "cr3_load",
+    EXIT_INVLPG: "invlpg",
+    EXIT_PF_INJECT: "pf_inject",
+    EXIT_AD_DIRTY: "ad_dirty",
+    EXIT_WP_UNSYNC: "wp_unsync",
+}
 
 
 def new_stats() -> np.ndarray:
@@ -78,12 +113,17 @@ def derive_cycles(stats: np.ndarray, cost: np.ndarray, l1_hits: int, l2_hits: in
     """
     from mmu.hw.cost import (
         K_BASE,
+        K_CR3_EXIT,
+        K_EMULATE,
         K_EPT_FAULT,
         K_EXIT,
         K_GUEST_PF,
+        K_INVLPG_EXIT,
+        K_PF_INJECT,
         K_REF_DRAM,
         K_REF_L2,
         K_REF_LLC,
+        K_SHADOW_FAULT,
         K_TLB_L1,
         K_TLB_L2,
     )
@@ -98,7 +138,16 @@ def derive_cycles(stats: np.ndarray, cost: np.ndarray, l1_hits: int, l2_hits: in
         int(s[S_REF_L2_HITS]) * c[K_REF_L2] + int(s[S_REF_LLC_HITS]) * c[K_REF_LLC] + int(s[S_REF_DRAM]) * c[K_REF_DRAM]
     )
     s[S_PF_CYCLES] = int(s[S_GUEST_PF]) * c[K_GUEST_PF]
-    handler = {EXIT_EPT_VIOLATION: c[K_EPT_FAULT]}
+    handler = {
+        EXIT_EPT_VIOLATION: c[K_EPT_FAULT],
+        EXIT_HIDDEN_FAULT: c[K_SHADOW_FAULT],
+        EXIT_TRACING_WRITE: c[K_EMULATE],
+        EXIT_CR3_LOAD: c[K_CR3_EXIT],
+        EXIT_INVLPG: c[K_INVLPG_EXIT],
+        EXIT_PF_INJECT: c[K_PF_INJECT],
+        EXIT_AD_DIRTY: c[K_SHADOW_FAULT],
+        EXIT_WP_UNSYNC: c[K_SHADOW_FAULT],
+    }
     total_exit = 0
     for reason in range(N_EXIT_REASONS):
         n = int(s[S_EXIT_BASE + reason])

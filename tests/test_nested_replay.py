@@ -37,7 +37,7 @@ def guest_tables(m: Machine) -> dict[int, int]:
         pa = int(vm_hpa(m.vm, np.int64(gpa))) if nested else gpa
         return 0 if pa < 0 else int(mem_read(m.mem.state, np.int64(pa)))
 
-    procs, _pid2slot, ometa = m.osst
+    procs, ometa = m.osst[0], m.osst[2]
     out: dict[int, int] = {}
 
     def walk(table: int, level: int) -> None:

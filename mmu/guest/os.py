@@ -26,8 +26,9 @@ import numpy as np
 
 from mmu._jit import jit
 from mmu.memory import alloc_frame, mem_read, mem_write, mem_zero_frame
-from mmu.modes.vmm import MODE_NATIVE, V_MODE, VM_OK, vm_back, vm_hpa
-from mmu.stats import EXIT_EPT_VIOLATION, S_EXIT_BASE, S_VM_EXITS
+from mmu.modes.shadow import sh_guest_store, sh_zero_frame
+from mmu.modes.vmm import MODE_NATIVE, MODE_SHADOW, V_MODE, VM_OK, vm_back, vm_hpa
+from mmu.stats import EXIT_EPT_VIOLATION, EXIT_HIDDEN_FAULT, S_EXIT_BASE, S_VM_EXITS
 from mmu.x86.bits import CTL_NXE, TA_PKEY_SHIFT, TA_RW, TA_US, TA_XD
 from mmu.x86.walk import access_fault
 
@@ -70,9 +71,10 @@ def make_os(pcide: bool = True, la57: bool = False) -> tuple[np.ndarray, np.ndar
 
 # --- guest-physical memory as the guest kernel sees it ------------------------------------------
 #
-# ``gm = (mem, halloc, vm, stats)``: the memory holding guest-physical contents (the guest's own
-# memory natively, host memory in a VM), the host frame allocator, the VM state
-# (:mod:`mmu.modes.vmm`) and the stats array (exits are counted there). Every guest-physical
+# ``gm = (mem, halloc, vm, stats, sh)``: the memory holding guest-physical contents (the guest's
+# own memory natively, host memory in a VM), the host frame allocator, the VM state
+# (:mod:`mmu.modes.vmm`), the stats array (exits are counted there) and the shadow MMU
+# (:mod:`mmu.modes.shadow`; a dummy outside shadow mode). Every guest-physical
 # access of the guest kernel goes through :func:`guest_hpa`, so a mode sees it as its hardware
 # would: natively it is the address itself; in a VM a first touch of a guest frame is an EPT
 # violation exit after which the VMM backs the frame.
@@ -89,7 +91,8 @@ def guest_hpa(gm, gpa):
         return hpa
     stats = gm[3]
     stats[S_VM_EXITS] += 1
-    stats[S_EXIT_BASE + EXIT_EPT_VIOLATION] += 1
+    # nested: an EPT violation; shadow: a hidden fault on the kernel's mapping of the frame
+    stats[S_EXIT_BASE + (EXIT_HIDDEN_FAULT if vm[1][V_MODE] == MODE_SHADOW else EXIT_EPT_VIOLATION)] += 1
     if vm_back(gm[0], gm[1], vm, gpa >> 12) != VM_OK:
         return np.int64(-1)
     return vm_hpa(vm, gpa)
@@ -106,10 +109,15 @@ def guest_read(gm, gpa):
 
 @jit
 def guest_store(gm, gpa, value):
-    """A guest kernel store of a page-table entry to guest-physical ``gpa``. False if it could not land."""
+    """A guest kernel store of a page-table entry to guest-physical ``gpa``. False if it could not land.
+
+    Under shadow paging a store to a write-protected guest table traps to the VMM first.
+    """
     hpa = guest_hpa(gm, gpa)
     if hpa < 0:
         return False
+    if gm[2][1][V_MODE] == MODE_SHADOW:
+        sh_guest_store(gm[0], gm[2], gm[4], gm[3], gpa, value)
     mem_write(gm[0], hpa, value)
     return True
 
@@ -123,7 +131,10 @@ def os_alloc_table(gm, galloc):
     hpa = guest_hpa(gm, gfn << 12)
     if hpa < 0:
         return np.int64(-1)
-    mem_zero_frame(gm[0], hpa >> 12)
+    if gm[2][1][V_MODE] == MODE_SHADOW:
+        sh_zero_frame(gm[0], gm[2], gm[4], gm[3], gfn)  # a recycled, still shadowed table traps
+    else:
+        mem_zero_frame(gm[0], hpa >> 12)
     return gfn << 12
 
 

@@ -15,7 +15,10 @@ What is charged (docs/cost-model.md explains the model and its limits):
   else ``K_REF_DRAM``;
 * a guest page fault handled by the guest kernel: ``K_GUEST_PF``;
 * VM exits (shadow and nested modes): ``K_EXIT`` round trip plus handler work
-  (``K_EPT_FAULT`` for an EPT violation that backs a guest page).
+  (``K_EPT_FAULT`` for an EPT violation that backs a guest page; the ``K_SHADOW_FAULT`` ..
+  ``K_PF_INJECT`` fixed work per shadow exit reason, plus the variable work shadow kernels
+  count: software walk steps, shadow pages allocated, entries written, entries resynced,
+  VMM-issued TLB flushes).
 """
 
 from __future__ import annotations
@@ -41,7 +44,16 @@ K_L2_WAYS = 11
 K_LLC_LINES = 12
 K_LLC_WAYS = 13
 K_EPT_FAULT = 14  # VMM work on an EPT violation that backs a guest page (beyond the exit itself)
-N_COST = 16
+# shadow paging: fixed handler work per exit reason, and variable work the kernels count
+K_SHADOW_FAULT = 15  # page-fault exit handled by the shadow MMU (hidden fault, A/D, unsync)
+K_CR3_EXIT = 16  # MOV CR3 exit: root-cache lookup, VMCS update
+K_INVLPG_EXIT = 17  # INVLPG exit
+K_PF_INJECT = 18  # reflecting a true fault into the guest (event injection)
+K_SP_ALLOC = 19  # allocating and zeroing a shadow page, hashing it
+K_SPTE_WRITE = 20  # writing or zapping one shadow entry with its reverse map
+K_SYNC_ENTRY = 21  # comparing one guest entry with its shadow during a resync
+K_VMM_FLUSH = 22  # one VM-wide TLB flush requested by the VMM (INVVPID single context)
+N_COST = 24
 
 _NAMES = {
     "base": K_BASE,
@@ -59,6 +71,14 @@ _NAMES = {
     "llc_lines": K_LLC_LINES,
     "llc_ways": K_LLC_WAYS,
     "ept_fault": K_EPT_FAULT,
+    "shadow_fault": K_SHADOW_FAULT,
+    "cr3_exit": K_CR3_EXIT,
+    "invlpg_exit": K_INVLPG_EXIT,
+    "pf_inject": K_PF_INJECT,
+    "sp_alloc": K_SP_ALLOC,
+    "spte_write": K_SPTE_WRITE,
+    "sync_entry": K_SYNC_ENTRY,
+    "vmm_flush": K_VMM_FLUSH,
 }
 
 # Sources, cited by key in docs/cost-model.md.
@@ -68,16 +88,14 @@ SRC_NEHALEM_GUIDE = (
 )
 SRC_D2L = "Dive into Deep Learning, 'CPU cache latencies': L1 ~4 cycles, L2 12-17, unshared L3 42"
 SRC_HASWELL_TLB = (
-    "news.mynavi.jp Haswell measurement (2013): L2 TLB hit ~12 cycles; L2 TLB miss with page tables "
-    "in cache ~20 cycles"
+    "news.mynavi.jp Haswell measurement (2013): L2 TLB hit ~12 cycles; L2 TLB miss with page tables in cache ~20 cycles"
 )
 SRC_MINOR_FAULT = (
     "ddumbying.vercel.app/experiments/pagefault-latency: anonymous minor fault, Linux 6.6, Core i7 "
     "11th gen, median 3,241 cycles (min 1,842)"
 )
 SRC_SPLITX = (
-    "SplitX (Landau, Ben-Yehuda, Gordon): VM exit direct cost ~2,000 cycles on Nehalem X5570 with "
-    "KVM, EPT+VPID"
+    "SplitX (Landau, Ben-Yehuda, Gordon): VM exit direct cost ~2,000 cycles on Nehalem X5570 with KVM, EPT+VPID"
 )
 SRC_SVM_LKML = "LKML 2020 (lkml.iu.edu 2012.2/00527): AMD SVM VMRUN round trip ~1,344-1,376 cycles"
 
@@ -110,6 +128,24 @@ def _skylake() -> list[CostParam]:
             1500,
             "synthesis in shared/reference/x86-paging-and-ept.md 6.7: a KVM-handled exit that needs a host "
             "allocation costs ~2,500-5,000+ cycles with handler work; exit + 1,500 lands in that range",
+        ),
+        CostParam(
+            "shadow_fault",
+            1500,
+            "assumption, same order as ept_fault: KVM's shadow page-fault path (mmu_lock, gfn->pfn "
+            "lookup, FNAME(fetch)); the software guest walk is charged separately per step",
+        ),
+        CostParam("cr3_exit", 500, "assumption: prev_roots lookup and VMCS CR3 update in kvm_mmu_new_pgd"),
+        CostParam("invlpg_exit", 300, "assumption: shadow walk of one address plus INVVPID"),
+        CostParam("pf_inject", 500, "assumption: event injection of #PF into the guest (VMCS entry fields)"),
+        CostParam("sp_alloc", 600, "assumption: allocate and clear a 4 KiB shadow page (64 lines), hash it"),
+        CostParam("spte_write", 20, "assumption: one shadow-entry store with its reverse-map update"),
+        CostParam("sync_entry", 10, "assumption: read one guest entry and compare it with its shadow"),
+        CostParam(
+            "vmm_flush",
+            200,
+            "assumption: INVVPID single-context instruction (the misses it "
+            "causes afterwards are simulated, not assumed)",
         ),
     ]
 

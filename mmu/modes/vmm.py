@@ -174,9 +174,10 @@ def vm_back(hmem, halloc, vm, gfn):
     else:
         hfn = vmeta[V_LARGE_NEXT]
         vmeta[V_LARGE_NEXT] = hfn + span
-    st = host_table_map(hmem, halloc, vmeta, first << 12, hfn << 12, shift)
-    if st != VM_OK:
-        return st
+    if vmeta[V_MODE] != MODE_SHADOW:  # a shadowing VMM keeps the memslot view only
+        st = host_table_map(hmem, halloc, vmeta, first << 12, hfn << 12, shift)
+        if st != VM_OK:
+            return st
     for k in range(span):
         gfn2hfn[first + k] = hfn + k
     if span == 1:
@@ -201,7 +202,7 @@ def vm_hpa(vm, gpa):
     return (hfn << 12) | (gpa & 0xFFF)
 
 
-@jit
+@jit(inline="always")
 def vm_gpa_of(vm, hpa):
     """Guest-physical address backed by host-physical ``hpa`` (the VMM's reverse map), or -1."""
     hfn = hpa >> 12

@@ -25,6 +25,7 @@ import numpy as np
 
 from mmu._jit import jit
 from mmu.memory import PhysicalMemory, mem_read, mem_write
+from mmu.modes.vmm import vm_hpa
 from mmu.x86.bits import (
     ACC_FETCH,
     ACC_READ,
@@ -205,7 +206,7 @@ def entry_step(e, level, rsvd, nxe, ctl, attrs):
 
 
 @jit
-def walk_core(mem, table_pa, level, attrs_in, va, access, ctl, pkru, maxphyaddr, trail, set_ad):
+def walk_core(mem, table_pa, level, attrs_in, va, access, ctl, pkru, maxphyaddr, trail, set_ad, xlate=None):
     """Walk ``va`` from the table at ``table_pa`` of ``level`` down to a leaf.
 
     Parameters
@@ -228,6 +229,12 @@ def walk_core(mem, table_pa, level, attrs_in, va, access, ctl, pkru, maxphyaddr,
         Out: one row per entry read (entry pa, level, pointed-to address, combined attrs).
     set_ad : bool
         Write A (and D) bits on success; False for a side-effect-free probe.
+    xlate : tuple, optional
+        A VM state (:mod:`mmu.modes.vmm`): the tables are guest-physical and ``mem`` is host
+        memory, so each entry is read at the host address its guest frame is backed by (an
+        unbacked guest frame reads as zeros). This is the shadow-paging VMM's software walk of
+        the guest's tables; ``trail`` then holds the entries' host addresses in TR_ENTRY_PA and
+        guest-physical addresses in TR_NEXT.
 
     Returns
     -------
@@ -247,7 +254,11 @@ def walk_core(mem, table_pa, level, attrs_in, va, access, ctl, pkru, maxphyaddr,
     while True:
         shift = 12 + 9 * (level - 1)
         entry_pa = np.int64(base) + ((va >> shift) & 511) * 8
-        e = mem_read(mem, entry_pa)
+        if xlate is not None:
+            entry_pa = vm_hpa(xlate, entry_pa)
+            e = _U0 if entry_pa < 0 else mem_read(mem, entry_pa)
+        else:
+            e = mem_read(mem, entry_pa)
         trail[n, TR_ENTRY_PA] = entry_pa
         trail[n, TR_LEVEL] = level
         n += 1

@@ -1,0 +1,72 @@
+"""The privileged instructions of the guest kernel, in whichever mode the machine runs.
+
+MOV CR3 (:func:`load_cr3`, :func:`switch_to`) and INVLPG (:func:`cpu_invlpg`) execute on the
+hardware natively and under nested paging; under shadow paging they trap and the VMM does
+its part (root switch, resynchronisation of unsync shadow pages) before the hardware's.
+"""
+
+from __future__ import annotations
+
+from mmu._jit import jit
+from mmu.guest.os import O_CUR, O_PCIDE, OS_OK, OS_OUT_OF_FRAMES, P_LOADS, P_PCID, P_ROOT, os_process
+from mmu.hw.tlb import hw_invlpg, hw_mov_cr3
+from mmu.modes.native import C_ASID, C_CTL
+from mmu.modes.shadow import sh_invlpg, sh_load_cr3
+from mmu.modes.vmm import MODE_SHADOW, V_MODE
+from mmu.stats import S_CR3_LOADS, S_PROCESSES, S_PT_FRAMES
+from mmu.x86.bits import CTL_LA57, CTL_USER
+
+
+@jit
+def load_cr3(gm, osst, tlb, psc, stats, cfg, row, no_flush):
+    """MOV CR3 to process ``row``'s root and PCID (bit 63 = ``no_flush``). False if out of frames."""
+    procs = osst[0]
+    ometa = osst[2]
+    stats[S_CR3_LOADS] += 1
+    vm = gm[2]
+    if vm[1][V_MODE] == MODE_SHADOW:
+        # CR3 loads trap: the VMM switches shadow roots (and flushes on its own terms).
+        ctl = cfg[C_CTL] | CTL_USER
+        return sh_load_cr3(gm[0], gm[1], vm, gm[4], stats, ctl, procs[row, P_ROOT], procs[row, P_PCID], no_flush)
+    hw_mov_cr3(tlb, psc, cfg[C_ASID], ometa[O_PCIDE] != 0, procs[row, P_PCID], no_flush)
+    return True
+
+
+@jit
+def switch_to(gm, galloc, osst, tlb, psc, stats, cfg, pid):
+    """Make ``pid`` the current process (creating it on first sight) and load its CR3."""
+    st, row, created = os_process(osst, gm, galloc, pid)
+    if st != OS_OK:
+        return st
+    if created:
+        stats[S_PROCESSES] += 1
+        stats[S_PT_FRAMES] += 1
+    procs = osst[0]
+    ometa = osst[2]
+    ometa[O_CUR] = row
+    # Linux keeps a PCID's translations across switches (CR3 bit 63 set) once it has run.
+    no_flush = ometa[O_PCIDE] != 0 and procs[row, P_LOADS] > 0
+    procs[row, P_LOADS] += 1
+    if not load_cr3(gm, osst, tlb, psc, stats, cfg, row, no_flush):
+        return OS_OUT_OF_FRAMES
+    return OS_OK
+
+
+@jit
+def cpu_invlpg(gm, osst, tlb, psc, stats, cfg, va):
+    """The guest kernel's INVLPG ``va`` in the current process (shadow: trapped)."""
+    procs = osst[0]
+    ometa = osst[2]
+    row = ometa[O_CUR]
+    vm = gm[2]
+    ctl = cfg[C_CTL] | CTL_USER
+    if vm[1][V_MODE] == MODE_SHADOW:
+        sh_invlpg(gm[0], vm, gm[4], tlb, psc, stats, ctl, cfg[C_ASID], va)
+    else:
+        hw_invlpg(tlb, psc, va, cfg[C_ASID], procs[row, P_PCID], (ctl & CTL_LA57) != 0)
+
+
+@jit
+def cpu_flush_tlb(gm, osst, tlb, psc, stats, cfg):
+    """The guest kernel reloads CR3 (bit 63 clear): flush the current PCID's translations."""
+    return load_cr3(gm, osst, tlb, psc, stats, cfg, osst[2][O_CUR], False)

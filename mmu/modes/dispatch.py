@@ -1,0 +1,140 @@
+"""What the guest's CPU does, in whichever virtualization mode the machine runs.
+
+The replay engine and the guest executor both drive the guest through these kernels, so one
+translation path serves every input:
+
+* :func:`translate_access` -- a user-mode load, store or fetch: the hardware translation of
+  the mode (native 1D walk; nested 2D walk with EPT-violation exits; shadow 1D walk of the
+  shadow tables with shadow page-fault exits), then the guest kernel's #PF handler
+  (:func:`mmu.guest.osops.os_page_fault`).
+
+The guest kernel's privileged instructions (MOV CR3, INVLPG) are in :mod:`mmu.modes.cpuops`.
+
+``gm = (mem, halloc, vm, stats, sh)`` is the guest-memory context of :mod:`mmu.guest.os`.
+``hcache`` is None outside nested mode, so numba compiles the native and shadow kernels
+without the 2D path.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from mmu._jit import jit
+from mmu.guest.os import (
+    OS_OK,
+    OS_OUT_OF_FRAMES,
+    P_PCID,
+    P_ROOT,
+    os_cr3,
+)
+from mmu.guest.osops import PF_FIXED, os_page_fault
+from mmu.hw.ntlb import host_cache_drop
+from mmu.modes.native import C_ASID, C_CTL, C_MAXPHYADDR, C_PKRU, hw_translate
+from mmu.modes.nested import HW_EPT_MISCONFIG, HW_EPT_VIOLATION, hw_translate_nested
+from mmu.modes.shadow import (
+    SHF_EMULATED,
+    SHF_OUT_OF_FRAMES,
+    SHF_RETRY,
+    sh_before_entry,
+    sh_page_fault,
+    sh_pending,
+    sh_root_hpa,
+)
+from mmu.modes.vmm import MODE_SHADOW, V_MODE, VM_OK, vm_back, vm_gpa_of, vm_hpa
+from mmu.stats import (
+    EXIT_EPT_MISCONFIG,
+    EXIT_EPT_VIOLATION,
+    S_BAD_ACCESSES,
+    S_EXIT_BASE,
+    S_GUEST_PF,
+    S_VM_EXITS,
+)
+from mmu.x86.bits import CTL_USER, CTL_WP, WALK_GP, WALK_OK, WALK_PF
+
+FLOG_ON = 0  # flog[0, FLOG_ON]: 1 to record guest page faults
+FLOG_N = 1  # flog[0, FLOG_N]: faults recorded; rows 1.. hold (va, error code)
+
+
+@jit(inline="always")
+def translate_access(gm, galloc, hcache, osst, tlb, psc, ptc, stats, cfg, row, va, access, scratch):
+    """Translate one user access of process ``row``, running the VMM's exit handlers and the
+    guest's #PF handler as needed.
+
+    Returns (status, gpa): status OS_OK with the guest-physical address (or -1 when the guest
+    could not map it), OS_OUT_OF_FRAMES.
+    """
+    mem = gm[0]
+    vm = gm[2]
+    sh = gm[4]
+    trail, gtrail, htrail, refs, counts, flog = scratch
+    procs = osst[0]
+    cr3 = os_cr3(osst, row)
+    pcid = procs[row, P_PCID]
+    ctl = cfg[C_CTL] | CTL_USER
+    shadow = vm[1][V_MODE] == MODE_SHADOW
+    for _attempt in range(8):
+        if hcache is not None:
+            status, code, _hpa, pa = hw_translate_nested(
+                mem, vm, hcache, tlb, psc, ptc, stats, cfg, cr3, pcid, va, access, ctl, gtrail, htrail, refs
+            )
+            if status == HW_EPT_VIOLATION:
+                # VM exit: the VMM backs the guest frame, maps it in the EPT, resumes the guest.
+                stats[S_VM_EXITS] += 1
+                stats[S_EXIT_BASE + EXIT_EPT_VIOLATION] += 1
+                if vm_hpa(vm, pa) >= 0:
+                    stats[S_BAD_ACCESSES] += 1  # a rights violation the VMM did not cause
+                    return OS_OK, np.int64(-1)
+                st = vm_back(mem, gm[1], vm, pa >> 12)
+                if st != VM_OK:
+                    return OS_OUT_OF_FRAMES, np.int64(-1)
+                host_cache_drop(hcache, pa)
+                continue
+            if status == HW_EPT_MISCONFIG:
+                stats[S_VM_EXITS] += 1
+                stats[S_EXIT_BASE + EXIT_EPT_MISCONFIG] += 1
+                stats[S_BAD_ACCESSES] += 1
+                return OS_OK, np.int64(-1)
+        else:
+            hcr3 = cr3
+            hctl = ctl
+            if shadow:
+                if sh_pending(sh) and not sh_before_entry(mem, gm[1], vm, sh, tlb, psc, stats, ctl, cfg[C_ASID]):
+                    return OS_OUT_OF_FRAMES, np.int64(-1)
+                # The hardware walks the shadow tables, with CR0.WP forced on (as KVM runs it).
+                hcr3 = sh_root_hpa(sh) | pcid
+                hctl = ctl | CTL_WP
+            status, code, pa = hw_translate(mem, tlb, psc, ptc, stats, cfg, hcr3, pcid, va, access, hctl, trail)
+            if shadow:
+                if status == WALK_OK:
+                    pa = vm_gpa_of(vm, pa)
+                elif status == WALK_PF:
+                    # #PF exits to the VMM, which decides what the guest sees.
+                    r, v = sh_page_fault(
+                        mem, gm[1], vm, sh, stats, cfg[C_PKRU], cfg[C_MAXPHYADDR], procs[row, P_ROOT], va, access,
+                        ctl, trail,
+                    )  # fmt: skip
+                    if r == SHF_RETRY:
+                        continue
+                    if r == SHF_EMULATED:
+                        return OS_OK, v
+                    if r == SHF_OUT_OF_FRAMES:
+                        return OS_OUT_OF_FRAMES, np.int64(-1)
+                    code = v
+        if status == WALK_OK:
+            return OS_OK, pa
+        if status == WALK_GP:
+            stats[S_BAD_ACCESSES] += 1
+            return OS_OK, np.int64(-1)
+        stats[S_GUEST_PF] += 1
+        if flog[0, FLOG_ON] != 0 and flog[0, FLOG_N] + 1 < flog.shape[0]:
+            k = flog[0, FLOG_N] + 1
+            flog[k, 0] = va
+            flog[k, 1] = code
+            flog[0, FLOG_N] = k
+        st, outcome = os_page_fault(gm, galloc, osst, tlb, psc, stats, cfg, row, va, access, code, ctl, counts)
+        if st != OS_OK:
+            return st, np.int64(-1)
+        if outcome != PF_FIXED:
+            return OS_OK, np.int64(-1)
+    stats[S_BAD_ACCESSES] += 1
+    return OS_OK, np.int64(-1)

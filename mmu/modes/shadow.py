@@ -1,0 +1,1113 @@
+"""Shadow paging: the VMM's software MMU, modelled on KVM's shadow MMU (arch/x86/kvm/mmu).
+
+The hardware walks **shadow page tables** that map guest-virtual straight to host-physical
+addresses, through the same TLBs and paging-structure caches as native mode; the VMM keeps
+them coherent with the guest's own tables in software:
+
+* **Shadow pages** (``struct kvm_mmu_page``) live in host frames and are keyed by
+  (guest frame, role). The role holds the level, the access rights inherited from the guest
+  entries above (W/U/XD), the "direct" flag (a shadow page that splits a guest large page and
+  shadows no guest table), CR0.WP and EFER.NXE, so one guest table can have several shadows.
+* **Reverse maps.** Every shadow-entry slot (``sp * 512 + index``) is a node of one doubly
+  linked list: a leaf entry sits in the list of the guest frame it maps, a non-leaf entry in
+  the parent list of the shadow page it points to. Write-protecting a guest frame and
+  unlinking a zapped shadow page are therefore O(entries affected).
+* **Write protection.** A guest frame with a (synchronised) shadow page is mapped read-only in
+  every shadow entry; the guest kernel's stores to it trap (:func:`sh_guest_store`).
+  Upper-level guest tables are always write-tracked and their stores emulated (tracing);
+  a leaf table may go **unsync** instead (writable until the guest's next INVLPG or
+  TLB-flushing CR3 load resynchronises it).
+* **Faults** on the shadow tables exit to :func:`sh_page_fault`, which walks the guest tables
+  in software (setting guest A, and D on a write, as the hardware would), then either injects
+  a true guest #PF or fills the shadow path (hidden fault), emulates a write to a tracked page
+  (tracing), or makes a clean page writable after setting its guest D (A/D emulation).
+* **Refinements** with KVM's defaults, each a knob: unsync leaf tables; write-flooding
+  detection (zap an upper-level shadow page after 3 emulated writes with no use in between);
+  prefetch of the 8-entry group around a fill; a cache of the current root plus 3 previous
+  roots keyed by guest CR3 (with its PCID).
+
+What the VMM changes in shadow entries reaches the hardware through flushes, as in KVM: a
+change that removes rights requests a flush of the VM's TLB entries and paging-structure
+caches (INVVPID single context), done before the guest resumes.
+
+State ``sh = (spt, rl, gfs, hfn2sp, sph, roots, ulist, smeta, cost)``:
+
+``spt``     int64[cap, SP_COLS]      shadow pages (guest frame, role, host table address,
+                                     flags, flood count, root count, hash link, parent list,
+                                     position in the unsync list, free link)
+``rl``      int64[cap * 512, 3]      reverse-map links of every shadow-entry slot
+``gfs``     int64[guest frames, 4]   per guest frame: leaf rmap head, write-protecting shadow
+                                     pages, upper-level shadow pages, shadow pages
+``hfn2sp``  int64[host frames]       shadow page held by a host frame, or -1
+``sph``     int64[HBUCKETS]          hash of shadow pages by guest frame (chained)
+``roots``   int64[MAX_ROOTS, 2]      root cache: (guest CR3 with PCID, shadow page), row 0 current
+``ulist``   int64[cap]               unsync shadow pages
+``smeta``   int64[SM_LEN]            knobs, allocation state, pending requests
+``cost``    int64[N_COST]            the cost model (handler work is charged by exit reason)
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from mmu._jit import jit
+from mmu.hw.cost import (
+    K_SP_ALLOC,
+    K_SPTE_WRITE,
+    K_SW_WALK_STEP,
+    K_SYNC_ENTRY,
+    K_VMM_FLUSH,
+)
+from mmu.hw.ntlb import INVVPID_ADDRESS, hw_invvpid
+from mmu.hw.pwc import psc_flush_asid
+from mmu.hw.tlb import tlb_flush_asid
+from mmu.memory import alloc_frame, mem_read, mem_write, mem_zero_frame
+from mmu.modes.vmm import VM_OK, vm_back, vm_gpa_of, vm_hpa
+from mmu.stats import (
+    EXIT_AD_DIRTY,
+    EXIT_CR3_LOAD,
+    EXIT_HIDDEN_FAULT,
+    EXIT_INVLPG,
+    EXIT_PF_INJECT,
+    EXIT_TRACING_WRITE,
+    EXIT_WP_UNSYNC,
+    S_EXIT_BASE,
+    S_EXIT_CYCLES_BASE,
+    S_SH_CREATED,
+    S_SH_EMULATED,
+    S_SH_FLOODED,
+    S_SH_LIVE,
+    S_SH_PEAK,
+    S_SH_PREFETCHED,
+    S_SH_RESYNCED,
+    S_SH_ROOT_HITS,
+    S_SH_ROOT_MISSES,
+    S_SH_SPTE_WRITES,
+    S_SH_SW_WALK_STEPS,
+    S_SH_SYNC_ENTRIES,
+    S_SH_UNSYNCED,
+    S_SH_VMM_FLUSHES,
+    S_SH_WP_SPTES,
+    S_SH_ZAPPED,
+    S_VM_EXITS,
+)
+from mmu.x86.bits import (
+    ACC_WRITE,
+    CTL_NXE,
+    CTL_USER,
+    CTL_WP,
+    TA_D,
+    TA_PKEY_SHIFT,
+    TA_RW,
+    TA_US,
+    TA_XD,
+    WALK_OK,
+)
+from mmu.x86.walk import ENTRY_OK, TR_ATTRS, TR_LEVEL, TR_NEXT, entry_step, walk_core
+
+# --- shadow-page table columns -------------------------------------------------------------------
+SP_GFN = 0  # guest frame shadowed (direct: first guest frame of the range mapped)
+SP_ROLE = 1
+SP_HPA = 2  # host address of the shadow table
+SP_FLAGS = 3
+SP_FLOOD = 4  # emulated writes since the page was last used by a fill
+SP_ROOTS = 5  # references from the root cache
+SP_HNEXT = 6  # next shadow page in the same hash bucket
+SP_PHEAD = 7  # first slot of the parent list
+SP_UIDX = 8  # position in the unsync list, or -1
+SP_NEXT_FREE = 9
+SP_COLS = 10
+
+F_ALIVE = 1
+F_UNSYNC = 2
+F_DIRECT = 4
+F_INVALID = 8  # zapped while the root cache still referenced it
+
+# role bits: level (3 bits), direct, inherited rights (TA_RW | TA_US | TA_XD), CR0.WP, EFER.NXE
+R_DIRECT = 1 << 3
+R_ACC_SHIFT = 4
+R_ACC_MASK = TA_RW | TA_US | TA_XD
+R_WP = 1 << 8
+R_NXE = 1 << 9
+
+# reverse-map link columns
+RL_NEXT = 0
+RL_PREV = 1
+RL_OWNER = 2  # 2 * gfn: leaf list of a guest frame; 2 * sp + 1: parent list of a shadow page
+
+# per-guest-frame columns
+G_RHEAD = 0
+G_WP = 1  # shadow pages of this frame that keep it write-protected (not unsync)
+G_UPPER = 2  # upper-level shadow pages of this frame (always write-tracked)
+G_SPS = 3  # shadow pages of this frame (not direct)
+G_COLS = 4
+
+# smeta
+SM_UNSYNC = 0  # knob: leaf tables may go unsync
+SM_PREFETCH = 1  # knob: entries prefetched around a fill (power of two; <= 1 off)
+SM_NROOTS = 2  # knob: previous roots cached
+SM_FLOOD = 3  # knob: emulated writes that zap an upper-level shadow page (0: never)
+SM_FREE = 4  # free shadow-page slot list head
+SM_NEXT = 5  # next never-used slot
+SM_NUNSYNC = 6
+SM_FLUSH = 7  # a flush of the VM's TLB entries is pending
+SM_RELOAD = 8  # the current root was zapped: load a new one before resuming
+SM_REASON = 9  # exit reason being handled (handler work is charged to it)
+SM_ROLE_FLAGS = 10
+SM_LEVELS = 11
+SM_LEN = 16
+
+HBUCKETS = 1 << 16
+HBITS = 16
+MAX_ROOTS = 12  # 1 current + up to 11 previous (KVM_MMU_NUM_PREV_ROOTS_MAX in a downstream tree)
+
+# fault outcomes of :func:`sh_page_fault`
+SHF_RETRY = 0  # shadow fixed: run the access again
+SHF_INJECT = 1  # true guest fault: deliver #PF with the returned error code
+SHF_EMULATED = 2  # the VMM emulated the access (write to a write-tracked frame)
+SHF_OUT_OF_FRAMES = 3
+
+_U0 = np.uint64(0)
+_P = np.uint64(1)
+_RW = np.uint64(2)
+_US = np.uint64(4)
+_A = np.uint64(0x20)
+_D = np.uint64(0x40)
+_XD = np.uint64(1 << 63)
+_ADDR = np.uint64(0x000F_FFFF_FFFF_F000)
+_PKEY = np.uint64(0xF << 59)
+_NONLEAF = np.uint64(0x27)  # P | R/W | U/S | A: upper shadow entries grant everything
+_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
+_ACC = np.int64(R_ACC_MASK)
+
+
+def make_shadow(
+    capacity: int = 256,
+    guest_frames: int = 1024,
+    host_frames: int = 1024,
+    *,
+    unsync: bool = True,
+    prefetch: int = 8,
+    roots: int = 3,
+    flood_threshold: int = 3,
+    ctl: int = 0,
+    levels: int = 4,
+    cost: np.ndarray | None = None,
+):
+    """An empty shadow MMU (no shadow pages) with KVM's default policy knobs."""
+    spt = np.zeros((capacity, SP_COLS), dtype=np.int64)
+    spt[:, SP_UIDX] = -1
+    rl = np.full((capacity * 512, 3), -1, dtype=np.int64)
+    gfs = np.zeros((guest_frames, G_COLS), dtype=np.int64)
+    gfs[:, G_RHEAD] = -1
+    hfn2sp = np.full(host_frames, -1, dtype=np.int64)
+    sph = np.full(HBUCKETS, -1, dtype=np.int64)
+    rt = np.full((MAX_ROOTS, 2), -1, dtype=np.int64)
+    ulist = np.zeros(capacity, dtype=np.int64)
+    smeta = np.zeros(SM_LEN, dtype=np.int64)
+    smeta[SM_UNSYNC] = 1 if unsync else 0
+    smeta[SM_PREFETCH] = prefetch
+    smeta[SM_NROOTS] = roots
+    smeta[SM_FLOOD] = flood_threshold
+    smeta[SM_FREE] = -1
+    smeta[SM_LEVELS] = levels
+    role_flags = 0
+    if ctl & CTL_WP:
+        role_flags |= R_WP
+    if ctl & CTL_NXE:
+        role_flags |= R_NXE
+    smeta[SM_ROLE_FLAGS] = role_flags
+    if cost is None:
+        from mmu.hw.cost import cost_array
+
+        cost = cost_array()
+    return spt, rl, gfs, hfn2sp, sph, rt, ulist, smeta, cost
+
+
+def dummy_shadow():
+    """A minimal shadow state for modes that do not shadow (keeps one kernel signature)."""
+    return make_shadow(capacity=1, guest_frames=1, host_frames=1)
+
+
+def _grown_rows(a: np.ndarray, rows: int, fill: int) -> np.ndarray:
+    size = a.shape[0]
+    if size >= rows:
+        return a
+    while size < rows:
+        size *= 2
+    new = np.full((size,) + a.shape[1:], fill, dtype=a.dtype)
+    new[: a.shape[0]] = a
+    return new
+
+
+SP_PER_RECORD = 128  # shadow pages one record may create at most (2 pages x 8 attempts x 7 levels)
+FRAMES_PER_RECORD = 256  # guest or host frames one record may take at most, with slack
+FRAME_ROOM = 1 << 16
+
+
+def grow_shadow(sh, guest_frames: int, host_frames: int):
+    """A copy of ``sh`` with room for a few more records' worth of shadow pages and the given
+    numbers of guest and host frames (plus slack)."""
+    spt, rl, gfs, hfn2sp, sph, rt, ulist, smeta, cost = sh
+    cap = spt.shape[0]
+    need = int(smeta[SM_NEXT]) + 4 * SP_PER_RECORD
+    if need > cap:
+        new_cap = cap
+        while new_cap < need:
+            new_cap *= 2
+        spt2 = np.zeros((new_cap, SP_COLS), dtype=np.int64)
+        spt2[:, SP_UIDX] = -1
+        spt2[:cap] = spt
+        spt = spt2
+        rl = _grown_rows(rl, new_cap * 512, -1)
+        ulist = _grown_rows(ulist, new_cap, 0)
+    gfs_new = _grown_rows(gfs, int(guest_frames) + FRAME_ROOM, 0)
+    if gfs_new is not gfs:
+        gfs_new[gfs.shape[0] :, G_RHEAD] = -1
+    hfn2sp = _grown_rows(hfn2sp, int(host_frames) + FRAME_ROOM, -1)
+    return spt, rl, gfs_new, hfn2sp, sph, rt, ulist, smeta, cost
+
+
+@jit
+def sh_budget(sh, galloc, halloc):
+    """How many records can run before the shadow state's arrays might need to grow (0: now)."""
+    a = (sh[0].shape[0] - sh[7][SM_NEXT]) // SP_PER_RECORD
+    b = (sh[2].shape[0] - galloc[0][0]) // FRAMES_PER_RECORD
+    c = (sh[3].shape[0] - halloc[0][0]) // FRAMES_PER_RECORD
+    return max(np.int64(0), min(a, min(b, c)))
+
+
+# --- small helpers -------------------------------------------------------------------------------
+
+
+@jit
+def _charge(sh, stats, key, n):
+    """Charge ``n`` units of handler work ``cost[key]`` to the exit reason being handled."""
+    stats[S_EXIT_CYCLES_BASE + sh[7][SM_REASON]] += sh[8][key] * n
+
+
+@jit
+def _request_flush(sh, stats):
+    if sh[7][SM_FLUSH] == 0:
+        sh[7][SM_FLUSH] = 1
+        _charge(sh, stats, K_VMM_FLUSH, 1)
+
+
+@jit
+def _bucket(gfn):
+    return np.int64((np.uint64(gfn) * _GOLDEN) >> np.uint64(64 - HBITS))
+
+
+@jit
+def _head(sh, owner):
+    if owner & 1:
+        return sh[0][owner >> 1, SP_PHEAD]
+    return sh[2][owner >> 1, G_RHEAD]
+
+
+@jit
+def _set_head(sh, owner, slot):
+    if owner & 1:
+        sh[0][owner >> 1, SP_PHEAD] = slot
+    else:
+        sh[2][owner >> 1, G_RHEAD] = slot
+
+
+@jit
+def _rl_add(sh, slot, owner):
+    rl = sh[1]
+    h = _head(sh, owner)
+    rl[slot, RL_NEXT] = h
+    rl[slot, RL_PREV] = -1
+    rl[slot, RL_OWNER] = owner
+    if h >= 0:
+        rl[h, RL_PREV] = slot
+    _set_head(sh, owner, slot)
+
+
+@jit
+def _rl_del(sh, slot):
+    rl = sh[1]
+    owner = rl[slot, RL_OWNER]
+    if owner < 0:
+        return
+    n = rl[slot, RL_NEXT]
+    p = rl[slot, RL_PREV]
+    if p >= 0:
+        rl[p, RL_NEXT] = n
+    else:
+        _set_head(sh, owner, n)
+    if n >= 0:
+        rl[n, RL_PREV] = p
+    rl[slot, RL_NEXT] = -1
+    rl[slot, RL_PREV] = -1
+    rl[slot, RL_OWNER] = -1
+
+
+@jit
+def _slot_pa(sh, slot):
+    return sh[0][slot >> 9, SP_HPA] + (slot & 511) * 8
+
+
+@jit
+def sh_find(sh, gfn, role):
+    """The live shadow page of (``gfn``, ``role``), or -1."""
+    spt = sh[0]
+    s = sh[4][_bucket(gfn)]
+    while s >= 0:
+        if spt[s, SP_GFN] == gfn and spt[s, SP_ROLE] == role and (spt[s, SP_FLAGS] & F_INVALID) == 0:
+            return s
+        s = spt[s, SP_HNEXT]
+    return np.int64(-1)
+
+
+@jit
+def _hash_remove(sh, sp):
+    spt = sh[0]
+    sph = sh[4]
+    b = _bucket(spt[sp, SP_GFN])
+    s = sph[b]
+    prev = np.int64(-1)
+    while s >= 0:
+        if s == sp:
+            if prev < 0:
+                sph[b] = spt[s, SP_HNEXT]
+            else:
+                spt[prev, SP_HNEXT] = spt[s, SP_HNEXT]
+            spt[s, SP_HNEXT] = -1
+            return
+        prev = s
+        s = spt[s, SP_HNEXT]
+
+
+@jit
+def _ulist_add(sh, sp):
+    smeta = sh[7]
+    k = smeta[SM_NUNSYNC]
+    sh[6][k] = sp
+    sh[0][sp, SP_UIDX] = k
+    smeta[SM_NUNSYNC] = k + 1
+
+
+@jit
+def _ulist_remove(sh, sp):
+    smeta = sh[7]
+    ulist = sh[6]
+    spt = sh[0]
+    k = spt[sp, SP_UIDX]
+    last = smeta[SM_NUNSYNC] - 1
+    moved = ulist[last]
+    ulist[k] = moved
+    spt[moved, SP_UIDX] = k
+    spt[sp, SP_UIDX] = -1
+    smeta[SM_NUNSYNC] = last
+
+
+@jit
+def _write_protect_gfn(mem, sh, stats, gfn):
+    """Clear R/W in every leaf shadow entry that maps guest frame ``gfn``; True if any was writable."""
+    rl = sh[1]
+    changed = False
+    s = sh[2][gfn, G_RHEAD]
+    while s >= 0:
+        pa = _slot_pa(sh, s)
+        e = mem_read(mem, pa)
+        if (e & _RW) != _U0:
+            mem_write(mem, pa, e & ~_RW)
+            stats[S_SH_WP_SPTES] += 1
+            changed = True
+        s = rl[s, RL_NEXT]
+    return changed
+
+
+@jit
+def _drop_spte(mem, sh, stats, sp, idx):
+    """Zap one shadow entry (unlinking it from its reverse map); True if it was present."""
+    pa = sh[0][sp, SP_HPA] + idx * 8
+    e = mem_read(mem, pa)
+    if (e & _P) == _U0:
+        return False
+    _rl_del(sh, sp * 512 + idx)
+    mem_write(mem, pa, _U0)
+    stats[S_SH_SPTE_WRITES] += 1
+    return True
+
+
+@jit
+def _release_root(mem, sh, stats, sp):
+    """Drop one root-cache reference; a zapped (invalid) page is freed with its last one."""
+    if sp < 0:
+        return
+    spt = sh[0]
+    spt[sp, SP_ROOTS] -= 1
+    if spt[sp, SP_ROOTS] == 0 and (spt[sp, SP_FLAGS] & F_INVALID) != 0:
+        _free_slot(sh, stats, sp)
+
+
+@jit
+def _free_slot(sh, stats, sp):
+    spt = sh[0]
+    smeta = sh[7]
+    spt[sp, SP_FLAGS] = 0
+    spt[sp, SP_NEXT_FREE] = smeta[SM_FREE]
+    smeta[SM_FREE] = sp
+    stats[S_SH_LIVE] -= 1
+
+
+@jit
+def sh_zap(mem, sh, stats, sp):
+    """Unshadow one shadow page (``kvm_mmu_prepare_zap_page``): clear its entries and the parent
+    entries pointing to it, stop write-protecting its guest frame, free it (or mark it invalid
+    while the root cache still holds it)."""
+    spt = sh[0]
+    gfs = sh[2]
+    rl = sh[1]
+    flags = spt[sp, SP_FLAGS]
+    if (flags & F_ALIVE) == 0:
+        return
+    flush = False
+    for idx in range(512):
+        if _drop_spte(mem, sh, stats, sp, idx):
+            flush = True
+    s = spt[sp, SP_PHEAD]
+    while s >= 0:
+        nxt = rl[s, RL_NEXT]
+        mem_write(mem, _slot_pa(sh, s), _U0)
+        rl[s, RL_NEXT] = -1
+        rl[s, RL_PREV] = -1
+        rl[s, RL_OWNER] = -1
+        stats[S_SH_SPTE_WRITES] += 1
+        flush = True
+        s = nxt
+    spt[sp, SP_PHEAD] = -1
+    gfn = spt[sp, SP_GFN]
+    level = spt[sp, SP_ROLE] & 7
+    if (flags & F_DIRECT) == 0:
+        if (flags & F_UNSYNC) != 0:
+            _ulist_remove(sh, sp)
+        else:
+            gfs[gfn, G_WP] -= 1
+        gfs[gfn, G_SPS] -= 1
+        if level > 1:
+            gfs[gfn, G_UPPER] -= 1
+    _hash_remove(sh, sp)
+    stats[S_SH_ZAPPED] += 1
+    if flush:
+        _request_flush(sh, stats)
+    if spt[sp, SP_ROOTS] > 0:
+        spt[sp, SP_FLAGS] = (flags & ~(F_UNSYNC | F_ALIVE)) | F_INVALID
+        if sh[5][0, 1] == sp:
+            sh[7][SM_RELOAD] = 1
+    else:
+        _free_slot(sh, stats, sp)
+
+
+@jit
+def _sh_alloc(mem, halloc, sh, stats, gfn, role):
+    """A new shadow page for (``gfn``, ``role``) (``kvm_mmu_alloc_shadow_page`` +
+    ``account_shadowed``); -1 if the host is out of frames."""
+    spt = sh[0]
+    smeta = sh[7]
+    gfs = sh[2]
+    sp = smeta[SM_FREE]
+    if sp >= 0:
+        smeta[SM_FREE] = spt[sp, SP_NEXT_FREE]
+        mem_zero_frame(mem, spt[sp, SP_HPA] >> 12)
+    else:
+        hfn = alloc_frame(halloc)
+        if hfn < 0:
+            return np.int64(-1)
+        sp = smeta[SM_NEXT]
+        smeta[SM_NEXT] = sp + 1
+        spt[sp, SP_HPA] = hfn << 12
+        sh[3][hfn] = sp
+    direct = (role & R_DIRECT) != 0
+    level = role & 7
+    spt[sp, SP_GFN] = gfn
+    spt[sp, SP_ROLE] = role
+    spt[sp, SP_FLAGS] = F_ALIVE | (F_DIRECT if direct else 0)
+    spt[sp, SP_FLOOD] = 0
+    spt[sp, SP_ROOTS] = 0
+    spt[sp, SP_PHEAD] = -1
+    spt[sp, SP_UIDX] = -1
+    b = _bucket(gfn)
+    spt[sp, SP_HNEXT] = sh[4][b]
+    sh[4][b] = sp
+    stats[S_SH_CREATED] += 1
+    stats[S_SH_LIVE] += 1
+    if stats[S_SH_LIVE] > stats[S_SH_PEAK]:
+        stats[S_SH_PEAK] = stats[S_SH_LIVE]
+    _charge(sh, stats, K_SP_ALLOC, 1)
+    if not direct:
+        if level > 1:
+            # A frame now used as an upper-level table: its unsync leaf shadows go (KVM zaps them).
+            s = sh[4][b]
+            while s >= 0:
+                nxt = spt[s, SP_HNEXT]
+                if spt[s, SP_GFN] == gfn and (spt[s, SP_FLAGS] & F_UNSYNC) != 0:
+                    sh_zap(mem, sh, stats, s)
+                s = nxt
+            gfs[gfn, G_UPPER] += 1
+        gfs[gfn, G_SPS] += 1
+        gfs[gfn, G_WP] += 1
+        if _write_protect_gfn(mem, sh, stats, gfn):
+            _request_flush(sh, stats)
+    return sp
+
+
+@jit
+def _get_sp(mem, halloc, vm, sh, stats, ctl, gfn, role):
+    """Find or create the shadow page of (gfn, role), synchronising a found unsync one."""
+    sp = sh_find(sh, gfn, role)
+    if sp >= 0:
+        if (sh[0][sp, SP_FLAGS] & F_UNSYNC) != 0:
+            sh_sync_page(mem, vm, sh, stats, ctl, sp)
+        return sp
+    return _sh_alloc(mem, halloc, sh, stats, gfn, role)
+
+
+@jit
+def _gwp(sh, gfn):
+    """Shadow pages keeping guest frame ``gfn`` write-protected (0 beyond the tracked range)."""
+    gfs = sh[2]
+    if gfn < 0 or gfn >= gfs.shape[0]:
+        return np.int64(0)
+    return gfs[gfn, G_WP]
+
+
+@jit
+def _tracked(sh, gfn):
+    """True if writes to guest frame ``gfn`` must be emulated (it cannot go unsync)."""
+    gfs = sh[2]
+    return gfs[gfn, G_UPPER] > 0 or (sh[7][SM_UNSYNC] == 0 and gfs[gfn, G_SPS] > 0)
+
+
+@jit
+def _unsync_gfn(sh, stats, gfn):
+    """Let the guest write leaf table ``gfn`` freely (``mmu_try_to_unsync_pages``)."""
+    spt = sh[0]
+    s = sh[4][_bucket(gfn)]
+    while s >= 0:
+        f = spt[s, SP_FLAGS]
+        if spt[s, SP_GFN] == gfn and (f & F_ALIVE) != 0 and (f & (F_DIRECT | F_UNSYNC)) == 0:
+            spt[s, SP_FLAGS] = f | F_UNSYNC
+            sh[2][gfn, G_WP] -= 1
+            _ulist_add(sh, s)
+            stats[S_SH_UNSYNCED] += 1
+        s = spt[s, SP_HNEXT]
+
+
+@jit
+def _leaf_spte(hpa, attrs, writable, accessed):
+    """A leaf shadow entry mapping host frame ``hpa`` with the rights in TA_* ``attrs``."""
+    e = np.uint64(hpa) | _P
+    if writable:
+        e |= _RW
+    if (attrs & TA_US) != 0:
+        e |= _US
+    if (attrs & TA_XD) != 0:
+        e |= _XD
+    if accessed:
+        e |= _A
+    e |= np.uint64((attrs >> TA_PKEY_SHIFT) & 15) << np.uint64(59)
+    return e
+
+
+@jit
+def _install_leaf(mem, sh, stats, sp, idx, new, gfn):
+    """Write leaf entry ``new`` (mapping guest frame ``gfn``) at ``sp[idx]``; True if rights shrank."""
+    pa = sh[0][sp, SP_HPA] + idx * 8
+    old = mem_read(mem, pa)
+    mask = ~(_A | _D)
+    if (old & _P) != _U0:
+        if (old & mask) == (new & mask):
+            return False
+        _rl_del(sh, sp * 512 + idx)
+    mem_write(mem, pa, new)
+    _rl_add(sh, sp * 512 + idx, 2 * gfn)
+    stats[S_SH_SPTE_WRITES] += 1
+    _charge(sh, stats, K_SPTE_WRITE, 1)
+    if (old & _P) == _U0:
+        return False
+    lost_w = (old & _RW) != _U0 and (new & _RW) == _U0
+    lost_u = (old & _US) != _U0 and (new & _US) == _U0
+    gained_xd = (old & _XD) == _U0 and (new & _XD) != _U0
+    return lost_w or lost_u or gained_xd or (old & _ADDR) != (new & _ADDR)
+
+
+@jit
+def _link_child(mem, sh, stats, sp, idx, child):
+    pa = sh[0][sp, SP_HPA] + idx * 8
+    mem_write(mem, pa, np.uint64(sh[0][child, SP_HPA]) | _NONLEAF)
+    _rl_add(sh, sp * 512 + idx, 2 * child + 1)
+    stats[S_SH_SPTE_WRITES] += 1
+    _charge(sh, stats, K_SPTE_WRITE, 1)
+
+
+# --- synchronisation -------------------------------------------------------------------------------
+
+
+@jit
+def _gpte_attrs(sh, ctl, sp, gpte):
+    """(ok, attrs) of leaf guest entry ``gpte`` in non-direct shadow page ``sp`` (rights inherited
+    from its role); ok is False for an entry a fill may not use (not present, reserved bits, or
+    A clear -- KVM prefetches and keeps only accessed entries)."""
+    nxe = (ctl & CTL_NXE) != 0
+    rsvd = np.uint64(0x000F_FFFF_FFFF_FFFF) & ~np.uint64((1 << 52) - 1)
+    if not nxe:
+        rsvd |= _XD
+    role_attrs = (sh[0][sp, SP_ROLE] >> R_ACC_SHIFT) & _ACC
+    kind, _leaf, attrs = entry_step(gpte, 1, rsvd, nxe, ctl, role_attrs)
+    if kind != ENTRY_OK or (gpte & _A) == _U0:
+        return False, attrs
+    return True, attrs
+
+
+@jit
+def _sync_spte(mem, vm, sh, stats, ctl, sp, idx):
+    """Bring shadow entry ``sp[idx]`` in line with its guest entry (``FNAME(sync_spte)``): drop it
+    if the guest entry no longer maps the same frame, else recompute its rights. True if a flush
+    is needed."""
+    pa = sh[0][sp, SP_HPA] + idx * 8
+    e = mem_read(mem, pa)
+    if (e & _P) == _U0:
+        return False
+    ghpa = vm_hpa(vm, (sh[0][sp, SP_GFN] << 12) + idx * 8)
+    gpte = _U0 if ghpa < 0 else mem_read(mem, ghpa)
+    ok, attrs = _gpte_attrs(sh, ctl, sp, gpte)
+    tgfn = np.int64(gpte & _ADDR) >> 12
+    cur = vm_gpa_of(vm, np.int64(e & _ADDR))
+    if not ok or cur < 0 or (cur >> 12) != tgfn:
+        _drop_spte(mem, sh, stats, sp, idx)
+        _charge(sh, stats, K_SPTE_WRITE, 1)
+        return True
+    w = (attrs & TA_RW) != 0 and (attrs & TA_D) != 0 and _gwp(sh, tgfn) == 0
+    new = _leaf_spte(np.int64(e & _ADDR), attrs, w, (e & _A) != _U0) | (e & _D)
+    return _install_leaf(mem, sh, stats, sp, idx, new, tgfn)
+
+
+@jit
+def sh_sync_page(mem, vm, sh, stats, ctl, sp):
+    """Resynchronise unsync shadow page ``sp`` (``mmu_sync_children``/``kvm_sync_page``):
+    write-protect its guest frame again, then compare all 512 entries with the guest's."""
+    spt = sh[0]
+    gfn = spt[sp, SP_GFN]
+    spt[sp, SP_FLAGS] &= ~F_UNSYNC
+    _ulist_remove(sh, sp)
+    sh[2][gfn, G_WP] += 1
+    flush = _write_protect_gfn(mem, sh, stats, gfn)
+    for idx in range(512):
+        if _sync_spte(mem, vm, sh, stats, ctl, sp, idx):
+            flush = True
+    stats[S_SH_RESYNCED] += 1
+    stats[S_SH_SYNC_ENTRIES] += 512
+    _charge(sh, stats, K_SYNC_ENTRY, 512)
+    if flush:
+        _request_flush(sh, stats)
+
+
+@jit
+def sh_sync_all(mem, vm, sh, stats, ctl):
+    """Resynchronise every unsync shadow page (the VMM's work at a TLB flush)."""
+    while sh[7][SM_NUNSYNC] > 0:
+        sh_sync_page(mem, vm, sh, stats, ctl, sh[6][sh[7][SM_NUNSYNC] - 1])
+
+
+# --- roots ------------------------------------------------------------------------------------------
+
+
+@jit
+def _root_role(sh, levels):
+    return np.int64(levels) | np.int64((TA_RW | TA_US) << R_ACC_SHIFT) | sh[7][SM_ROLE_FLAGS]
+
+
+@jit
+def _new_root(mem, halloc, vm, sh, stats, ctl, root_gpa):
+    sp = _get_sp(mem, halloc, vm, sh, stats, ctl, root_gpa >> 12, _root_role(sh, sh[7][SM_LEVELS]))
+    if sp >= 0:
+        sh[0][sp, SP_ROOTS] += 1
+    return sp
+
+
+@jit(inline="always")
+def sh_root_hpa(sh):
+    """Host address of the current shadow root (what the hardware's CR3 holds)."""
+    return sh[0][sh[5][0, 1], SP_HPA]
+
+
+@jit
+def sh_load_cr3(mem, halloc, vm, sh, stats, ctl, root_gpa, pcid, no_flush):
+    """The VMM's handling of a trapped guest MOV CR3 (``kvm_mmu_new_pgd``): find the shadow root
+    in the root cache (current + previous roots, LRU), else take (or build) the root shadow
+    page and flush the VM's TLB entries; on a flushing load, resynchronise unsync pages.
+    Returns False if the host ran out of frames."""
+    smeta = sh[7]
+    rt = sh[5]
+    smeta[SM_REASON] = EXIT_CR3_LOAD
+    stats[S_VM_EXITS] += 1
+    stats[S_EXIT_BASE + EXIT_CR3_LOAD] += 1
+    key = root_gpa | pcid
+    n = 1 + smeta[SM_NROOTS]
+    found = -1
+    for k in range(n):
+        if rt[k, 0] == key and rt[k, 1] >= 0 and (sh[0][rt[k, 1], SP_FLAGS] & F_INVALID) == 0:
+            found = k
+            break
+    if found >= 0:
+        stats[S_SH_ROOT_HITS] += 1
+        hit = rt[found, 1]
+        for k in range(found, 0, -1):
+            rt[k, 0] = rt[k - 1, 0]
+            rt[k, 1] = rt[k - 1, 1]
+        rt[0, 0] = key
+        rt[0, 1] = hit
+    else:
+        stats[S_SH_ROOT_MISSES] += 1
+        _release_root(mem, sh, stats, rt[n - 1, 1])
+        for k in range(n - 1, 0, -1):
+            rt[k, 0] = rt[k - 1, 0]
+            rt[k, 1] = rt[k - 1, 1]
+        sp = _new_root(mem, halloc, vm, sh, stats, ctl, root_gpa)
+        rt[0, 0] = key
+        rt[0, 1] = sp
+        if sp < 0:
+            return False
+        # kvm_mmu_load: "the provenance of the root is unknown" -> flush the current context.
+        _request_flush(sh, stats)
+    smeta[SM_RELOAD] = 0
+    if not no_flush:
+        sh_sync_all(mem, vm, sh, stats, ctl)
+        _request_flush(sh, stats)
+    return True
+
+
+@jit(inline="always")
+def sh_pending(sh):
+    """True if the VMM has requests to carry out before the guest resumes."""
+    return sh[7][SM_FLUSH] != 0 or sh[7][SM_RELOAD] != 0
+
+
+@jit
+def sh_before_entry(mem, halloc, vm, sh, tlb, psc, stats, ctl, asid):
+    """Pending VMM requests, done before the guest resumes: reload a zapped current root, flush
+    the VM's TLB entries and paging-structure caches. False if out of frames."""
+    smeta = sh[7]
+    rt = sh[5]
+    if smeta[SM_RELOAD] != 0:
+        smeta[SM_RELOAD] = 0
+        old = rt[0, 1]
+        root_gpa = sh[0][old, SP_GFN] << 12
+        sp = _new_root(mem, halloc, vm, sh, stats, ctl, root_gpa)
+        _release_root(mem, sh, stats, old)
+        rt[0, 1] = sp
+        if sp < 0:
+            return False
+        _request_flush(sh, stats)
+    if smeta[SM_FLUSH] != 0:
+        smeta[SM_FLUSH] = 0
+        tlb_flush_asid(tlb, asid, False)
+        psc_flush_asid(psc, asid)
+        stats[S_SH_VMM_FLUSHES] += 1
+    return True
+
+
+# --- traps --------------------------------------------------------------------------------------------
+
+
+@jit
+def _track_write(mem, sh, stats, gpa):
+    """``kvm_mmu_track_write``: a write to a write-tracked guest table at ``gpa`` was emulated.
+    Upper-level shadows count towards write flooding (and are zapped at the threshold); the
+    written entry is zapped in every other shadow of the frame."""
+    spt = sh[0]
+    gfn = gpa >> 12
+    idx = (gpa & 0xFFF) >> 3
+    thr = sh[7][SM_FLOOD]
+    stats[S_SH_EMULATED] += 1
+    s = sh[4][_bucket(gfn)]
+    while s >= 0:
+        nxt = spt[s, SP_HNEXT]
+        f = spt[s, SP_FLAGS]
+        if spt[s, SP_GFN] == gfn and (f & F_ALIVE) != 0 and (f & F_DIRECT) == 0:
+            flooded = False
+            if (spt[s, SP_ROLE] & 7) > 1 and thr > 0:
+                spt[s, SP_FLOOD] += 1
+                flooded = spt[s, SP_FLOOD] >= thr
+            if flooded:
+                stats[S_SH_FLOODED] += 1
+                sh_zap(mem, sh, stats, s)
+            elif _drop_spte(mem, sh, stats, s, idx):
+                _charge(sh, stats, K_SPTE_WRITE, 1)
+                _request_flush(sh, stats)
+        s = nxt
+
+
+@jit
+def sh_guest_store(mem, vm, sh, stats, gpa, value):
+    """A guest kernel store of 64-bit ``value`` to guest-physical ``gpa`` is about to happen: trap
+    it if the frame is write-protected (tracing write: emulate and update the shadows; or
+    unsync the leaf table). The caller then performs the store: emulated or not, the guest's
+    memory ends up holding ``value``."""
+    gfn = gpa >> 12
+    gfs = sh[2]
+    if gfn >= gfs.shape[0] or gfs[gfn, G_WP] == 0:
+        return
+    stats[S_VM_EXITS] += 1
+    if _tracked(sh, gfn):
+        sh[7][SM_REASON] = EXIT_TRACING_WRITE
+        stats[S_EXIT_BASE + EXIT_TRACING_WRITE] += 1
+        _track_write(mem, sh, stats, gpa)
+    else:
+        # The store faults on the read-only mapping; KVM's fault path unsyncs the leaf table.
+        sh[7][SM_REASON] = EXIT_WP_UNSYNC
+        stats[S_EXIT_BASE + EXIT_WP_UNSYNC] += 1
+        levels = sh[7][SM_LEVELS]
+        stats[S_SH_SW_WALK_STEPS] += levels
+        _charge(sh, stats, K_SW_WALK_STEP, levels)
+        _unsync_gfn(sh, stats, gfn)
+
+
+@jit
+def sh_invlpg(mem, vm, sh, tlb, psc, stats, ctl, asid, va):
+    """The VMM's handling of a trapped guest INVLPG (``kvm_mmu_invalidate_addr`` over every cached
+    root): resynchronise the entry for ``va`` in unsync shadow pages, then INVVPID the address."""
+    smeta = sh[7]
+    rt = sh[5]
+    spt = sh[0]
+    smeta[SM_REASON] = EXIT_INVLPG
+    stats[S_VM_EXITS] += 1
+    stats[S_EXIT_BASE + EXIT_INVLPG] += 1
+    levels = smeta[SM_LEVELS]
+    for k in range(1 + smeta[SM_NROOTS]):
+        sp = rt[k, 1]
+        if sp < 0 or (spt[sp, SP_FLAGS] & F_INVALID) != 0:
+            continue
+        for level in range(levels, 0, -1):
+            idx = (va >> (12 + 9 * (level - 1))) & 511
+            stats[S_SH_SW_WALK_STEPS] += 1
+            _charge(sh, stats, K_SW_WALK_STEP, 1)
+            if (spt[sp, SP_FLAGS] & F_UNSYNC) != 0:
+                if _sync_spte(mem, vm, sh, stats, ctl, sp, idx):
+                    _request_flush(sh, stats)
+                stats[S_SH_SYNC_ENTRIES] += 1
+                _charge(sh, stats, K_SYNC_ENTRY, 1)
+            if level == 1:
+                break
+            e = mem_read(mem, spt[sp, SP_HPA] + idx * 8)
+            if (e & _P) == _U0:
+                break
+            sp = sh[3][np.int64(e & _ADDR) >> 12]
+    hw_invvpid(tlb, psc, INVVPID_ADDRESS, asid, va)
+
+
+# --- the shadow page-fault handler -------------------------------------------------------------------
+
+
+@jit
+def _prefetch(mem, vm, sh, stats, ctl, sp, idx):
+    """Fill the not-present entries of the aligned group around ``sp[idx]`` (``FNAME(pte_prefetch)``,
+    ``__direct_pte_prefetch``): only from accessed guest entries to frames already backed, never
+    writable to a write-protected or clean frame, and with A clear."""
+    n = sh[7][SM_PREFETCH]
+    if n <= 1:
+        return
+    spt = sh[0]
+    base = idx & ~(n - 1)
+    direct = (spt[sp, SP_FLAGS] & F_DIRECT) != 0
+    for j in range(base, min(base + n, 512)):
+        if j == idx:
+            continue
+        pa = spt[sp, SP_HPA] + j * 8
+        if (mem_read(mem, pa) & _P) != _U0:
+            continue
+        if direct:
+            tgfn = spt[sp, SP_GFN] + j
+            attrs = (spt[sp, SP_ROLE] >> R_ACC_SHIFT) & _ACC
+            if (attrs & TA_RW) != 0:
+                attrs |= TA_D  # a direct page's role already dropped W for a clean guest page
+        else:
+            ghpa = vm_hpa(vm, (spt[sp, SP_GFN] << 12) + j * 8)
+            if ghpa < 0:
+                continue
+            gpte = mem_read(mem, ghpa)
+            ok, attrs = _gpte_attrs(sh, ctl, sp, gpte)
+            if not ok:
+                continue
+            tgfn = np.int64(gpte & _ADDR) >> 12
+        hpa = vm_hpa(vm, tgfn << 12)
+        if hpa < 0:
+            continue
+        w = (attrs & TA_RW) != 0 and (attrs & TA_D) != 0 and _gwp(sh, tgfn) == 0
+        _install_leaf(mem, sh, stats, sp, j, _leaf_spte(hpa, attrs, w, False), tgfn)
+        stats[S_SH_PREFETCHED] += 1
+
+
+@jit
+def sh_page_fault(mem, halloc, vm, sh, stats, pkru, maxphy, root_gpa, va, access, ctl, trail):
+    """A #PF on the shadow tables exits to the VMM (``FNAME(page_fault)``).
+
+    Walks the guest tables in software (setting the guest's A bits, and D on a write, as the
+    hardware would have); a guest-level fault is reflected into the guest. Otherwise the shadow
+    path for ``va`` is filled (``FNAME(fetch)``): missing shadow pages are found by (frame, role)
+    or created, the leaf entry is made (read-only over a clean or write-protected frame; a
+    write to an unsync-able leaf table unsyncs it) and neighbours are prefetched.
+
+    Returns ``(outcome, code_or_gpa)``: SHF_RETRY; SHF_INJECT with the guest #PF error code;
+    SHF_EMULATED with the guest-physical address written; SHF_OUT_OF_FRAMES.
+    """
+    spt = sh[0]
+    smeta = sh[7]
+    levels = smeta[SM_LEVELS]
+    stats[S_VM_EXITS] += 1
+    smeta[SM_REASON] = EXIT_HIDDEN_FAULT
+    st, code, gpa, shift, attrs, n = walk_core(
+        mem, root_gpa, levels, TA_RW | TA_US, va, access, ctl, pkru, maxphy, trail, True, vm
+    )
+    if st != WALK_OK:
+        smeta[SM_REASON] = EXIT_PF_INJECT
+        stats[S_EXIT_BASE + EXIT_PF_INJECT] += 1
+        stats[S_SH_SW_WALK_STEPS] += n
+        _charge(sh, stats, K_SW_WALK_STEP, n)
+        return SHF_INJECT, np.int64(code)
+    stats[S_SH_SW_WALK_STEPS] += n
+    # CR0.WP=0: a supervisor write through a read-only guest entry maps it writable but
+    # supervisor-only (KVM's "u=0, w=1" form).
+    if access == ACC_WRITE and (ctl & CTL_USER) == 0 and (ctl & CTL_WP) == 0 and (attrs & TA_RW) == 0:
+        attrs = (attrs | TA_RW) & ~TA_US
+    role_flags = smeta[SM_ROLE_FLAGS]
+    sp = sh[5][0, 1]
+    guest_leaf = trail[n - 1, TR_LEVEL]
+    # upper levels: one shadow page per guest table on the path
+    for k in range(n - 1):
+        level = levels - k
+        spt[sp, SP_FLOOD] = 0
+        idx = (va >> (12 + 9 * (level - 1))) & 511
+        cgfn = trail[k, TR_NEXT] >> 12
+        crole = np.int64(level - 1) | ((trail[k, TR_ATTRS] & _ACC) << R_ACC_SHIFT) | role_flags
+        e = mem_read(mem, spt[sp, SP_HPA] + idx * 8)
+        if (e & _P) != _U0:
+            child = sh[3][np.int64(e & _ADDR) >> 12]
+            if spt[child, SP_GFN] == cgfn and spt[child, SP_ROLE] == crole:
+                sp = child
+                continue
+            _drop_spte(mem, sh, stats, sp, idx)
+            _request_flush(sh, stats)
+        child = _get_sp(mem, halloc, vm, sh, stats, ctl, cgfn, crole)
+        if child < 0:
+            return SHF_OUT_OF_FRAMES, np.int64(0)
+        if (spt[sp, SP_FLAGS] & F_ALIVE) == 0:
+            return SHF_RETRY, np.int64(0)  # the path's own page was zapped meanwhile: start over
+        _link_child(mem, sh, stats, sp, idx, child)
+        sp = child
+    spt[sp, SP_FLOOD] = 0
+    # a guest large page: direct shadow pages split it into 4 KiB entries
+    if guest_leaf > 1:
+        dattrs = attrs & _ACC
+        if (attrs & TA_D) == 0:
+            dattrs &= ~TA_RW  # protect the clean guest page (role.access of the direct page)
+        for level in range(guest_leaf, 1, -1):
+            idx = (va >> (12 + 9 * (level - 1))) & 511
+            span = np.int64(1) << (9 * (level - 1))  # frames the new direct page covers
+            dgfn = (gpa >> 12) & ~(span - 1)
+            drole = np.int64(level - 1) | R_DIRECT | (dattrs << R_ACC_SHIFT) | role_flags
+            e = mem_read(mem, spt[sp, SP_HPA] + idx * 8)
+            if (e & _P) != _U0:
+                child = sh[3][np.int64(e & _ADDR) >> 12]
+                if spt[child, SP_GFN] == dgfn and spt[child, SP_ROLE] == drole:
+                    sp = child
+                    continue
+                _drop_spte(mem, sh, stats, sp, idx)
+                _request_flush(sh, stats)
+            child = _get_sp(mem, halloc, vm, sh, stats, ctl, dgfn, drole)
+            if child < 0:
+                return SHF_OUT_OF_FRAMES, np.int64(0)
+            if (spt[sp, SP_FLAGS] & F_ALIVE) == 0:
+                return SHF_RETRY, np.int64(0)
+            _link_child(mem, sh, stats, sp, idx, child)
+            sp = child
+    # the leaf
+    idx = (va >> 12) & 511
+    tgfn = gpa >> 12
+    hpa = vm_hpa(vm, tgfn << 12)
+    if hpa < 0:
+        if vm_back(mem, halloc, vm, tgfn) != VM_OK:
+            return SHF_OUT_OF_FRAMES, np.int64(0)
+        hpa = vm_hpa(vm, tgfn << 12)
+    old = mem_read(mem, spt[sp, SP_HPA] + idx * 8)
+    w = (attrs & TA_RW) != 0 and (attrs & TA_D) != 0
+    emulate = False
+    unsynced = False
+    if w and _gwp(sh, tgfn) > 0:
+        if _tracked(sh, tgfn):
+            w = False
+            emulate = access == ACC_WRITE
+        else:
+            _unsync_gfn(sh, stats, tgfn)
+            unsynced = True
+    if emulate:
+        reason = EXIT_TRACING_WRITE
+    elif (old & _P) != _U0 and access == ACC_WRITE and (old & _RW) == _U0:
+        reason = EXIT_WP_UNSYNC if unsynced else EXIT_AD_DIRTY
+    else:
+        reason = EXIT_HIDDEN_FAULT
+    smeta[SM_REASON] = reason
+    stats[S_EXIT_BASE + reason] += 1
+    _charge(sh, stats, K_SW_WALK_STEP, n)
+    new = _leaf_spte(hpa & ~np.int64(0xFFF), attrs, w, True)
+    if _install_leaf(mem, sh, stats, sp, idx, new, tgfn):
+        _request_flush(sh, stats)
+    _prefetch(mem, vm, sh, stats, ctl, sp, idx)
+    if emulate:
+        _track_write(mem, sh, stats, gpa & ~np.int64(7))
+        return SHF_EMULATED, gpa
+    return SHF_RETRY, np.int64(0)
+
+
+@jit
+def sh_zero_frame(mem, vm, sh, stats, gfn):
+    """The guest kernel zeroes guest frame ``gfn`` (a new page table): through trapped stores if
+    the frame is still shadowed (a recycled table), else directly. Returns its host frame."""
+    hpa = vm_hpa(vm, gfn << 12)
+    gfs = sh[2]
+    if gfn < gfs.shape[0] and gfs[gfn, G_SPS] > 0:
+        for i in range(512):
+            if mem_read(mem, hpa + i * 8) != _U0:
+                sh_guest_store(mem, vm, sh, stats, (gfn << 12) + i * 8, _U0)
+                mem_write(mem, hpa + i * 8, _U0)
+    else:
+        mem_zero_frame(mem, hpa >> 12)
+    return hpa
+
+
+# --- inspection (Python) -------------------------------------------------------------------------------
+
+
+def shadow_summary(sh) -> dict[str, int]:
+    """Counts of the live shadow state (for stats and views)."""
+    spt, _rl, gfs, _h, _sph, rt, _u, smeta, _c = sh
+    alive = (spt[:, SP_FLAGS] & F_ALIVE) != 0
+    return {
+        "live_pages": int(alive.sum()),
+        "unsync_pages": int(smeta[SM_NUNSYNC]),
+        "write_protected_frames": int((gfs[:, G_WP] > 0).sum()),
+        "direct_pages": int((alive & ((spt[:, SP_FLAGS] & F_DIRECT) != 0)).sum()),
+    }
+
+
+__all__ = [
+    "make_shadow",
+    "dummy_shadow",
+    "grow_shadow",
+    "sh_budget",
+    "sh_page_fault",
+    "sh_guest_store",
+    "sh_load_cr3",
+    "sh_invlpg",
+    "sh_before_entry",
+    "sh_sync_page",
+    "sh_sync_all",
+    "sh_zap",
+    "sh_root_hpa",
+    "sh_zero_frame",
+    "shadow_summary",
+]

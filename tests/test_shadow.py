@@ -1,0 +1,359 @@
+"""Shadow paging: the guest cannot tell it from native mode (invariant 1), no shadow entry grants
+more than the guest's, each KVM refinement can be switched off and shows in the stats."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from mmu.engine import Machine, MachineConfig
+from mmu.errors import MMUInputError
+from mmu.trace.format import OP_FETCH, OP_READ, OP_WRITE, RECORD_DTYPE, TraceReader
+from tests.reference.shadow import check_shadow
+from tests.test_nested_replay import guest_tables
+
+TRACES = Path(__file__).resolve().parent.parent / "traces"
+SHIPPED = sorted(TRACES.glob("*.trace"))
+N = 60_000  # records of each shipped trace used by the cross-mode checks
+
+SHADOW_CONFIGS = [
+    {},
+    {"unsync": False},
+    {"prefetch": 0},
+    {"roots": 0},
+    {"flood_threshold": 0},
+    {"prefetch": 64, "roots": 11, "flood_threshold": 1},
+]
+
+
+def _run(records: np.ndarray, **cfg) -> tuple[Machine, np.ndarray]:
+    m = Machine(MachineConfig(**cfg))
+    m.log_faults()
+    out = np.zeros(len(records), dtype=np.uint64)
+    n = m.run(records, out)
+    return m, out[:n]
+
+
+def _visible(m: Machine, out: np.ndarray) -> tuple:
+    s = m.result()
+    return out.tolist(), m.faults(), s["bad_accesses"], s["spurious_page_faults"], guest_tables(m)
+
+
+@pytest.mark.parametrize("path", SHIPPED, ids=[p.name for p in SHIPPED])
+@pytest.mark.parametrize("pcide", [True, False], ids=["pcid", "no-pcid"])
+def test_guest_cannot_tell_shadow_from_native(path, pcide):
+    records = np.array(TraceReader(path).memmap()[:N])
+    native = _visible(*_run(records, pcide=pcide))
+    assert len(native[1]) > 0 and len(native[4]) > 0  # the trace exercises faults and tables
+    for cfg in SHADOW_CONFIGS:
+        m, out = _run(records, mode="shadow", pcide=pcide, **cfg)
+        assert _visible(m, out) == native, cfg
+        check_shadow(m)
+
+
+def test_shadow_stats_schema_and_exit_accounting():
+    records = np.array(TraceReader(TRACES / "gzip.trace").memmap()[:N])
+    s = _run(records, mode="shadow")[0].result()
+    assert s["mode"] == "shadow"
+    assert s["vm_exits"] == sum(e["count"] for e in s["exits"].values())
+    assert s["cycles_breakdown"]["vm_exits"] == sum(e["cycles"] for e in s["exits"].values())
+    assert {"hidden_fault", "pf_inject", "cr3_load", "ad_dirty"} <= set(s["exits"])
+    for e in s["exits"].values():
+        assert e["cycles"] >= e["count"] * 2000  # at least the exit round trip (skylake preset)
+    ms = s["mode_stats"]
+    assert ms["shadow_pages"]["live"] == ms["shadow_pages"]["created"] - ms["shadow_pages"]["zapped"] > 0
+    assert ms["shadow_table_bytes"] == 4096 * ms["shadow_pages"]["live"] == s["vmm_memory_bytes"]
+    assert s["exits"]["pf_inject"]["count"] == s["guest_page_faults"]
+
+
+def test_shadow_walks_are_as_short_as_native():
+    """A TLB-miss-heavy trace: shadow walks read one entry per level, like native ones."""
+    records = np.array(TraceReader(TRACES / "gups-64m.trace").memmap()[:N])
+    native = _run(records)[0].result()
+    shadow = _run(records, mode="shadow")[0].result()
+    assert abs(shadow["refs_per_walk"] - native["refs_per_walk"]) < 0.1
+    nested = _run(records, mode="nested", prepopulate_mb=128, ntlb_entries=0, host_psc=False)[0].result()
+    assert nested["refs_per_walk"] > 3 * shadow["refs_per_walk"]
+
+
+# --- the refinements, each switched off ---------------------------------------------------------
+
+
+def _one(m: Machine, va: int, op: int = OP_READ, pid: int = 1) -> int:
+    rec = np.zeros(1, dtype=RECORD_DTYPE)
+    rec[0] = (va, 8, pid, op, 0)
+    out = np.zeros(1, dtype=np.uint64)
+    m.run(rec, out)
+    return int(out[0])
+
+
+def _pt_heavy(pages: int = 600, procs: int = 6, rounds: int = 3) -> np.ndarray:
+    """Several processes, each touching fresh pages between context switches: every first touch
+    is a demand fault whose PTE store hits a shadowed leaf table."""
+    recs = []
+    for r in range(rounds):
+        for p in range(procs):
+            base = 0x10_0000_0000 + p * (1 << 30)
+            for k in range(r * pages // rounds, (r + 1) * pages // rounds):
+                recs.append((base + k * 4096, 8, p + 1, OP_WRITE))
+                recs.append((base + k * 4096 + 64, 8, p + 1, OP_READ))
+    a = np.zeros(len(recs), dtype=RECORD_DTYPE)
+    for i, (addr, size, pid, op) in enumerate(recs):
+        a[i] = (addr, size, pid, op, 0)
+    return a
+
+
+def test_unsync_turns_tracing_writes_into_unsync_exits():
+    recs = _pt_heavy()
+    on = _run(recs, mode="shadow", pcide=True)[0].result()
+    off = _run(recs, mode="shadow", pcide=True, unsync=False)[0].result()
+    assert on["mode_stats"]["shadow_pages"]["unsynced"] > 0
+    assert off["mode_stats"]["shadow_pages"]["unsynced"] == 0
+    assert off["exits"]["tracing_write"]["count"] > 10 * on["exits"].get("tracing_write", {"count": 1})["count"]
+    assert off["vm_exits"] > on["vm_exits"]
+
+
+def test_unsync_pages_are_resynced_at_flushing_cr3_loads():
+    recs = _pt_heavy()
+    s = _run(recs, mode="shadow", pcide=False)[0].result()
+    assert s["mode_stats"]["shadow_pages"]["resynced"] > 0
+    assert s["mode_stats"]["resync_entries"] == 512 * s["mode_stats"]["shadow_pages"]["resynced"]
+    pcid = _run(recs, mode="shadow", pcide=True)[0].result()
+    # with PCIDs only a process's first CR3 load flushes
+    assert pcid["mode_stats"]["shadow_pages"]["resynced"] < s["mode_stats"]["shadow_pages"]["resynced"]
+
+
+def test_root_cache_hits_and_misses():
+    recs = _pt_heavy(pages=60, procs=3, rounds=4)
+    three = _run(recs, mode="shadow")[0].result()["mode_stats"]["root_cache"]
+    none = _run(recs, mode="shadow", roots=0)[0].result()["mode_stats"]["root_cache"]
+    assert three["misses"] == 3 and three["hits"] == 3 * 4 - 3
+    assert none["hits"] == 0 and none["misses"] == 12
+    six = _run(_pt_heavy(pages=60, procs=6, rounds=2), mode="shadow")[0].result()
+    assert six["mode_stats"]["root_cache"]["misses"] == 12  # 6 processes cycle through 4 roots
+    assert six["mode_stats"]["vmm_tlb_flushes"] >= 12
+
+
+def test_prefetch_fills_neighbours_of_accessed_entries():
+    """The guest installs accessed PTEs for 8 neighbouring pages at once (as fork's copies or a
+    fault-around would); the first access fills its entry and prefetches the other 7."""
+    results = {}
+    for prefetch in (8, 0):
+        m = Machine(MachineConfig(mode="shadow", prefetch=prefetch))
+        frames = [_one(m, 0x7000_0000 + k * 4096) >> 12 for k in range(8)]  # backed data frames
+        _one(m, 0x40_0000)  # builds the page table of 0x400000..0x5fffff
+        pte0 = _leaf_pte(m, 0, 0x40_0000)
+        for k in range(1, 8):
+            m.guest_store(pte0 + 8 * k, (frames[k] << 12) | 0x67)  # P, RW, US, A, D
+        before = m.result()["exits"]["hidden_fault"]["count"]
+        got = [_one(m, 0x40_0000 + k * 4096) >> 12 for k in range(1, 8)]
+        assert got == frames[1:]
+        s = m.result()
+        results[prefetch] = (s["exits"]["hidden_fault"]["count"] - before, s["mode_stats"]["prefetched_sptes"])
+        check_shadow(m)
+    assert results[8] == (1, 6)
+    assert results[0] == (7, 0)
+
+
+def test_write_flooding_zaps_upper_level_shadow_pages():
+    # One process; repeatedly store to its PML4 page without a walk in between.
+    m = Machine(MachineConfig(mode="shadow"))
+    a = np.zeros(1, dtype=RECORD_DTYPE)
+    a[0] = (0x40_0000, 8, 1, OP_READ, 0)
+    m.run(a)
+    root = int(m.osst[0][0, 1])
+    tracing = m.result()["exits"]["tracing_write"]["count"]  # the PML4E stored by the first fault
+    for k in range(3):
+        m.guest_store(root + 8 * (100 + k), 0)
+    s = m.result()
+    assert s["mode_stats"]["shadow_pages"]["flooded"] == 1
+    assert s["exits"]["tracing_write"]["count"] == tracing + 3
+    m.run(a)  # the root is rebuilt; the guest still sees its mapping
+    check_shadow(m)
+    off = Machine(MachineConfig(mode="shadow", flood_threshold=0))
+    off.run(a)
+    root = int(off.osst[0][0, 1])
+    for k in range(10):
+        off.guest_store(root + 8 * (100 + k), 0)
+    assert off.result()["mode_stats"]["shadow_pages"]["flooded"] == 0
+
+
+# --- guest page-table edits: hypothesis sequences vs native ------------------------------------
+
+VAS = (
+    [0x40_0000 + k * 0x1000 for k in range(6)]
+    + [0x7F00_0000_0000 + k * 0x1000 for k in range(3)]
+    + [0x4000_0000 + k * 0x20_0000 for k in range(3)]
+)
+LEAF_BITS = [0x7, 0x5, 0x27, 0x67, 0x3, 0x0, 0x7 | (1 << 63), 0x65, 0x1]
+
+
+def _leaf_pte(m: Machine, row: int, va: int) -> int | None:
+    """Guest-physical address of the PTE mapping ``va`` in process ``row`` (4 KiB pages only)."""
+    table = int(m.osst[0][row, 1])
+    for level in (4, 3, 2):
+        e = m.read_guest(table + 8 * ((va >> (12 + 9 * (level - 1))) & 511))
+        if not e & 1 or (level <= 3 and e & 0x80):
+            return None
+        table = e & 0x000F_FFFF_FFFF_F000
+    return table + 8 * ((va >> 12) & 511)
+
+
+def _pde(m: Machine, row: int, va: int) -> int | None:
+    table = int(m.osst[0][row, 1])
+    for level in (4, 3):
+        e = m.read_guest(table + 8 * ((va >> (12 + 9 * (level - 1))) & 511))
+        if not e & 1:
+            return None
+        table = e & 0x000F_FFFF_FFFF_F000
+    return table + 8 * ((va >> 21) & 511)
+
+
+op_strategy = st.one_of(
+    st.tuples(st.just("acc"), st.integers(1, 3), st.integers(0, len(VAS) - 1), st.sampled_from([0, 1, 2])),
+    st.tuples(st.just("edit"), st.integers(0, len(VAS) - 1), st.integers(0, len(LEAF_BITS) - 1), st.integers(0, 31)),
+    st.tuples(st.just("invlpg"), st.integers(0, len(VAS) - 1), st.just(0), st.just(0)),
+)
+upper_strategy = st.tuples(st.just("upper"), st.integers(0, len(VAS) - 1), st.integers(0, 3), st.just(0))
+
+
+def _drive(ops, shadow_cfg, upper: bool) -> dict:
+    """Apply ``ops`` to a native and a shadow guest; the guest must see the same at every step.
+
+    Returns the shadow machine's stats."""
+    pcide = not upper
+    native = Machine(MachineConfig(pcide=pcide))
+    shadow = Machine(MachineConfig(mode="shadow", pcide=pcide, **shadow_cfg))
+    machines = (native, shadow)
+    for m in machines:
+        m.log_faults()
+    frames: list[int] = []  # data frames the guest has mapped (edits may point PTEs at them)
+    rec = np.zeros(1, dtype=RECORD_DTYPE)
+    out = np.zeros(1, dtype=np.uint64)
+    for kind, a, b, c in ops:
+        if kind == "acc":
+            rec[0] = (VAS[b] + 8 * c, 8, a, (OP_READ, OP_WRITE, OP_FETCH)[c], 0)
+            seen = []
+            for m in machines:
+                m.run(rec, out)
+                seen.append(int(out[0]))
+            assert seen[0] == seen[1], (kind, a, b, c)
+            if seen[0] != 2**64 - 1:
+                frames.append(seen[0] >> 12)
+            continue
+        row = int(native.osst[2][0])
+        if row < 0:
+            continue
+        if kind == "edit":
+            pte = _leaf_pte(native, row, VAS[a])
+            if pte is None or not frames:
+                continue
+            value = (frames[c % len(frames)] << 12) | LEAF_BITS[b]
+            for m in machines:
+                m.guest_store(pte, value)
+                if not upper:
+                    m.invlpg(VAS[a])
+                else:
+                    m.flush_tlb()
+        elif kind == "invlpg":
+            for m in machines:
+                m.invlpg(VAS[a])
+        elif kind == "upper":
+            pde = _pde(native, row, VAS[a])
+            if pde is None:
+                continue
+            others = [_pde(native, row, v) for v in VAS]
+            tables = [native.read_guest(p) for p in others if p is not None and native.read_guest(p) & 1]
+            value = 0 if b == 0 or not tables else tables[b % len(tables)]
+            for m in machines:
+                m.guest_store(pde, value)
+                m.flush_tlb()
+            check_shadow(shadow, include_unsync=True)
+        check_shadow(shadow)
+    assert native.faults() == shadow.faults()
+    assert guest_tables(native) == guest_tables(shadow)
+    ns, ss = native.result(), shadow.result()
+    assert ns["bad_accesses"] == ss["bad_accesses"]
+    return ss
+
+
+def _cfg_id(cfg: dict) -> str:
+    return ",".join(f"{k}={v}" for k, v in cfg.items()) or "kvm"
+
+
+@pytest.mark.parametrize("shadow_cfg", SHADOW_CONFIGS[:4], ids=_cfg_id)
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(ops=st.lists(op_strategy, min_size=5, max_size=60))
+def test_pte_edits_with_invlpg_match_native(shadow_cfg, ops):
+    _drive(ops, shadow_cfg, upper=False)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(ops=st.lists(st.one_of(op_strategy, upper_strategy), min_size=5, max_size=60), unsync=st.booleans())
+def test_upper_level_edits_with_flush_match_native(ops, unsync):
+    _drive(ops, {"unsync": unsync}, upper=True)
+
+
+def test_edit_sequences_exercise_the_shadow_mmu():
+    """A fixed random sequence: the edits trap, unsync, resync and zap as they should."""
+    import random
+
+    rng = random.Random(7)
+    ops = []
+    for _ in range(400):
+        kind = rng.choice(["acc", "acc", "acc", "edit", "invlpg", "upper"])
+        if kind == "acc":
+            ops.append(("acc", rng.randint(1, 3), rng.randrange(len(VAS)), rng.choice([0, 1, 2])))
+        elif kind == "edit":
+            ops.append(("edit", rng.randrange(len(VAS)), rng.randrange(len(LEAF_BITS)), rng.randrange(32)))
+        elif kind == "invlpg":
+            ops.append(("invlpg", rng.randrange(len(VAS)), 0, 0))
+        else:
+            ops.append(("upper", rng.randrange(len(VAS)), rng.randrange(4), 0))
+    s = _drive([o for o in ops if o[0] != "upper"], {}, upper=False)
+    assert {"invlpg", "wp_unsync", "hidden_fault", "pf_inject"} <= set(s["exits"])
+    assert s["mode_stats"]["shadow_pages"]["unsynced"] > 0
+    s = _drive(ops, {"unsync": False}, upper=True)
+    assert {"tracing_write", "cr3_load"} <= set(s["exits"])
+    assert s["mode_stats"]["shadow_pages"]["zapped"] > 0 or s["mode_stats"]["vmm_tlb_flushes"] > 0
+
+
+# --- stale translations: what the guest sees without INVLPG -------------------------------------
+
+
+@pytest.mark.parametrize("unsync", [True, False])
+def test_edit_without_invlpg_sees_old_or_new_frame(unsync):
+    """x86 lets a TLB keep a translation until INVLPG: a guest that skips it may see the old frame
+    or the new one. Shadow paging with an unsync leaf table keeps the old one until the guest's
+    INVLPG; with write-tracked tables the VMM zaps the entry at the store, so the new one shows."""
+    va, other = 0x40_0000, 0x40_1000
+    results = {}
+    for mode in ("native", "shadow"):
+        m = Machine(MachineConfig(mode=mode, unsync=unsync))
+        old = _one(m, va) >> 12
+        new = _one(m, other) >> 12
+        pte = _leaf_pte(m, 0, va)
+        m.guest_store(pte, (new << 12) | 0x67)
+        stale = _one(m, va) >> 12
+        assert stale in (old, new)
+        m.invlpg(va)
+        assert _one(m, va) >> 12 == new  # after INVLPG every mode sees the new frame
+        results[mode] = (old, new, stale)
+    old, new, _ = results["native"]
+    assert results["native"][2] == old  # the native TLB still held it
+    assert results["shadow"][2] == (old if unsync else new)
+
+
+def test_shadow_flags_are_checked():
+    for cfg, match in (
+        ({"prefetch": 3}, "power of two"),
+        ({"roots": 12}, "0..11"),
+        ({"flood_threshold": -1}, "flood"),
+        ({"host_page": "2m"}, "4k host pages"),
+    ):
+        with pytest.raises(MMUInputError, match=match):
+            Machine(MachineConfig(mode="shadow", **cfg))
