@@ -1,4 +1,4 @@
-"""End-to-end native replay speed on two synthetic traces of known TLB behaviour.
+"""End-to-end replay speed on two synthetic traces of known TLB behaviour, and on the shipped traces.
 
 * ``l1_hits``: ~97% of accesses hit the L1 DTLB (32 hot pages), the rest spread over
   1,024 pages that stay in the STLB.
@@ -37,12 +37,15 @@ def _trace(kind: str) -> np.ndarray:
     return r
 
 
+@pytest.mark.parametrize("mode", ["native", "shadow"])
 @pytest.mark.parametrize("kind", ["l1_hits", "stlb_hits"])
-def test_native_replay(benchmark, kind):
+def test_native_replay(benchmark, kind, mode):
+    """Steady-state replay; in shadow mode the hardware walks the shadow tables (no exits once
+    the shadow is built), so this is the price of the shadow path itself."""
     recs = _trace(kind)
 
     def setup():
-        m = Machine(MachineConfig())
+        m = Machine(MachineConfig(mode=mode))
         m.run(recs)
         return (m,), {}
 
@@ -60,7 +63,7 @@ def test_native_replay(benchmark, kind):
 TRACES = sorted((__import__("pathlib").Path(__file__).resolve().parent.parent / "traces").glob("*.trace"))
 
 
-@pytest.mark.parametrize("mode", ["native", "nested"])
+@pytest.mark.parametrize("mode", ["native", "shadow", "nested"])
 @pytest.mark.parametrize("path", TRACES, ids=[p.name for p in TRACES])
 def test_shipped_trace_replay(benchmark, path, mode):
     """A full replay of a shipped trace on a fresh machine (demand paging and exits included)."""

@@ -168,7 +168,8 @@ def _parse_modes(spec: str, host_page: str) -> list[tuple[str, str]]:
     out = []
     for item in [x.strip() for x in spec.split(",") if x.strip()]:
         mode, _, hp = item.partition(":")
-        hp = (hp or host_page).lower()
+        # the default host page applies to nested modes; shadow mode backs guest memory with 4k pages
+        hp = (hp or (host_page if mode == "nested" else "4k")).lower()
         if mode not in MODES:
             fail(f"unknown mode {mode!r} in --modes; choose from: {', '.join(MODES)} (nested:2m picks a host page)")
         if hp not in HOST_PAGES:
@@ -203,7 +204,7 @@ def _compare(trace: Path, modes: list[tuple[str, str]], cpu: str, costs: list[st
 def compare_cmd(
     trace: Path = typer.Argument(..., help="Trace in mmu's format."),
     modes: str = typer.Option(
-        "native,nested", "--modes", help="Comma-separated MODE[:HOSTPAGE], e.g. native,nested:2m."
+        "native,shadow,nested", "--modes", help="Comma-separated MODE[:HOSTPAGE], e.g. native,shadow,nested:2m."
     ),
     cpu: str = typer.Option("skylake", "--cpu", help="CPU preset."),
     host_page: str = typer.Option("4k", "--host-page", help="Default host page for nested modes."),
@@ -242,13 +243,14 @@ def demo_cmd(
     as_json: bool = typer.Option(False, "--json", help="Print the stats objects as JSON."),
     cpu: str = typer.Option("skylake", "--cpu", help="CPU preset."),
 ) -> None:
-    """Replay shipped real traces (valgrind lackey recordings) natively and under nested paging."""
+    """Replay shipped real traces (valgrind lackey recordings) natively, under shadow paging and
+    under nested paging."""
     from rich.console import Console
 
     from mmu.report.compare import compare_renderable
     from mmu.stats import to_json
 
-    modes = [("native", "4k"), ("nested", "4k"), ("nested", "2m")]
+    modes = [("native", "4k"), ("shadow", "4k"), ("nested", "4k"), ("nested", "2m")]
     everything = []
     console = Console()
     for name in DEMO_TRACES:
@@ -256,7 +258,7 @@ def demo_cmd(
         results = _compare(trace, modes, cpu, [], as_json)
         everything.extend(results)
         if not as_json:
-            console.print(compare_renderable(results, title=f"{name}: native vs nested paging"))
+            console.print(compare_renderable(results, title=f"{name}: native vs shadow vs nested paging"))
             console.print()
     if as_json:
         sys.stdout.write(to_json(everything) + "\n")

@@ -357,3 +357,56 @@ def test_shadow_flags_are_checked():
     ):
         with pytest.raises(MMUInputError, match=match):
             Machine(MachineConfig(mode="shadow", **cfg))
+
+
+# --- the command line ------------------------------------------------------------------------------
+
+
+def test_cli_replay_shadow_with_policy_flags():
+    import json
+
+    from tests.test_cli_replay import REQUIRED, run
+
+    r = run("replay", TRACES / "gzip.trace", "--mode", "shadow", "--json")
+    assert r.exit_code == 0, r.output
+    s = json.loads(r.stdout)
+    assert REQUIRED <= set(s) and s["mode"] == "shadow"
+    assert s["mode_stats"]["policy"] == {"unsync": True, "prefetch": 8, "roots": 3, "flood_threshold": 3}
+    r = run(
+        "replay", TRACES / "gzip.trace", "--mode", "shadow", "--json", "--no-unsync", "--prefetch", "0",
+        "--roots", "0", "--flood-threshold", "0",
+    )  # fmt: skip
+    assert r.exit_code == 0, r.output
+    t = json.loads(r.stdout)
+    assert t["mode_stats"]["policy"] == {"unsync": False, "prefetch": 0, "roots": 0, "flood_threshold": 0}
+    assert t["mode_stats"]["shadow_pages"]["unsynced"] == 0 < s["mode_stats"]["shadow_pages"]["unsynced"]
+    assert t["exits"]["tracing_write"]["count"] > s["exits"]["tracing_write"]["count"]
+    r = run("replay", TRACES / "gzip.trace", "--mode", "shadow")
+    assert r.exit_code == 0 and "Shadow MMU" in r.stdout and "shadow pages" in r.stdout
+
+
+@pytest.mark.parametrize(
+    "args, fragment",
+    [
+        (["--prefetch", "5"], "power of two"),
+        (["--roots", "99"], "0..11"),
+        (["--host-page", "2m"], "4k host pages"),
+    ],
+)
+def test_cli_shadow_bad_flags_fail_cleanly(args, fragment):
+    from tests.test_cli_replay import assert_clean_failure, run
+
+    assert_clean_failure(run("replay", TRACES / "gzip.trace", "--mode", "shadow", *args), fragment)
+
+
+def test_cli_compare_defaults_to_all_three_modes():
+    import json
+
+    from tests.test_cli_replay import run
+
+    r = run("compare", TRACES / "gzip.trace", "--json", "-q")
+    assert r.exit_code == 0, r.output
+    assert [s["mode"] for s in json.loads(r.stdout)] == ["native", "shadow", "nested"]
+    r = run("compare", TRACES / "gzip.trace", "-q", "--host-page", "2m")
+    assert r.exit_code == 0, r.output
+    assert "shadow pages (live / created)" in r.stdout and "ept 2m" in r.stdout.replace("\n", " ")

@@ -14,10 +14,26 @@ def _per_1000(x: float, n: int) -> str:
     return f"{1000.0 * x / n:,.2f}" if n else "-"
 
 
+def _shadow_policy(ms: dict[str, Any]) -> str:
+    """The shadow policy knobs that differ from KVM's defaults, e.g. "no-unsync, roots 0"."""
+    pol = ms.get("policy") or {}
+    out = []
+    if not pol.get("unsync", True):
+        out.append("no-unsync")
+    for key, default in (("prefetch", 8), ("roots", 3), ("flood_threshold", 3)):
+        if pol.get(key, default) != default:
+            out.append(f"{key.replace('_threshold', '')} {pol[key]}")
+    return ", ".join(out)
+
+
 def mode_label(s: dict[str, Any]) -> str:
-    """ "native", or "nested (ept 2m)": the mode and what distinguishes its configuration."""
+    """ "native", "nested (ept 2m)" or "shadow (no-unsync)": the mode and what distinguishes its
+    configuration."""
     ms = s.get("mode_stats") or {}
-    return f"{s['mode']} ({ms['host']} {ms['host_page']})" if "host" in ms else s["mode"]
+    if "host" in ms:
+        return f"{s['mode']} ({ms['host']} {ms['host_page']})"
+    policy = _shadow_policy(ms) if "shadow_pages" in ms else ""
+    return f"{s['mode']} ({policy})" if policy else s["mode"]
 
 
 def compare_rows(results: list[dict[str, Any]]) -> list[tuple[str, list[str]]]:
@@ -55,6 +71,13 @@ def compare_rows(results: list[dict[str, Any]]) -> list[tuple[str, list[str]]]:
     for r in reasons:
         row(f"  {r}", lambda s, r=r: _per_1000(s["exits"].get(r, {}).get("count", 0), s["accesses"]))
     row("VMM memory (EPT / shadow tables)", lambda s: f"{s.get('vmm_memory_bytes', 0) / 1024:,.0f} KiB")
+    if any("shadow_pages" in (s.get("mode_stats") or {}) for s in results):
+
+        def sps(s: dict[str, Any]) -> str:
+            sp = (s.get("mode_stats") or {}).get("shadow_pages")
+            return f"{sp['live']:,} / {sp['created']:,}" if sp else "-"
+
+        row("shadow pages (live / created)", sps)
     return rows
 
 
@@ -84,6 +107,8 @@ def compare_renderable(results: list[dict[str, Any]], title: str = "") -> Group:
         ms = s.get("mode_stats") or {}
         if "host" in ms:
             label += f"\n{ms['host']} {ms['host_page']}"
+        elif "shadow_pages" in ms and _shadow_policy(ms):
+            label += f"\n{_shadow_policy(ms)}"
         t.add_column(label, justify="right")
     for label, cells in compare_rows(results):
         t.add_row(label, *cells)

@@ -96,4 +96,46 @@ def summary_renderable(s: dict[str, Any]) -> Group:
         for name, d in s["exits"].items():
             t.add_row(name, _fmt(d["count"]), _fmt(d["cycles"]))
         parts.append(t)
+    ms = s.get("mode_stats") or {}
+    if "shadow_pages" in ms:
+        parts.append(shadow_renderable(ms))
     return Group(*parts)
+
+
+def shadow_renderable(ms: dict[str, Any]) -> Table:
+    """The shadow MMU's work: shadow pages, root cache, resyncs, flushes, memory."""
+    sp = ms["shadow_pages"]
+    pol = ms["policy"]
+    t = Table(title="Shadow MMU", box=box.SIMPLE, show_header=False)
+    t.add_column("what", style="bold")
+    t.add_column("value", justify="right")
+    t.add_column("note", style="dim", overflow="fold")
+    t.add_row(
+        "policy",
+        "",
+        f"unsync {'on' if pol['unsync'] else 'off'} · prefetch {pol['prefetch']} · previous roots {pol['roots']}"
+        f" · flood threshold {pol['flood_threshold'] or 'off'}",
+    )
+    t.add_row(
+        "shadow pages",
+        f"{_fmt(sp['live'])} live",
+        f"{_fmt(sp['created'])} created, {_fmt(sp['zapped'])} zapped ({_fmt(sp['flooded'])} by write flooding),"
+        f" peak {_fmt(sp['peak'])}",
+    )
+    t.add_row("unsync", _fmt(sp["unsynced"]), f"pages let out of sync; {_fmt(sp['resynced'])} resynchronised")
+    rc = ms["root_cache"]
+    t.add_row("root cache", f"{_fmt(rc['hits'])} hits", f"{_fmt(rc['misses'])} misses (root rebuilt or re-found)")
+    t.add_row(
+        "shadow entries",
+        _fmt(ms["spte_writes"]),
+        f"written or zapped; {_fmt(ms['prefetched_sptes'])} prefetched, "
+        f"{_fmt(ms['write_protected_sptes'])} made read-only to write-protect a guest table",
+    )
+    t.add_row("emulated writes", _fmt(ms["emulated_writes"]), "stores to write-tracked guest tables")
+    t.add_row("VMM TLB flushes", _fmt(ms["vmm_tlb_flushes"]), "VM-wide, requested by the VMM")
+    t.add_row(
+        "shadow tables",
+        f"{ms['shadow_table_bytes'] / 1024:,.0f} KiB",
+        f"peak {ms['shadow_table_peak_bytes'] / 1024:,.0f} KiB of host memory",
+    )
+    return t
