@@ -18,10 +18,12 @@ Configuration is never read from module globals inside kernels (numba freezes
 globals into the cache); it is passed as arguments.
 
 Cache location: numba keys a cached kernel by its own source file only, so a
-kernel whose helper in another file changed would load stale machine code. Unless
-the user set ``NUMBA_CACHE_DIR``, kernels are cached under
-``$XDG_CACHE_HOME/mmu/numba/<digest>`` where the digest covers every source file
-of the package and the numba version: any edit starts a fresh cache.
+kernel whose helper in another file changed would load stale machine code (and
+crash, when an array layout changed). Kernels are therefore cached under
+``<root>/<digest>``, where the digest covers every source file of the package and
+the numba version, so any edit starts a fresh cache. ``<root>`` is
+``$NUMBA_CACHE_DIR/mmu`` when the user set ``NUMBA_CACHE_DIR``, else
+``$XDG_CACHE_HOME/mmu/numba``.
 """
 
 from __future__ import annotations
@@ -48,9 +50,14 @@ def cache_dir() -> Path:
     return Path(numba.config.CACHE_DIR)
 
 
-if not os.environ.get("NUMBA_CACHE_DIR"):
-    _base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "mmu" / "numba"
-    numba.config.CACHE_DIR = str(_base / _source_digest())
+def cache_root() -> Path:
+    """The folder holding every digest's cache of this package (and nothing else)."""
+    if os.environ.get("NUMBA_CACHE_DIR"):
+        return Path(os.environ["NUMBA_CACHE_DIR"]) / "mmu"
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "mmu" / "numba"
+
+
+numba.config.CACHE_DIR = str(cache_root() / _source_digest())
 
 BOUNDSCHECK: bool = os.environ.get("MMU_BOUNDSCHECK", "0") == "1"
 

@@ -211,6 +211,9 @@ def compare_cmd(
     cost: list[str] = typer.Option([], "--cost", help="Override a cost parameter: NAME=CYCLES."),
     as_json: bool = typer.Option(False, "--json", help="Print the per-mode stats objects as a JSON list."),
     csv_out: Path = typer.Option(None, "--csv", help="Write one CSV row per mode."),
+    plot: Path = typer.Option(
+        None, "--plot", help="Draw the cycle breakdown per mode to OUT.png, .svg or .pdf (needs mmu[plot])."
+    ),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No spinner."),
 ) -> None:
     """Replay one trace in several modes and compare what translation costs in each."""
@@ -219,6 +222,13 @@ def compare_cmd(
     from mmu.report.compare import compare_renderable
     from mmu.stats import to_csv_row, to_json
 
+    if plot is not None:
+        from mmu.report.plot import check_plot_target
+
+        try:
+            check_plot_target(plot)  # before the replays, which can take minutes
+        except MMUInputError as exc:
+            fail(str(exc))
     results = _compare(trace, _parse_modes(modes, host_page), cpu, cost, quiet)
     if csv_out is not None:
         import csv
@@ -233,6 +243,13 @@ def compare_cmd(
         sys.stdout.write(to_json(results) + "\n")
     else:
         Console().print(compare_renderable(results, title=f"mmu compare — {trace.name}"))
+    if plot is not None:
+        from mmu.report.plot import plot_breakdown
+
+        try:
+            plot_breakdown(results, plot, title=f"mmu compare — {trace.name}")
+        except MMUInputError as exc:
+            fail(str(exc))
 
 
 DEMO_TRACES = ("ls-usr.trace", "gups-64m.trace")
@@ -290,7 +307,7 @@ def cache_cmd(
     """Manage numba's on-disk cache of compiled kernels."""
     import shutil
 
-    from mmu._jit import cache_dir
+    from mmu._jit import cache_dir, cache_root
 
     where = cache_dir()
     if action == "path":
@@ -298,23 +315,11 @@ def cache_cmd(
         return
     if action != "clear":
         fail(f"unknown cache action {action!r}; use 'clear' or 'path'")
+    root = cache_root()  # every digest's folder, and only mmu's kernels
     removed = 0
-    if os.environ.get("NUMBA_CACHE_DIR"):
-        # A user-chosen cache may hold other projects' kernels: remove only the folders numba
-        # made for mmu's source folders (named "<folder>_<sha1 of its absolute path>").
-        import hashlib
-
-        pkg = Path(__file__).resolve().parent
-        for folder in [pkg, *(d for d in pkg.rglob("*") if d.is_dir())]:
-            sub = where / f"{folder.name}_{hashlib.sha1(str(folder).encode()).hexdigest()}"
-            if sub.is_dir():
-                removed += sum(1 for _ in sub.glob("*.nb[ic]"))
-                shutil.rmtree(sub)
-    else:
-        root = where.parent  # .../mmu/numba: every digest's folder
-        if root.exists():
-            removed = sum(1 for _ in root.rglob("*.nb[ic]"))
-            shutil.rmtree(root)
+    if root.exists():
+        removed = sum(1 for _ in root.rglob("*.nb[ic]"))
+        shutil.rmtree(root)
     typer.echo(f"removed {removed} cached kernel files")
 
 
