@@ -59,7 +59,9 @@ from mmu.stats import (
     S_SH_CREATED,
     S_SH_EMULATED,
     S_SH_FLOODED,
+    S_SH_LARGE_SPTES,
     S_SH_LIVE,
+    S_SH_LPAGE_REFUSED,
     S_SH_PEAK,
     S_SH_PREFETCHED,
     S_SH_RESYNCED,
@@ -277,7 +279,9 @@ class MachineConfig:
         Guest CR4.PCIDE, CR4.LA57, EFER.NXE, CR0.WP.
     maxphyaddr : int
     host_page : str
-        Nested mode: host page size backing guest memory, "4k", "2m" or "1g".
+        Nested and shadow modes: host page size backing guest memory, "4k", "2m" or "1g" (shadow:
+        a guest large page gets a large shadow entry when the host page is as large and no
+        guest page table lies in the region).
     ept_levels : int
         Nested mode: 4 or 5 host (EPT/NPT) levels.
     ept_ad : bool
@@ -350,11 +354,6 @@ class Machine:
             raise MMUInputError(f"previous roots must be 0..11 (KVM allows at most 11), not {config.roots}")
         if config.flood_threshold < 0:
             raise MMUInputError(f"flood threshold must be >= 0, not {config.flood_threshold}")
-        if config.mode == "shadow" and config.host_page != "4k":
-            raise MMUInputError(
-                "shadow mode backs guest memory with 4k host pages in this version (large shadow "
-                "entries over host large pages are not modelled yet)"
-            )
         self.mem = PhysicalMemory(frames=256, alloc_limit=LARGE_BASE)
         self.sh = dummy_shadow()
         if config.mode == "native":
@@ -366,13 +365,13 @@ class Machine:
         elif config.mode == "shadow":
             # Host memory holds the pages backing guest memory and the shadow tables; the VMM
             # keeps only the memslot view of guest memory (no EPT).
-            self.vm = make_vm(MODE_SHADOW)
+            self.vm = make_vm(MODE_SHADOW, host_shift=HOST_PAGES[config.host_page])
             self.galloc = FrameAllocator(1, 1 << 40)
             self.hcache = None
             self.sh = make_shadow(
                 unsync=config.unsync, prefetch=config.prefetch, roots=config.roots,
                 flood_threshold=config.flood_threshold, ctl=self._ctl(), levels=5 if config.la57 else 4,
-                cost=self.cost,
+                host_shift=HOST_PAGES[config.host_page], cost=self.cost,
             )  # fmt: skip
         else:
             # Host memory holds the EPT/NPT and the pages backing guest memory; guest frame
@@ -580,6 +579,9 @@ class Machine:
             "resync_entries": int(s[S_SH_SYNC_ENTRIES]),
             "vmm_sw_walk_steps": int(s[S_SH_SW_WALK_STEPS]),
             "vmm_tlb_flushes": int(s[S_SH_VMM_FLUSHES]),
+            "host_page": c.host_page,
+            "large_sptes": int(s[S_SH_LARGE_SPTES]),
+            "large_sptes_refused": int(s[S_SH_LPAGE_REFUSED]),
             "shadow_table_bytes": int(s[S_SH_LIVE]) * 4096,
             "shadow_table_peak_bytes": int(s[S_SH_PEAK]) * 4096,
             "guest_memory_backed_bytes": int(self.vm[1][V_BACKED_FRAMES]) * 4096,

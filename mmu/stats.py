@@ -74,6 +74,8 @@ S_SH_SW_WALK_STEPS = S_MODE_BASE + 14  # guest/shadow entries the VMM read walki
 S_SH_SPTE_WRITES = S_MODE_BASE + 15  # shadow entries written or zapped
 S_SH_EMULATED = S_MODE_BASE + 16  # emulated writes to write-tracked guest tables
 S_SH_WP_SPTES = S_MODE_BASE + 17  # shadow entries made read-only to write-protect a frame
+S_SH_LARGE_SPTES = S_MODE_BASE + 18  # large (2M/1G) shadow entries installed
+S_SH_LPAGE_REFUSED = S_MODE_BASE + 19  # large shadow entries refused: a guest table lies in the region
 
 # Exit reasons (index into S_EXIT_BASE..): one list for every mode that exits.
 EXIT_EPT_VIOLATION = 0  # nested: a guest frame's first touch; the VMM backs it

@@ -218,7 +218,7 @@ op_strategy = st.one_of(
     st.tuples(st.just("edit"), st.integers(0, len(VAS) - 1), st.integers(0, len(LEAF_BITS) - 1), st.integers(0, 31)),
     st.tuples(st.just("invlpg"), st.integers(0, len(VAS) - 1), st.just(0), st.just(0)),
 )
-upper_strategy = st.tuples(st.just("upper"), st.integers(0, len(VAS) - 1), st.integers(0, 3), st.just(0))
+upper_strategy = st.tuples(st.just("upper"), st.integers(0, len(VAS) - 1), st.integers(0, 4), st.integers(0, 1))
 
 
 def _drive(ops, shadow_cfg, upper: bool) -> dict:
@@ -268,7 +268,11 @@ def _drive(ops, shadow_cfg, upper: bool) -> dict:
                 continue
             others = [_pde(native, row, v) for v in VAS]
             tables = [native.read_guest(p) for p in others if p is not None and native.read_guest(p) & 1]
-            value = 0 if b == 0 or not tables else tables[b % len(tables)]
+            if b == 4:
+                # a 2 MiB guest page: over frames in use (page tables among them), or beyond them
+                value = ((REGION if c else 0) << 12) | 0xE7
+            else:
+                value = 0 if b == 0 or not tables else tables[b % len(tables)]
             for m in machines:
                 m.guest_store(pde, value)
                 m.flush_tlb()
@@ -293,9 +297,15 @@ def test_pte_edits_with_invlpg_match_native(shadow_cfg, ops):
 
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(ops=st.lists(st.one_of(op_strategy, upper_strategy), min_size=5, max_size=60), unsync=st.booleans())
-def test_upper_level_edits_with_flush_match_native(ops, unsync):
-    _drive(ops, {"unsync": unsync}, upper=True)
+@given(
+    ops=st.lists(st.one_of(op_strategy, upper_strategy), min_size=5, max_size=60),
+    unsync=st.booleans(),
+    host_page=st.sampled_from(["4k", "2m"]),
+)
+def test_upper_level_edits_with_flush_match_native(ops, unsync, host_page):
+    """PDE edits (other tables, not present, 2 MiB pages) flushed by a CR3 reload, on 4 KiB or
+    2 MiB host pages: large shadow entries appear only where no guest table lies."""
+    _drive(ops, {"unsync": unsync, "host_page": host_page}, upper=True)
 
 
 def test_edit_sequences_exercise_the_shadow_mmu():
@@ -353,10 +363,70 @@ def test_shadow_flags_are_checked():
         ({"prefetch": 3}, "power of two"),
         ({"roots": 12}, "0..11"),
         ({"flood_threshold": -1}, "flood"),
-        ({"host_page": "2m"}, "4k host pages"),
+        ({"host_page": "4m"}, "host page size"),
     ):
         with pytest.raises(MMUInputError, match=match):
             Machine(MachineConfig(mode="shadow", **cfg))
+
+
+# --- guest large pages and the large-page coupling -------------------------------------------------
+
+BIG = 0x2_0000_0000  # a 2 MiB guest page's virtual address (PDE index 0 of its own PD)
+REGION = 64 * 512  # guest frame of the 2 MiB region it maps (128 MiB), beyond the frames in use
+
+
+def _map_large(m: Machine, va: int, gfn: int, bits: int = 0xE7) -> int:
+    """The guest maps ``va`` with a 2 MiB page at guest frame ``gfn`` (P, RW, US, A, D, PS);
+    returns the PDE's address."""
+    _one(m, va + (1 << 21))  # builds the PML4E/PDPTE/PD on the way (demand fault next door)
+    pde = _pde(m, 0, va)
+    m.guest_store(pde, (gfn << 12) | bits)
+    m.invlpg(va)
+    return pde
+
+
+@pytest.mark.parametrize("host_page", ["4k", "2m"])
+def test_guest_large_page_gets_a_large_shadow_entry_when_the_host_page_allows(host_page):
+    vas = [BIG + k * 0x1_1000 for k in range(20)]
+    seen = {}
+    for mode in ("native", "shadow"):
+        m = Machine(MachineConfig(mode=mode, host_page=host_page))
+        _map_large(m, BIG, REGION)
+        seen[mode] = [_one(m, v, OP_WRITE) for v in vas]
+        if mode == "shadow":
+            s = m.result()["mode_stats"]
+            check_shadow(m)
+            if host_page == "2m":
+                assert s["large_sptes"] == 1 and s["large_sptes_refused"] == 0
+                assert m.result()["walks"] < 20
+            else:
+                assert s["large_sptes"] == 0  # split by a direct shadow page into 4 KiB entries
+    assert seen["native"] == seen["shadow"] == [(REGION << 12) + (v - BIG) for v in vas]
+
+
+def test_a_guest_table_inside_a_large_region_forces_4k_shadow_entries():
+    """KVM's large-page coupling: once a frame in the 2 MiB region holds a shadowed guest page
+    table, the large shadow entry is zapped and the region is mapped with 4 KiB entries."""
+    native = Machine(MachineConfig())
+    shadow = Machine(MachineConfig(mode="shadow", host_page="2m"))
+    out = {}
+    for m in (native, shadow):
+        _map_large(m, BIG, REGION)
+        first = _one(m, BIG + 0x5000)
+        # the guest makes frame REGION + 7 (inside the large page) the page table of another range
+        pde = _pde(m, 0, 0x4000_0000) if _pde(m, 0, 0x4000_0000) else None
+        _one(m, 0x4000_0000)
+        pde = _pde(m, 0, 0x4000_0000)
+        m.guest_store((REGION + 7) << 12, (m.read_guest(_leaf_pte(m, 0, 0x4000_0000)) & ~0xFFF) | 0x67)
+        m.guest_store(pde, ((REGION + 7) << 12) | 0x67)
+        m.flush_tlb()
+        via_table = _one(m, 0x4000_0000)  # walks through the new table: it gets shadowed
+        again = [_one(m, BIG + k * 0x3000) for k in range(8)]
+        out[m.config.mode] = (first, via_table, again)
+    assert out["native"] == out["shadow"]
+    s = shadow.result()["mode_stats"]
+    assert s["large_sptes"] >= 1 and s["large_sptes_refused"] >= 1
+    check_shadow(shadow, include_unsync=True)
 
 
 # --- the command line ------------------------------------------------------------------------------
@@ -390,7 +460,7 @@ def test_cli_replay_shadow_with_policy_flags():
     [
         (["--prefetch", "5"], "power of two"),
         (["--roots", "99"], "0..11"),
-        (["--host-page", "2m"], "4k host pages"),
+        (["--host-page", "8k"], "host page size"),
     ],
 )
 def test_cli_shadow_bad_flags_fail_cleanly(args, fragment):

@@ -33,6 +33,7 @@ from mmu.modes.native import C_ASID, C_CTL, C_MAXPHYADDR, C_PKRU, hw_translate
 from mmu.modes.nested import HW_EPT_MISCONFIG, HW_EPT_VIOLATION, hw_translate_nested
 from mmu.modes.shadow import (
     SHF_EMULATED,
+    SHF_NO_MEMSLOT,
     SHF_OUT_OF_FRAMES,
     SHF_RETRY,
     sh_before_entry,
@@ -119,6 +120,9 @@ def translate_access(gm, galloc, hcache, osst, tlb, psc, ptc, stats, cfg, row, v
                         return OS_OK, v
                     if r == SHF_OUT_OF_FRAMES:
                         return OS_OUT_OF_FRAMES, np.int64(-1)
+                    if r == SHF_NO_MEMSLOT:
+                        stats[S_BAD_ACCESSES] += 1
+                        return OS_OK, np.int64(-1)
                     code = v
         if status == WALK_OK:
             return OS_OK, pa

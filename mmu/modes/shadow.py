@@ -76,7 +76,9 @@ from mmu.stats import (
     S_SH_CREATED,
     S_SH_EMULATED,
     S_SH_FLOODED,
+    S_SH_LARGE_SPTES,
     S_SH_LIVE,
+    S_SH_LPAGE_REFUSED,
     S_SH_PEAK,
     S_SH_PREFETCHED,
     S_SH_RESYNCED,
@@ -140,7 +142,9 @@ G_RHEAD = 0
 G_WP = 1  # shadow pages of this frame that keep it write-protected (not unsync)
 G_UPPER = 2  # upper-level shadow pages of this frame (always write-tracked)
 G_SPS = 3  # shadow pages of this frame (not direct)
-G_COLS = 4
+G_LP2 = 4  # at a 2 MiB-aligned frame: frames of that 2 MiB region holding shadowed guest tables
+G_LP3 = 5  # at a 1 GiB-aligned frame: the same for the 1 GiB region
+G_COLS = 6
 
 # smeta
 SM_UNSYNC = 0  # knob: leaf tables may go unsync
@@ -155,6 +159,7 @@ SM_RELOAD = 8  # the current root was zapped: load a new one before resuming
 SM_REASON = 9  # exit reason being handled (handler work is charged to it)
 SM_ROLE_FLAGS = 10
 SM_LEVELS = 11
+SM_HOST_SHIFT = 12  # host page size backing guest memory (12, 21, 30)
 SM_LEN = 16
 
 HBUCKETS = 1 << 16
@@ -166,6 +171,7 @@ SHF_RETRY = 0  # shadow fixed: run the access again
 SHF_INJECT = 1  # true guest fault: deliver #PF with the returned error code
 SHF_EMULATED = 2  # the VMM emulated the access (write to a write-tracked frame)
 SHF_OUT_OF_FRAMES = 3
+SHF_NO_MEMSLOT = 4  # the guest maps a frame beyond its memory: the access cannot complete
 
 _U0 = np.uint64(0)
 _P = np.uint64(1)
@@ -176,6 +182,7 @@ _D = np.uint64(0x40)
 _XD = np.uint64(1 << 63)
 _ADDR = np.uint64(0x000F_FFFF_FFFF_F000)
 _PKEY = np.uint64(0xF << 59)
+_PS = np.uint64(0x80)
 _NONLEAF = np.uint64(0x27)  # P | R/W | U/S | A: upper shadow entries grant everything
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 _ACC = np.int64(R_ACC_MASK)
@@ -192,6 +199,7 @@ def make_shadow(
     flood_threshold: int = 3,
     ctl: int = 0,
     levels: int = 4,
+    host_shift: int = 12,
     cost: np.ndarray | None = None,
 ):
     """An empty shadow MMU (no shadow pages) with KVM's default policy knobs."""
@@ -211,6 +219,7 @@ def make_shadow(
     smeta[SM_FLOOD] = flood_threshold
     smeta[SM_FREE] = -1
     smeta[SM_LEVELS] = levels
+    smeta[SM_HOST_SHIFT] = host_shift
     role_flags = 0
     if ctl & CTL_WP:
         role_flags |= R_WP
@@ -488,6 +497,8 @@ def sh_zap(mem, sh, stats, sp):
         else:
             gfs[gfn, G_WP] -= 1
         gfs[gfn, G_SPS] -= 1
+        if gfs[gfn, G_SPS] == 0:
+            _account_frame(mem, sh, stats, gfn, -1)
         if level > 1:
             gfs[gfn, G_UPPER] -= 1
     _hash_remove(sh, sp)
@@ -500,6 +511,35 @@ def sh_zap(mem, sh, stats, sp):
             sh[7][SM_RELOAD] = 1
     else:
         _free_slot(sh, stats, sp)
+
+
+@jit
+def _drop_large(mem, sh, stats, base):
+    """Zap the large shadow entries that map the region starting at guest frame ``base``."""
+    spt = sh[0]
+    rl = sh[1]
+    s = sh[2][base, G_RHEAD]
+    while s >= 0:
+        nxt = rl[s, RL_NEXT]
+        if (spt[s >> 9, SP_ROLE] & 7) > 1:
+            _drop_spte(mem, sh, stats, s >> 9, s & 511)
+            _request_flush(sh, stats)
+        s = nxt
+
+
+@jit
+def _account_frame(mem, sh, stats, gfn, delta):
+    """Guest frame ``gfn`` starts (+1) or stops (-1) holding a shadowed guest table: KVM's
+    ``disallow_lpage`` counters. No large shadow entry may map a region holding one, so those
+    that do are zapped (the next access refills the region with 4 KiB entries)."""
+    gfs = sh[2]
+    b2 = gfn & ~np.int64(511)
+    b3 = gfn & ~np.int64((1 << 18) - 1)
+    gfs[b2, G_LP2] += delta
+    gfs[b3, G_LP3] += delta
+    if delta > 0:
+        _drop_large(mem, sh, stats, b2)
+        _drop_large(mem, sh, stats, b3)
 
 
 @jit
@@ -548,6 +588,8 @@ def _sh_alloc(mem, halloc, sh, stats, gfn, role):
                     sh_zap(mem, sh, stats, s)
                 s = nxt
             gfs[gfn, G_UPPER] += 1
+        if gfs[gfn, G_SPS] == 0:
+            _account_frame(mem, sh, stats, gfn, 1)
         gfs[gfn, G_SPS] += 1
         gfs[gfn, G_WP] += 1
         if _write_protect_gfn(mem, sh, stats, gfn):
@@ -894,7 +936,7 @@ def sh_invlpg(mem, vm, sh, tlb, psc, stats, ctl, asid, va):
             if level == 1:
                 break
             e = mem_read(mem, spt[sp, SP_HPA] + idx * 8)
-            if (e & _P) == _U0:
+            if (e & _P) == _U0 or (e & _PS) != _U0:
                 break
             sp = sh[3][np.int64(e & _ADDR) >> 12]
     hw_invvpid(tlb, psc, INVVPID_ADDRESS, asid, va)
@@ -986,10 +1028,11 @@ def sh_page_fault(mem, halloc, vm, sh, stats, pkru, maxphy, root_gpa, va, access
         crole = np.int64(level - 1) | ((trail[k, TR_ATTRS] & _ACC) << R_ACC_SHIFT) | role_flags
         e = mem_read(mem, spt[sp, SP_HPA] + idx * 8)
         if (e & _P) != _U0:
-            child = sh[3][np.int64(e & _ADDR) >> 12]
-            if spt[child, SP_GFN] == cgfn and spt[child, SP_ROLE] == crole:
-                sp = child
-                continue
+            if (e & _PS) == _U0:
+                child = sh[3][np.int64(e & _ADDR) >> 12]
+                if spt[child, SP_GFN] == cgfn and spt[child, SP_ROLE] == crole:
+                    sp = child
+                    continue
             _drop_spte(mem, sh, stats, sp, idx)
             _request_flush(sh, stats)
         child = _get_sp(mem, halloc, vm, sh, stats, ctl, cgfn, crole)
@@ -1001,21 +1044,34 @@ def sh_page_fault(mem, halloc, vm, sh, stats, pkru, maxphy, root_gpa, va, access
         sp = child
     spt[sp, SP_FLOOD] = 0
     # a guest large page: direct shadow pages split it into 4 KiB entries
+    leaf_level = 1
     if guest_leaf > 1:
+        # A guest large page: a large shadow entry if the host page is as large and no guest
+        # table lies in the region (KVM's large-page conditions); else direct shadow pages
+        # split it.
         dattrs = attrs & _ACC
         if (attrs & TA_D) == 0:
             dattrs &= ~TA_RW  # protect the clean guest page (role.access of the direct page)
+        host_shift = smeta[SM_HOST_SHIFT]
         for level in range(guest_leaf, 1, -1):
             idx = (va >> (12 + 9 * (level - 1))) & 511
-            span = np.int64(1) << (9 * (level - 1))  # frames the new direct page covers
+            span = np.int64(1) << (9 * (level - 1))  # frames this entry covers
             dgfn = (gpa >> 12) & ~(span - 1)
+            if dgfn + span > sh[2].shape[0]:
+                return SHF_NO_MEMSLOT, np.int64(0)
+            if host_shift >= 12 + 9 * (level - 1):
+                if sh[2][dgfn, G_LP2 if level == 2 else G_LP3] == 0:
+                    leaf_level = level
+                    break
+                stats[S_SH_LPAGE_REFUSED] += 1
             drole = np.int64(level - 1) | R_DIRECT | (dattrs << R_ACC_SHIFT) | role_flags
             e = mem_read(mem, spt[sp, SP_HPA] + idx * 8)
             if (e & _P) != _U0:
-                child = sh[3][np.int64(e & _ADDR) >> 12]
-                if spt[child, SP_GFN] == dgfn and spt[child, SP_ROLE] == drole:
-                    sp = child
-                    continue
+                if (e & _PS) == _U0:
+                    child = sh[3][np.int64(e & _ADDR) >> 12]
+                    if spt[child, SP_GFN] == dgfn and spt[child, SP_ROLE] == drole:
+                        sp = child
+                        continue
                 _drop_spte(mem, sh, stats, sp, idx)
                 _request_flush(sh, stats)
             child = _get_sp(mem, halloc, vm, sh, stats, ctl, dgfn, drole)
@@ -1025,13 +1081,16 @@ def sh_page_fault(mem, halloc, vm, sh, stats, pkru, maxphy, root_gpa, va, access
                 return SHF_RETRY, np.int64(0)
             _link_child(mem, sh, stats, sp, idx, child)
             sp = child
-    # the leaf
-    idx = (va >> 12) & 511
-    tgfn = gpa >> 12
+    # the leaf: a 4 KiB entry, or a large one mapping the whole guest (and host) large page
+    lspan = np.int64(1) << (9 * (leaf_level - 1))
+    idx = (va >> (12 + 9 * (leaf_level - 1))) & 511
+    tgfn = (gpa >> 12) & ~(lspan - 1)
+    if tgfn >= sh[2].shape[0]:
+        return SHF_NO_MEMSLOT, np.int64(0)
     hpa = vm_hpa(vm, tgfn << 12)
     if hpa < 0:
         if vm_back(mem, halloc, vm, tgfn) != VM_OK:
-            return SHF_OUT_OF_FRAMES, np.int64(0)
+            return SHF_NO_MEMSLOT, np.int64(0)
         hpa = vm_hpa(vm, tgfn << 12)
     old = mem_read(mem, spt[sp, SP_HPA] + idx * 8)
     w = (attrs & TA_RW) != 0 and (attrs & TA_D) != 0
@@ -1054,9 +1113,13 @@ def sh_page_fault(mem, halloc, vm, sh, stats, pkru, maxphy, root_gpa, va, access
     stats[S_EXIT_BASE + reason] += 1
     _charge(sh, stats, K_SW_WALK_STEP, n)
     new = _leaf_spte(hpa & ~np.int64(0xFFF), attrs, w, True)
+    if leaf_level > 1:
+        new |= _PS
+        stats[S_SH_LARGE_SPTES] += 1
     if _install_leaf(mem, sh, stats, sp, idx, new, tgfn):
         _request_flush(sh, stats)
-    _prefetch(mem, vm, sh, stats, ctl, sp, idx)
+    if leaf_level == 1:
+        _prefetch(mem, vm, sh, stats, ctl, sp, idx)
     if emulate:
         _track_write(mem, sh, stats, gpa & ~np.int64(7))
         return SHF_EMULATED, gpa

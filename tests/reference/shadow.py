@@ -8,9 +8,12 @@ shadow entry maps a write-protected guest table.
 
 from __future__ import annotations
 
+import numpy as np
+
 from mmu.engine import Machine
 from mmu.memory import mem_read
 from mmu.modes import shadow as S
+from mmu.modes.vmm import vm_gpa_of
 
 ADDR = 0x000F_FFFF_FFFF_F000
 P, RW, US, PS, D = 1, 2, 4, 0x80, 0x40
@@ -42,7 +45,6 @@ def check_shadow(m: Machine, include_unsync: bool = False) -> int:
     (right after a flush, when none should be left).
     """
     spt, rl, gfs, hfn2sp, _sph, _rt, _ulist, smeta, _cost = m.sh
-    hfn2gfn = m.vm[2]
     checked = 0
     if include_unsync:
         assert int(smeta[S.SM_NUNSYNC]) == 0
@@ -70,6 +72,9 @@ def check_shadow(m: Machine, include_unsync: bool = False) -> int:
             checked += 1
             target = (e & ADDR) >> 12
             g = None if direct else m.read_guest(gfn * 4096 + 8 * i)
+            if level > 1 and e & PS:
+                checked += _check_large(m, sp, i, level, e, acc, direct, gfn, g)
+                continue
             if level > 1:
                 child = int(hfn2sp[target])
                 assert child >= 0 and spt[child, S.SP_FLAGS] & S.F_ALIVE, "upper entry to a dead shadow page"
@@ -96,7 +101,8 @@ def check_shadow(m: Machine, include_unsync: bool = False) -> int:
                     assert crole >> S.R_ACC_SHIFT & 7 == child_access(acc, g)
                 continue
             # a leaf: it maps a host frame that backs a guest frame
-            tg = int(hfn2gfn[target]) if target < len(hfn2gfn) else -1
+            tgpa = int(vm_gpa_of(m.vm, np.int64(target << 12)))  # the VMM's reverse map of host memory
+            tg = tgpa >> 12 if tgpa >= 0 else -1
             assert tg >= 0, f"shadow entry maps host frame {target:#x}, which backs no guest frame"
             assert rl[slot, S.RL_OWNER] == 2 * tg
             if e & RW:
@@ -119,3 +125,29 @@ def check_shadow(m: Machine, include_unsync: bool = False) -> int:
             if not e & XD:
                 assert not rights & ACC_XD
     return checked
+
+
+def _check_large(m: Machine, sp: int, i: int, level: int, e: int, acc: int, direct: bool, gfn: int, g) -> int:
+    """A large shadow entry maps a whole guest large page, aligned, over host memory backing it,
+    with no guest page table inside the region, and no more rights than the guest's."""
+    gfs = m.sh[2]
+    span = 512 ** (level - 1)
+    tgpa = int(vm_gpa_of(m.vm, np.int64(e & ADDR)))
+    assert tgpa >= 0 and tgpa % (span * 4096) == 0, "large shadow entry over unaligned or unbacked memory"
+    tg = tgpa >> 12
+    assert m.sh[1][sp * 512 + i, S.RL_OWNER] == 2 * tg
+    assert not (gfs[tg : tg + span, S.G_SPS] > 0).any(), "large shadow entry over a shadowed guest table"
+    if direct:
+        assert tg == gfn + i * span
+        rights, dirty = acc, True
+    else:
+        assert g & P and g & PS, "large shadow entry where the guest has no large page"
+        assert (g & ADDR) & ~(span * 4096 - 1) == tgpa
+        rights, dirty = child_access(acc, g), bool(g & D)
+    if e & RW:
+        assert rights & ACC_W and dirty
+    if e & US:
+        assert rights & ACC_U
+    if not e & XD:
+        assert not rights & ACC_XD
+    return 1
