@@ -400,7 +400,7 @@ def test_cli_svg_and_html(tmp_path):
         (["-"], "bad virtual address"),
         (["0x1" + "0" * 16], "does not fit in 64 bits"),
         (["0x1000", "--access", "q"], "--access must be r, w or x"),
-        (["0x1000", "--mode", "shadow"], "unknown mode 'shadow'"),
+        (["0x1000", "--mode", "warp"], "unknown mode 'warp'"),
         (["0x1000", "--npt"], "apply to --mode nested"),
         (["0x1000", "--mode", "nested", "--host-page", "3m"], "unknown host page size"),
         (["0x1000", "--mode", "nested", "--ept-levels", "3"], "--ept-levels must be 4 or 5"),

@@ -14,7 +14,7 @@ from typing import Annotated, Any
 import typer
 
 from mmu.errors import MMUInputError
-from mmu.report.demo_guest import layout_lines
+from mmu.report.demo_guest import layout_lines, shadow_layout_lines
 
 ACCESS_KINDS = ("r", "w", "x")
 
@@ -61,11 +61,16 @@ def _walk_nested(
 
 
 def _demo_view(va: int, mode: str, access: str, user: bool, host_page: str, levels: int, ad: bool, npt: bool):
-    from mmu.report.demo_guest import build_native, build_nested
+    from mmu.report.demo_guest import build_native, build_nested, build_shadow
 
     if mode == "native":
         g = build_native()
         return _walk_native(g.mem, g.cr3, va, access, user, "fresh demo guest (see `mmu walk --help`)")
+    if mode == "shadow":
+        from mmu.report.walkview import capture_shadow
+
+        ctx = "shadow demo guest (see `mmu walk --help`): the guest's tables as its OS built and edited them"
+        return capture_shadow(build_shadow(host_page), va, access, user, ctx)
     g = build_nested(host_page, levels, ad, npt)
     assert g.eptp is not None
     ctx = f"fresh demo guest (see `mmu walk --help`); host pages {host_page.upper()}, guest RAM at hpa 0x1_0000_0000"
@@ -88,7 +93,7 @@ def _trace_view(
     import numpy as np
 
     from mmu.engine import Machine, MachineConfig
-    from mmu.guest.os import P_PCID, P_ROOT
+    from mmu.guest.os import O_CUR, P_PCID, P_PID, P_ROOT
     from mmu.modes.vmm import V_EPT_AD, V_LEVELS, V_NPT, V_ROOT
     from mmu.report.walkview import ACCESS_NAMES
     from mmu.trace.format import OP_NAMES, OP_SWITCH, RECORD_DTYPE, TraceReader, is_access
@@ -109,9 +114,12 @@ def _trace_view(
     for chunk in reader.chunks(1 << 20, start=0, stop=index):
         m.run(chunk, where=str(trace))
     pid = int(rec["pid"])
-    procs, pid2slot, _ometa = m.osst
-    if pid2slot[pid] < 0:
+    procs, pid2slot, ometa = m.osst[0], m.osst[1], m.osst[2]
+    cur = int(ometa[O_CUR])
+    if pid2slot[pid] < 0 or (mode == "shadow" and (cur < 0 or int(procs[cur, P_PID]) != pid)):
         # First access of this process: the guest creates it (an empty root table) on the switch.
+        # Under shadow paging the record's process must also be the current one: the hardware
+        # walks the shadow root the VMM loaded at the switch.
         # Two records, not one: numba types a 1-element field view as contiguous and recompiles.
         switch = np.zeros(2, dtype=RECORD_DTYPE)
         switch["op"] = OP_SWITCH
@@ -133,6 +141,10 @@ def _trace_view(
     kw = {"wp": config.wp, "nxe": config.nxe, "la57": config.la57, "maxphyaddr": config.maxphyaddr}
     if mode == "native":
         return _walk_native(m.mem, root | pcid, addr, acc, user, ctx, **kw)
+    if mode == "shadow":
+        from mmu.report.walkview import capture_shadow
+
+        return capture_shadow(m, addr, acc, user, ctx)
     vmeta = m.vm[1]
     hroot, hlevels = int(vmeta[V_ROOT]), int(vmeta[V_LEVELS])
     is_npt, is_ad = bool(vmeta[V_NPT]), bool(vmeta[V_EPT_AD])
@@ -144,12 +156,14 @@ def walk_cmd(
     va: Annotated[
         str | None, typer.Argument(help="Virtual address, hex (0x...) or decimal; with --trace, optional.")
     ] = None,
-    mode: Annotated[str, typer.Option("--mode", help="native | nested.")] = "native",
+    mode: Annotated[str, typer.Option("--mode", help="native | nested | shadow.")] = "native",
     access: Annotated[
         str | None, typer.Option("--access", help="r | w | x (default r; with --trace, the record's kind).")
     ] = None,
     user: Annotated[bool, typer.Option("--user/--supervisor", help="CPL 3 (default) or CPL 0.")] = True,
-    host_page: Annotated[str, typer.Option("--host-page", help="Nested: host page size, 4k | 2m | 1g.")] = "4k",
+    host_page: Annotated[
+        str, typer.Option("--host-page", help="Nested (and shadow): host page size, 4k | 2m | 1g.")
+    ] = "4k",
     ept_levels: Annotated[int, typer.Option("--ept-levels", help="Nested: EPT/NPT levels, 4 | 5.")] = 4,
     npt: Annotated[bool, typer.Option("--npt", help="Nested: AMD NPT instead of Intel EPT.")] = False,
     ept_ad: Annotated[bool, typer.Option("--ept-ad", help="Nested: EPT accessed/dirty flags (EPTP bit 6).")] = False,
@@ -163,8 +177,8 @@ def walk_cmd(
 ) -> None:
     mode = mode.lower()
     host_page = host_page.lower()
-    if mode not in ("native", "nested"):
-        _fail(f"unknown mode {mode!r}; choose native or nested")
+    if mode not in ("native", "nested", "shadow"):
+        _fail(f"unknown mode {mode!r}; choose native, nested or shadow")
     if access is not None and access not in ACCESS_KINDS:
         _fail(f"--access must be r, w or x, not {access!r}")
     if host_page not in ("4k", "2m", "1g"):
@@ -173,6 +187,8 @@ def walk_cmd(
         _fail(f"--ept-levels must be 4 or 5, not {ept_levels}")
     if mode == "native" and (npt or ept_ad or host_page != "4k" or ept_levels != 4):
         _fail("--host-page, --ept-levels, --npt and --ept-ad apply to --mode nested")
+    if mode == "shadow" and (npt or ept_ad or ept_levels != 4):
+        _fail("--ept-levels, --npt and --ept-ad apply to --mode nested (shadow paging has no EPT)")
     if npt and ept_ad:
         _fail("--ept-ad is an EPT feature; NPT always keeps accessed/dirty flags")
     if width is not None and width < 40:
@@ -213,17 +229,24 @@ def walk_cmd(
 
 
 WALK_HELP = (
-    "Render one translation step by step: the 1D walk (native) or the 2D walk grid (nested).\n\n"
+    "Render one translation step by step: the 1D walk (native), the 2D walk grid (nested), or the guest's "
+    "walk beside the shadow walk the hardware does (shadow).\n\n"
     "The walk is cold (no TLB, no paging-structure caches) and runs on a copy of memory, so the A/D flags it "
     "sets are shown (+A/+D) but never kept. Without --trace, VA is walked in a fresh demo guest (4-level paging, "
     "gCR3 0x1000, guest tables at gpa 0x1000..0x7000; nested: gpa g at hpa 0x1_0000_0000 + g, host tables from "
     "hpa 0x1000; the host backs the tables, the 4K pages, the 2M page and the first 2 MiB of the 1G page, "
     "or all of it with --host-page 1g); anything else is not present:\n\n"
     + "\n".join(layout_lines())
+    + "\n\nWith --mode shadow the guest runs on the simulator's shadow MMU (KVM's defaults): its OS maps the "
+    "same VAs by demand paging (gpas from its allocator), then edits its tables with guest kernel stores; "
+    "each level shows the guest entry beside the shadow entry, write-protected guest tables, unsync and "
+    "direct shadow pages, and the VM exit a TLB miss would take:\n\n"
+    + "\n".join(shadow_layout_lines())
     + "\n\nWith --trace TRACE --index N, records 0..N-1 of the trace are replayed in --mode (with the host "
     "options), then record N's address (or VA) is walked, with the record's access kind, in the page tables "
     "of its process, as the hardware would on a TLB miss.\n\n"
     "Examples: mmu walk 0x401000 --access w · mmu walk 0x400000 --mode nested --host-page 2m · "
+    "mmu walk 0x403000 --mode shadow · "
     "mmu walk --trace traces/ls-usr.trace --index 5000 --mode nested --svg walk.svg"
 )
 

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from mmu.memory import PhysicalMemory
 from mmu.x86.bits import PAGE_1G, PAGE_2M, PAGE_4K
@@ -180,6 +181,72 @@ def build_nested(host_page: str = "4k", ept_levels: int = 4, ept_ad: bool = Fals
     )
 
 
+# The shadow demo: the same VAs in a guest the simulator's OS builds by demand paging, then edits
+# (guest kernel stores, so the shadow MMU sees them as it would), as (va, what a walk shows).
+SHADOW_LAYOUT: tuple[tuple[int, str], ...] = (
+    (0x0000_0000_0040_0000, "4K user RW XD: shadowed; its leaf table went unsync; write: ad_dirty"),
+    (0x0000_0000_0040_1000, "4K user RO (PTE edited + INVLPG): write: true #PF, pf_inject"),
+    (0x0000_0000_0040_2000, "hole: guest PTE not present: pf_inject"),
+    (0x0000_0000_0040_3000, "PTE re-pointed to gpa 0x20_3000 without INVLPG: stale unsync entry"),
+    (0x0000_0000_0060_0000, "2M page at gpa 0x40_0000 (PDE edited): a direct shadow page splits it"),
+    (0x0000_0000_0060_8000, "same 2M page, beyond the prefetched group: hidden_fault"),
+    (0x0000_0040_0000_0000, "not mapped in this guest: pf_inject"),
+)
+_SHADOW_STALE_GPA = 0x20_3000
+_SHADOW_LARGE_GPA = 0x40_0000
+
+
+def build_shadow(host_page: str = "4k") -> Any:
+    """The demo guest under shadow paging: a shadow-mode :class:`mmu.engine.Machine` (KVM's default
+    policy; host pages of ``host_page``, which the engine may refuse with MMUInputError) that has
+    run one process through :data:`SHADOW_LAYOUT`.
+
+    The guest touches 0x40_0000, 0x40_1000, 0x40_3000 and 0x60_0000 (its OS maps a 4 KiB page for
+    each; the second PTE store makes the leaf table unsync), then edits its tables with guest
+    kernel stores: XD on 0x40_0000 and read-only 0x40_1000 (each followed by INVLPG), a 2 MiB page
+    at 0x60_0000 (a PDE store, which the VMM emulates, then INVLPG), and 0x40_3000 re-pointed with
+    no INVLPG; finally it reads 0x40_0000, 0x40_1000 and 0x60_0000 again, so the shadow holds them.
+    Guest-physical addresses other than the two edited ones come from the guest OS's allocator.
+    """
+    import numpy as np
+
+    from mmu.engine import Machine, MachineConfig
+    from mmu.guest.os import O_CUR, P_ROOT
+    from mmu.trace.format import OP_READ, RECORD_DTYPE
+
+    m = Machine(MachineConfig(mode="shadow", host_page=host_page))
+
+    def touch(*vas: int) -> None:
+        recs = np.zeros(len(vas), dtype=RECORD_DTYPE)
+        recs["addr"] = vas
+        recs["arg"] = 8
+        recs["pid"] = 1
+        recs["op"] = OP_READ
+        m.run(recs, where="shadow demo guest")
+
+    def entry_gpa(va: int, level: int) -> int:
+        table = int(m.osst[0][int(m.osst[2][O_CUR]), P_ROOT])
+        for lv in range(4, level, -1):
+            table = m.read_guest(table + 8 * _index(va, lv)) & 0x000F_FFFF_FFFF_F000
+        return table + 8 * _index(va, level)
+
+    def edit(va: int, level: int, value: int, invlpg: bool = True) -> None:
+        m.guest_store(entry_gpa(va, level), value)
+        if invlpg:
+            m.invlpg(va)
+
+    touch(0x40_0000, 0x40_1000, 0x40_3000, 0x60_0000)
+    pte = m.read_guest(entry_gpa(0x40_0000, 1))
+    edit(0x40_0000, 1, pte | _XD)
+    pte = m.read_guest(entry_gpa(0x40_1000, 1))
+    edit(0x40_1000, 1, pte & ~_RW)
+    pte = m.read_guest(entry_gpa(0x40_3000, 1))
+    edit(0x40_3000, 1, _SHADOW_STALE_GPA | (pte & 0xFFF), invlpg=False)
+    edit(0x60_0000, 2, _SHADOW_LARGE_GPA | _P | _RW | _US | _PS)
+    touch(0x40_0000, 0x40_1000, 0x60_0000)
+    return m
+
+
 def layout_lines() -> list[str]:
     """The demo layout as a small table, one line per mapping (for ``mmu walk --help``)."""
     sizes = {PAGE_4K: "4K", PAGE_2M: "2M", PAGE_1G: "1G"}
@@ -189,3 +256,8 @@ def layout_lines() -> list[str]:
         target = "-" if m.gpa is None else "0x" + format(m.gpa, "_x")
         out.append(f"{m.va:#021_x}  {page:3}  {m.rights:11}  {target:11}  {m.note}")
     return out
+
+
+def shadow_layout_lines() -> list[str]:
+    """The shadow demo (:func:`build_shadow`), one line per VA (for ``mmu walk --help``)."""
+    return [f"{va:#021_x}  {note}" for va, note in SHADOW_LAYOUT]

@@ -20,6 +20,13 @@ Two steps, kept apart so the rendering stays a pure function of data:
    Both end with a legend and a one-line verdict: the translation, a #PF with its decoded error
    code, an EPT violation with its decoded exit qualification, or an #NPF with its EXITINFO1.
 
+Shadow paging has no single walk to capture: :func:`capture_shadow` reads a shadow-mode
+:class:`mmu.engine.Machine` (without changing it) into a :class:`WalkViewShadow` -- the guest's
+walk (what the VMM's software walk reads) beside the shadow walk (what the hardware reads), level
+by level, with the shadow MMU's state of each table: write-protected guest frames, unsync and
+direct shadow pages, each shadow page's role. :func:`walk_shadow_renderable` draws it as a table
+and ends with where each walk stops and the VM exit a TLB miss would take.
+
 Plain text (a console without colour) keeps every mark: ``#n`` numbers, ``+A``/``+D``, ``✘``.
 """
 
@@ -682,8 +689,508 @@ def _verdict_2d(view: WalkView2D) -> Text:
     return out
 
 
-def walk_renderable(view: WalkView1D | WalkView2D) -> Group:
-    """:func:`walk_1d_renderable` or :func:`walk_2d_renderable`, by the kind of ``view``."""
+# --- shadow -----------------------------------------------------------------------------------
+
+#: what a VM exit of each reason does, as the shadow view's verdict says it
+SHADOW_EXITS = {
+    "hidden_fault": "hidden fault: the guest maps it, the shadow does not (yet); the VMM walks the guest "
+    "tables, fills the shadow path and resumes the guest",
+    "pf_inject": "a true guest fault: the VMM's walk of the guest tables faults too, so it injects the "
+    "#PF into the guest",
+    "ad_dirty": "first write through a clean guest entry: the VMM sets the guest's D flag and makes the "
+    "shadow entry writable",
+    "wp_unsync": "a write to a frame that holds a shadowed leaf table: the VMM lets that table go unsync "
+    "and the write proceed",
+    "tracing_write": "a write to a write-tracked guest table (upper level, or unsync off): the VMM "
+    "emulates it and zaps the entry it changed in every shadow",
+}
+
+
+@dataclass(frozen=True)
+class ShadowPage:
+    """One shadow page (a row of the shadow MMU's ``spt``) as :func:`walk_shadow_renderable` shows it.
+
+    Attributes
+    ----------
+    sp : int
+        Its row in ``spt``.
+    gfn : int
+        Guest frame it shadows (direct: first guest frame of the large page it splits).
+    level : int
+        Level of the table it holds (its role's level).
+    direct : bool
+        It splits a guest large page and shadows no guest table (role.direct, ``F_DIRECT``).
+    access : int
+        TA_RW | TA_US | TA_XD rights inherited from the guest entries above (role.access).
+    cr0_wp, nxe : bool
+        The role's CR0.WP and EFER.NXE bits.
+    unsync : bool
+        Its guest table may be written freely until the guest's next INVLPG or flush (``F_UNSYNC``).
+    invalid : bool
+        Zapped while the root cache still refers to it (``F_INVALID``).
+    """
+
+    sp: int
+    gfn: int
+    level: int
+    direct: bool
+    access: int
+    cr0_wp: bool
+    nxe: bool
+    unsync: bool
+    invalid: bool
+
+
+@dataclass(frozen=True)
+class ShadowRow:
+    """One level of the shadow view: the guest entry beside the shadow entry the hardware reads.
+
+    ``None`` fields: that side's walk did not reach this level (it stopped above, or the guest
+    maps a large page here and the shadow splits it).
+
+    Attributes
+    ----------
+    level : int
+        5..1.
+    guest_gpa, guest_value : int | None
+        Guest-physical address of the guest entry and its value.
+    guest_table_wp : bool
+        The guest table's frame is write-protected: shadow pages keep it read-only
+        (``gfs[gfn, G_WP] > 0``), so a guest store to it traps.
+    guest_table_tracked : bool
+        Stores to that frame are emulated (tracing) rather than letting it go unsync.
+    shadow_hpa, shadow_value : int | None
+        Host-physical address of the shadow entry and its value.
+    shadow_page : ShadowPage | None
+        The shadow page holding that entry.
+    """
+
+    level: int
+    guest_gpa: int | None
+    guest_value: int | None
+    guest_table_wp: bool
+    guest_table_tracked: bool
+    shadow_hpa: int | None
+    shadow_value: int | None
+    shadow_page: ShadowPage | None
+
+
+@dataclass(frozen=True)
+class WalkViewShadow:
+    """Everything :func:`walk_shadow_renderable` shows: the guest walk and the shadow walk of ``gva``.
+
+    Attributes
+    ----------
+    gcr3 : int
+        The guest's CR3 (root gpa | PCID).
+    cr3 : int
+        The hardware CR3 the VMM loaded: the shadow root's hpa | PCID.
+    guest_fault : None | "pf" | "gp"
+        Outcome of the guest walk (the VMM's software walk: what the guest's tables say).
+    guest_error_code, guest_attrs, guest_gpa, guest_page_size
+        #PF error code, or the combined rights, gpa and page size of the guest translation.
+    shadow_fault : None | "pf" | "gp"
+        Outcome of the hardware walk of the shadow tables.
+    shadow_error_code, shadow_hpa, shadow_page_size
+        The same for the shadow translation.
+    backing_hpa : int | None
+        Where the VMM backs ``guest_gpa`` (None: not backed yet, or no guest translation); a
+        shadow translation elsewhere is stale.
+    shadow_gpa : int | None
+        The guest-physical address the shadow translation's host frame backs (reverse map).
+    exit_reason : str | None
+        The VM exit this access would take on a TLB miss (a key of :data:`SHADOW_EXITS`), or None
+        when the hardware completes it from the shadow tables (or a #GP ends it first).
+    """
+
+    gva: int
+    gcr3: int
+    cr3: int
+    access: str
+    user: bool
+    levels: int
+    rows: tuple[ShadowRow, ...]
+    guest_fault: str | None
+    guest_error_code: int
+    guest_attrs: int
+    guest_gpa: int | None
+    guest_page_size: int
+    shadow_fault: str | None
+    shadow_error_code: int
+    shadow_hpa: int | None
+    shadow_page_size: int
+    backing_hpa: int | None
+    shadow_gpa: int | None
+    exit_reason: str | None
+    context: str = ""
+
+
+def _shadow_page(sh: tuple, table_hpa: int) -> ShadowPage | None:
+    from mmu.modes.shadow import (
+        F_DIRECT,
+        F_INVALID,
+        F_UNSYNC,
+        R_ACC_MASK,
+        R_ACC_SHIFT,
+        R_NXE,
+        R_WP,
+        SP_FLAGS,
+        SP_GFN,
+        SP_ROLE,
+    )
+
+    spt, hfn2sp = sh[0], sh[3]
+    hfn = table_hpa >> 12
+    sp = int(hfn2sp[hfn]) if 0 <= hfn < hfn2sp.shape[0] else -1
+    if sp < 0:
+        return None
+    role, flags = int(spt[sp, SP_ROLE]), int(spt[sp, SP_FLAGS])
+    return ShadowPage(
+        sp=sp,
+        gfn=int(spt[sp, SP_GFN]),
+        level=role & 7,
+        direct=bool(flags & F_DIRECT),
+        access=(role >> R_ACC_SHIFT) & R_ACC_MASK,
+        cr0_wp=bool(role & R_WP),
+        nxe=bool(role & R_NXE),
+        unsync=bool(flags & F_UNSYNC),
+        invalid=bool(flags & F_INVALID),
+    )
+
+
+def _frame_protection(sh: tuple, gfn: int) -> tuple[bool, bool]:
+    """(write-protected, write-tracked) of guest frame ``gfn`` in the shadow MMU ``sh``."""
+    from mmu.modes.shadow import G_SPS, G_UPPER, G_WP, SM_UNSYNC
+
+    gfs = sh[2]
+    if not 0 <= gfn < gfs.shape[0]:
+        return False, False
+    tracked = gfs[gfn, G_UPPER] > 0 or (sh[7][SM_UNSYNC] == 0 and gfs[gfn, G_SPS] > 0)
+    return bool(gfs[gfn, G_WP] > 0), bool(tracked)
+
+
+def capture_shadow(machine: Any, va: int, access: str = "r", user: bool = True, context: str = "") -> WalkViewShadow:
+    """A :class:`WalkViewShadow` of ``va`` in the current process of a shadow-mode ``machine``.
+
+    Two walks, both read-only (no A/D flag is set, nothing in the shadow MMU changes): the VMM's
+    software walk of the guest's tables (guest-physical, read through the memslot view), and the
+    hardware's walk of the shadow tables from the shadow root. ``machine`` is an
+    :class:`mmu.engine.Machine` in shadow mode whose guest has run a process; MMUInputError otherwise.
+    """
+    import numpy as np
+
+    from mmu.errors import MMUInputError
+    from mmu.guest.os import O_CUR, P_PCID, P_ROOT
+    from mmu.memory import mem_read
+    from mmu.modes.native import C_CTL, C_MAXPHYADDR, C_PKRU
+    from mmu.modes.shadow import SM_LEVELS, sh_root_hpa
+    from mmu.modes.vmm import vm_gpa_of, vm_hpa
+    from mmu.x86.bits import CTL_USER, WALK_OK
+    from mmu.x86.walk import MAX_LEVELS, TR_COLS, TR_ENTRY_PA, TR_NEXT, check_walk_args, to_int64, walk_core
+
+    if machine.config.mode != "shadow":
+        raise MMUInputError(f"the shadow walk view needs a machine in shadow mode, not {machine.config.mode!r}")
+    acc = check_walk_args(access, machine.config.maxphyaddr, 0)
+    sh, mem, cfg = machine.sh, machine.mem.state, machine.cfg
+    row = int(machine.osst[2][O_CUR])
+    if row < 0 or sh[5][0, 1] < 0:
+        raise MMUInputError("no shadow root yet: the guest has not run a process")
+    groot = int(machine.osst[0][row, P_ROOT])
+    pcid = int(machine.osst[0][row, P_PCID])
+    root_hpa = int(sh_root_hpa(sh))
+    levels = int(sh[7][SM_LEVELS])
+    va64 = to_int64(va)
+
+    def read(hpa: int) -> int:
+        return int(mem_read(mem, np.int64(hpa)))
+
+    def walk(root: int, xlate: Any) -> tuple[int, int, int, int, int, np.ndarray]:
+        trail = np.zeros((MAX_LEVELS, TR_COLS), dtype=np.int64)
+        args = (
+            mem, np.int64(root), np.int64(levels), np.int64(TA_RW | TA_US), np.int64(va64), np.int64(acc),
+            np.int64(int(cfg[C_CTL]) | (CTL_USER if user else 0)), np.int64(cfg[C_PKRU]),
+            np.int64(cfg[C_MAXPHYADDR]), trail, False,
+        )  # fmt: skip
+        st, code, pa, shift, attrs, n = walk_core(*args, xlate) if xlate is not None else walk_core(*args)
+        return int(st), int(code), int(pa), int(shift), int(attrs), trail[: int(n)]
+
+    rows: list[ShadowRow] = []
+    outcome: dict[str, Any] = {
+        "guest_fault": "gp", "guest_error_code": 0, "guest_attrs": 0, "guest_gpa": None, "guest_page_size": 0,
+        "shadow_fault": "gp", "shadow_error_code": 0, "shadow_hpa": None, "shadow_page_size": 0,
+        "backing_hpa": None, "shadow_gpa": None, "exit_reason": None,
+    }  # fmt: skip
+    if (va64 >> (56 if levels == 5 else 47)) in (0, -1):  # else not canonical: #GP, no walk
+        gst, gcode, gpa, gshift, gattrs, gtrail = walk(groot, machine.vm)
+        sst, scode, hpa, sshift, _sattrs, strail = walk(root_hpa, None)
+        guest: dict[int, tuple[int, int]] = {}  # level -> (entry gpa, value)
+        base = groot
+        for i, level in enumerate(range(levels, levels - len(gtrail), -1)):
+            egpa = base + 8 * table_index(va, level)
+            ehpa = int(gtrail[i, TR_ENTRY_PA])
+            guest[level] = (egpa, read(ehpa) if ehpa >= 0 else 0)
+            base = int(gtrail[i, TR_NEXT])
+        shadow = {
+            levels - i: (int(strail[i, TR_ENTRY_PA]), read(int(strail[i, TR_ENTRY_PA]))) for i in range(len(strail))
+        }
+        for level in range(levels, levels - max(len(gtrail), len(strail)), -1):
+            g = guest.get(level)
+            s = shadow.get(level)
+            wp, tracked = _frame_protection(sh, g[0] >> 12) if g else (False, False)
+            rows.append(
+                ShadowRow(
+                    level=level,
+                    guest_gpa=g[0] if g else None,
+                    guest_value=g[1] if g else None,
+                    guest_table_wp=wp,
+                    guest_table_tracked=tracked,
+                    shadow_hpa=s[0] if s else None,
+                    shadow_value=s[1] if s else None,
+                    shadow_page=_shadow_page(sh, s[0] & ~0xFFF) if s else None,
+                )
+            )
+        guest_ok, shadow_ok = gst == WALK_OK, sst == WALK_OK
+        backing = int(vm_hpa(machine.vm, np.int64(gpa))) if guest_ok else -1
+        shadow_gpa = int(vm_gpa_of(machine.vm, np.int64(hpa))) if shadow_ok else -1
+        outcome = {
+            "guest_fault": None if guest_ok else "pf",
+            "guest_error_code": gcode,
+            "guest_attrs": gattrs,
+            "guest_gpa": gpa if guest_ok else None,
+            "guest_page_size": 1 << gshift if guest_ok else 0,
+            "shadow_fault": None if shadow_ok else "pf",
+            "shadow_error_code": scode,
+            "shadow_hpa": hpa if shadow_ok else None,
+            "shadow_page_size": 1 << sshift if shadow_ok else 0,
+            "backing_hpa": backing if backing >= 0 else None,
+            "shadow_gpa": shadow_gpa if shadow_ok and shadow_gpa >= 0 else None,
+            "exit_reason": _exit_reason(sh, access, guest_ok, shadow_ok, shadow, gpa),
+        }
+    return WalkViewShadow(
+        gva=int(va) & ((1 << 64) - 1),
+        gcr3=groot | pcid,
+        cr3=root_hpa | pcid,
+        access=access,
+        user=bool(user),
+        levels=levels,
+        rows=tuple(rows),
+        context=context,
+        **outcome,
+    )
+
+
+def _exit_reason(
+    sh: tuple, access: str, guest_ok: bool, shadow_ok: bool, shadow: dict[int, tuple[int, int]], gpa: int
+) -> str | None:
+    """The VM exit an access takes on a TLB miss, as the VMM's fault handler classifies it; None if
+    the hardware completes it from the shadow tables. ``shadow``: level -> (hpa, value) read."""
+    if shadow_ok:
+        return None
+    if not guest_ok:
+        return "pf_inject"
+    leaf_hpa, last = shadow[min(shadow)]
+    if access == "w" and last & 1 and not last & 2:
+        # a read-only shadow leaf under a guest translation that allows the write
+        page = _shadow_page(sh, leaf_hpa & ~0xFFF)
+        if page is not None and page.direct and not page.access & TA_RW:
+            # a clean guest large page: the write dirties it, which changes the direct page's role,
+            # so the VMM fills a new direct page
+            return "hidden_fault"
+        wp, tracked = _frame_protection(sh, gpa >> 12)
+        if wp:
+            return "tracing_write" if tracked else "wp_unsync"
+        return "ad_dirty"
+    return "hidden_fault"
+
+
+WP_STYLE = "bold yellow"
+UNSYNC_STYLE = "bold magenta"
+DIRECT_STYLE = "bold cyan"
+
+
+def _rights(access: int) -> str:
+    """``W U XD``-style names of TA_RW / TA_US / TA_XD rights (``R`` for read-only, ``S`` supervisor)."""
+    return " ".join(
+        [
+            "W" if access & TA_RW else "R",
+            "U" if access & TA_US else "S",
+            *(["XD"] if access & TA_XD else []),
+        ]
+    )
+
+
+def _shadow_entry_cell(hpa: int | None, value: int | None, stop: bool, exit_reason: str | None) -> Text:
+    if hpa is None or value is None:
+        return Text("·", style="dim")
+    t = Text(f"hpa {hx(hpa)}", style=FAULT_STYLE if stop else "bold")
+    if stop:
+        t.append(" ✘", style=FAULT_STYLE)
+    t.append(f"\n{hx(value)}\n")
+    t.append_text(pte_flags(value) if value & 1 else Text("not present", style=FAULT_STYLE))
+    if stop and exit_reason:
+        t.append(f"\n→ VM exit {exit_reason}", style=FAULT_STYLE)
+    return t
+
+
+def _shadow_page_cell(p: ShadowPage | None) -> Text:
+    if p is None:
+        return Text("")
+    t = Text(f"sp {p.sp} · L{p.level} · ")
+    t.append(f"splits gfn {hx(p.gfn)}.." if p.direct else f"shadows gfn {hx(p.gfn)}")
+    t.append(f"\nrole access {_rights(p.access)}")
+    t.append(f"{' · wp' if p.cr0_wp else ''}{' · nxe' if p.nxe else ''}", style="dim")
+    marks = [
+        ("direct", DIRECT_STYLE, p.direct),
+        ("unsync", UNSYNC_STYLE, p.unsync),
+        ("zapped (root cache only)", FAULT_STYLE, p.invalid),
+    ]
+    shown = [(name, style) for name, style, on in marks if on]
+    if shown:
+        t.append("\n")
+        for k, (name, style) in enumerate(shown):
+            t.append((" · " if k else "") + name, style=style)
+    return t
+
+
+def _guest_cells(r: ShadowRow, leaf_level: int | None, fault_level: int | None) -> tuple[Text, Text]:
+    """(guest entry, guest table frame) cells of one level."""
+    if r.guest_gpa is None or r.guest_value is None:
+        if leaf_level is not None and r.level < leaf_level:
+            size = _SHORT_PAGE[1 << (12 + 9 * (leaf_level - 1))]
+            return Text(f"(inside the guest's {size} page)", style="dim"), Text("")
+        return Text("·", style="dim"), Text("")
+    bad = r.level == fault_level
+    v = r.guest_value
+    entry = Text(f"gpa {hx(r.guest_gpa)}", style=FAULT_STYLE if bad else "bold")
+    if bad:
+        entry.append(" ✘", style=FAULT_STYLE)
+    entry.append(f"\n{hx(v)}\n")
+    entry.append_text(pte_flags(v) if v & 1 else Text("not present", style=FAULT_STYLE))
+    frame = Text(f"gfn {hx(r.guest_gpa >> 12)}\n")
+    if r.guest_table_wp:
+        frame.append("write-protected", style=WP_STYLE)
+        frame.append("\nstores emulated" if r.guest_table_tracked else "\nstore → unsync", style="dim")
+    else:
+        frame.append("writable", style="dim")
+    return entry, frame
+
+
+def walk_shadow_renderable(view: WalkViewShadow) -> Group:
+    """The shadow view of ``view``: the guest walk beside the shadow walk, level by level."""
+    head = Text(
+        f"mmu walk — shadow paging, {view.levels}-level · guest CR3 {hx(view.gcr3)} · "
+        f"hardware CR3 {hx(view.cr3)} (shadow root)",
+        style="bold",
+    )
+    parts: list[Any] = [head]
+    if view.context:
+        parts.append(Text(view.context, style="dim"))
+    what = Text(f"{_who(view.user, view.access)} of gVA ")
+    what.append_text(va_split(view.gva, view.levels, view.guest_page_size))
+    parts.append(what)
+    if view.guest_fault == "gp":
+        bits = "63:56" if view.levels == 5 else "63:47"
+        parts.append(
+            Text(f"✘ #GP: gVA {view.gva:#x} is not canonical (bits {bits} must be equal); no walk", style=FAULT_STYLE)
+        )
+        return Group(*parts)
+
+    g_levels = [r.level for r in view.rows if r.guest_gpa is not None]
+    s_levels = [r.level for r in view.rows if r.shadow_hpa is not None]
+    g_last = min(g_levels) if g_levels else None
+    s_last = min(s_levels) if s_levels else None
+    leaf_level = g_last if view.guest_fault is None else None
+    t = Table(box=box.ROUNDED, show_lines=True)
+    t.add_column("level", no_wrap=True)
+    t.add_column("guest entry (gpa)", no_wrap=True)
+    t.add_column("guest table", no_wrap=True)
+    t.add_column("shadow entry (hpa)", no_wrap=True)
+    t.add_column("shadow page")
+    for r in view.rows:
+        hi, lo = va_bits(r.level)
+        label = Text(LEVEL_NAMES[r.level], style="bold")
+        label.append(f"\nidx {table_index(view.gva, r.level)}\n({hi}:{lo})")
+        entry, frame = _guest_cells(r, leaf_level, g_last if view.guest_fault else None)
+        s_stop = view.shadow_fault is not None and r.level == s_last
+        shadow = _shadow_entry_cell(r.shadow_hpa, r.shadow_value, s_stop, view.exit_reason)
+        t.add_row(label, entry, frame, shadow, _shadow_page_cell(r.shadow_page))
+    g_page = Text("")
+    if view.guest_gpa is not None:
+        g_page = Text(f"gpa {hx(view.guest_gpa)}", style="bold")
+        g_page.append(f"\n{_SHORT_PAGE[view.guest_page_size]} page")
+    s_page = Text("")
+    if view.shadow_hpa is not None:
+        s_page = Text(f"hpa {hx(view.shadow_hpa)}", style="bold")
+        s_page.append(f"\n{_SHORT_PAGE[view.shadow_page_size]} page")
+    check = Text("")
+    if view.shadow_hpa is not None:
+        stale = view.guest_gpa is None or view.backing_hpa != view.shadow_hpa
+        if stale:
+            check = Text("stale", style=UNSYNC_STYLE)
+            if view.shadow_gpa is not None:
+                check.append(f": maps gpa {hx(view.shadow_gpa)}")
+        else:
+            check = Text("✔ backs the guest's gpa", style="green")
+    t.add_row(Text("page", style="bold"), g_page, Text(""), s_page, check)
+    parts.append(t)
+    legend = Text(
+        "legend: write-protected: shadow pages keep this guest table read-only, so guest stores to it trap · "
+        "unsync: the shadow page lets its guest table be written, resynced at INVLPG or a flush · "
+        "direct: splits a guest large page · role access: rights inherited from the entries above · "
+        "✘ where a walk stops · · not reached"
+    )
+    legend.stylize("dim")
+    parts.append(legend)
+    parts.extend(_verdict_shadow(view, len(s_levels)))
+    return Group(*parts)
+
+
+def _verdict_shadow(view: WalkViewShadow, shadow_refs: int) -> list[Text]:
+    who = _who(view.user, view.access)
+    if view.guest_fault == "pf":
+        last = min((r.level for r in view.rows if r.guest_gpa is not None), default=None)
+        cause = pf_cause(view.guest_error_code, view.guest_attrs, view.access, view.user, last)
+        guest = Text(f"guest tables: ✘ {pf_text(view.guest_error_code)}: {cause}", style=FAULT_STYLE)
+    else:
+        guest = Text(f"guest tables: ✔ {who} allowed, gVA {hx(view.gva)} → gpa {hx(view.guest_gpa or 0)}")
+        if view.backing_hpa is not None:
+            guest.append(f" (backed at hpa {hx(view.backing_hpa)})")
+    if view.shadow_fault == "pf":
+        s_last = min((r.level for r in view.rows if r.shadow_hpa is not None), default=None)
+        if view.shadow_error_code & PF_P:
+            why = f"the shadow entries do not allow a {_who(view.user, view.access)}"
+        else:
+            why = f"not present at the {LEVEL_NAMES.get(s_last or 0, '?')} level"
+        shadow = Text(f"shadow tables: ✘ #PF ({why})", style=FAULT_STYLE)
+    else:
+        shadow = Text(f"shadow tables: ✔ gVA {hx(view.gva)} → hpa ")
+        shadow.append(hx(view.shadow_hpa or 0), style="bold")
+    out = [guest, shadow]
+    if view.exit_reason is None:
+        verdict = Text(
+            f"✔ on a TLB miss the hardware walks the shadow tables ({shadow_refs} references) and fills the TLB: "
+            "no VM exit",
+            style="bold green",
+        )
+        if view.guest_gpa is None or view.backing_hpa != view.shadow_hpa:
+            verdict.append(
+                "\n  the shadow entry is stale (the guest changed its tables without INVLPG; an unsync table may "
+                "lag until the guest's INVLPG or TLB flush, as a TLB may)",
+                style=UNSYNC_STYLE,
+            )
+    else:
+        verdict = Text(f"✘ VM exit {view.exit_reason}: {SHADOW_EXITS[view.exit_reason]}", style=FAULT_STYLE)
+        if view.exit_reason == "pf_inject":
+            verdict.append(f" ({pf_text(view.guest_error_code)})")
+    out.append(verdict)
+    return out
+
+
+def walk_renderable(view: WalkView1D | WalkView2D | WalkViewShadow) -> Group:
+    """:func:`walk_1d_renderable`, :func:`walk_2d_renderable` or :func:`walk_shadow_renderable`, by the
+    kind of ``view``."""
+    if isinstance(view, WalkViewShadow):
+        return walk_shadow_renderable(view)
     if isinstance(view, WalkView2D):
         return walk_2d_renderable(view)
     return walk_1d_renderable(view)
