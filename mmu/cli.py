@@ -180,29 +180,57 @@ def _parse_modes(spec: str, host_page: str) -> list[tuple[str, str]]:
     return out
 
 
-def _compare(trace: Path, modes: list[tuple[str, str]], cpu: str, costs: list[str], quiet: bool) -> list[dict]:
+def _compare(
+    source: Path, modes: list[tuple[str, str]], cpu: str, costs: list[str], quiet: bool, args: list[int] | None = None
+) -> list[dict]:
+    """Run one input in each mode: a trace is replayed; a guest program (``.s``) is run."""
     from rich.console import Console
 
     from mmu.engine import MachineConfig, replay
 
+    program = None
+    if source.suffix == ".s":
+        from mmu.guest.asm import assemble_file
+        from mmu.guest.run import run_program
+
+        if not source.is_file():
+            fail(f"{source}: no such file")
+        try:
+            program = assemble_file(source)
+        except MMUInputError as exc:
+            fail(str(exc))
+    elif args:
+        fail("program arguments are only for a guest program (PROGRAM.s)")
     err = Console(stderr=True)
     results = []
     for mode, hp in modes:
         config = MachineConfig(mode=mode, cpu=cpu, cost_overrides=_parse_costs(costs), host_page=hp)
+
+        def one(config=config):
+            if program is not None:
+                return run_program(program, args or [], config)
+            return replay(source, config)
+
         try:
             if quiet or not err.is_terminal:
-                results.append(replay(trace, config))
+                results.append(one())
             else:
-                with err.status(f"replaying {trace.name} in {mode} mode (first run compiles kernels)..."):
-                    results.append(replay(trace, config))
+                verb = "running" if program is not None else "replaying"
+                with err.status(f"{verb} {source.name} in {mode} mode (first run compiles kernels)..."):
+                    results.append(one())
         except MMUInputError as exc:
             fail(str(exc))
+    if program is not None:
+        consoles = {r["console"] for r in results}
+        if len(consoles) != 1:
+            fail(f"{source.name}: the guest's console output differs between modes (a simulator bug)")
     return results
 
 
 @app.command("compare")
 def compare_cmd(
-    trace: Path = typer.Argument(..., help="Trace in mmu's format."),
+    trace: Path = typer.Argument(..., help="Trace in mmu's format, or a guest program (PROGRAM.s)."),
+    args: list[str] = typer.Argument(None, help="A program's integer arguments (after --)."),
     modes: str = typer.Option(
         "native,shadow,nested", "--modes", help="Comma-separated MODE[:HOSTPAGE], e.g. native,shadow,nested:2m."
     ),
@@ -216,9 +244,11 @@ def compare_cmd(
     ),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No spinner."),
 ) -> None:
-    """Replay one trace in several modes and compare what translation costs in each."""
+    """Replay one trace (or run one guest program) in several modes and compare what translation
+    costs in each."""
     from rich.console import Console
 
+    from mmu.guest.cli import _parse_args
     from mmu.report.compare import compare_renderable
     from mmu.stats import to_csv_row, to_json
 
@@ -229,7 +259,12 @@ def compare_cmd(
             check_plot_target(plot)  # before the replays, which can take minutes
         except MMUInputError as exc:
             fail(str(exc))
-    results = _compare(trace, _parse_modes(modes, host_page), cpu, cost, quiet)
+    results = _compare(trace, _parse_modes(modes, host_page), cpu, cost, quiet, _parse_args(args or []))
+    if trace.suffix == ".s":
+        args_text = " ".join(str(a) for a in results[0]["args"])
+        title = f"mmu compare — {trace.name} {args_text}".rstrip()
+    else:
+        title = f"mmu compare — {trace.name}"
     if csv_out is not None:
         import csv
 
@@ -242,17 +277,25 @@ def compare_cmd(
     if as_json:
         sys.stdout.write(to_json(results) + "\n")
     else:
-        Console().print(compare_renderable(results, title=f"mmu compare — {trace.name}"))
+        if trace.suffix == ".s":
+            sys.stdout.write(results[0]["console"])
+        Console().print(compare_renderable(results, title=title))
     if plot is not None:
         from mmu.report.plot import plot_breakdown
 
         try:
-            plot_breakdown(results, plot, title=f"mmu compare — {trace.name}")
+            plot_breakdown(results, plot, title=title)
         except MMUInputError as exc:
             fail(str(exc))
 
 
 DEMO_TRACES = ("ls-usr.trace", "gups-64m.trace")
+DEMO_PROGRAM = ("forkwait.s", [40, 4])  # 40 fork+wait rounds, each child rewriting 4 pages
+
+
+def find_shipped_program(name: str) -> Path:
+    """Path of a guest program shipped in traces/programs/."""
+    return find_shipped_trace(f"programs/{name}")
 
 
 @app.command("demo")
@@ -260,9 +303,11 @@ def demo_cmd(
     as_json: bool = typer.Option(False, "--json", help="Print the stats objects as JSON."),
     cpu: str = typer.Option("skylake", "--cpu", help="CPU preset."),
 ) -> None:
-    """Replay shipped real traces (valgrind lackey recordings) natively, under shadow paging and
-    under nested paging."""
+    """The story in one screen: shipped real traces (valgrind lackey recordings) and a shipped
+    guest program (forkwait) natively, under shadow paging and under nested paging; then one
+    nested page walk drawn reference by reference."""
     from rich.console import Console
+    from rich.rule import Rule
 
     from mmu.report.compare import compare_renderable
     from mmu.stats import to_json
@@ -277,8 +322,22 @@ def demo_cmd(
         if not as_json:
             console.print(compare_renderable(results, title=f"{name}: native vs shadow vs nested paging"))
             console.print()
+    name, args = DEMO_PROGRAM
+    results = _compare(find_shipped_program(name), modes, cpu, [], as_json, args)
+    everything.extend(results)
     if as_json:
         sys.stdout.write(to_json(everything) + "\n")
+        return
+    console.print(f"[bold]{name} {' '.join(map(str, args))}[/] prints: {results[0]['console'].strip()}")
+    console.print(
+        compare_renderable(results, title=f"{name} {' '.join(map(str, args))}: a page-table-update-heavy guest")
+    )
+    console.print()
+    console.print(Rule("one TLB miss under nested paging: 24 memory references (mmu walk 0x400000 --mode nested)"))
+    from mmu.report.cli import _demo_view
+    from mmu.report.walkview import walk_renderable
+
+    console.print(walk_renderable(_demo_view(0x400000, "nested", "r", True, "4k", 4, False, False)))
 
 
 @app.command("presets")
@@ -329,3 +388,6 @@ register(app)
 from mmu.report.cli import register as _register_report  # noqa: E402
 
 _register_report(app)
+from mmu.guest.cli import register as _register_guest  # noqa: E402
+
+_register_guest(app)

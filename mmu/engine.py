@@ -22,7 +22,7 @@ import numpy as np
 from mmu._jit import jit
 from mmu.errors import MMUInputError
 from mmu.guest.os import O_CUR, OS_OK, OS_OUT_OF_FRAMES, OS_TOO_MANY_PROCS, guest_store, make_os
-from mmu.guest.osops import OS_UNSUPPORTED, os_event
+from mmu.guest.osops import EV_PROT_GIVEN, EV_PROT_SHIFT, OS_NEED_ROOM, OS_UNSUPPORTED, os_event
 from mmu.hw.cache import make_line_cache
 from mmu.hw.cost import K_L2_LINES, K_L2_WAYS, K_LLC_LINES, K_LLC_WAYS, cost_array
 from mmu.hw.ntlb import make_host_cache
@@ -81,7 +81,7 @@ from mmu.stats import (
     new_stats,
     stats_dict,
 )
-from mmu.trace.format import OP_NAMES, OP_SWITCH, TraceReader
+from mmu.trace.format import OP_MMAP, OP_NAMES, OP_SWITCH, TraceReader
 from mmu.x86.bits import CTL_LA57, CTL_NXE, CTL_PGE, CTL_WP
 from mmu.x86.ept import HT_COLS
 from mmu.x86.nested import GT_COLS, MAX_REFS, RF_COLS
@@ -92,6 +92,7 @@ ST_NEED_MEM = 1  # grow PhysicalMemory, then resume at the returned index
 ST_OUT_OF_FRAMES = 2
 ST_UNSUPPORTED_EVENT = 3
 ST_TOO_MANY_PROCS = 4
+ST_EVENT_ROOM = 5  # an OS event needs more room than one record reserves: grow for it, then resume
 
 MODES = ("native", "nested", "shadow")
 HOST_PAGES = {"4k": 12, "2m": 21, "1g": 30}
@@ -105,6 +106,7 @@ def replay_kernel(
     arg,
     pid,
     op,
+    flags,
     start,
     stop,
     mem,
@@ -128,9 +130,9 @@ def replay_kernel(
 
     Parameters
     ----------
-    addr, arg, pid, op : uint64[n], uint32[n], uint16[n], uint8[n]
+    addr, arg, pid, op, flags : uint64[n], uint32[n], uint16[n], uint8[n], uint8[n]
         The record fields (strided views of a RECORD_DTYPE array); addresses are
-        reinterpreted as int64.
+        reinterpreted as int64. An mmap event's flags are its PROT_* bits.
     mem : tuple
         Memory holding guest-physical contents (native: the machine's; VM: the host's).
     halloc, galloc : tuple
@@ -187,9 +189,12 @@ def replay_kernel(
                 if st == OS_TOO_MANY_PROCS:
                     return ST_TOO_MANY_PROCS, i
                 continue
-            st = os_event(
-                gm, galloc, osst, tlb, psc, stats, cfg, o, np.int64(pid[i]), np.int64(addr[i]), np.int64(arg[i])
-            )
+            earg = np.int64(arg[i])
+            if o == OP_MMAP:
+                earg |= (np.int64(flags[i]) | EV_PROT_GIVEN) << EV_PROT_SHIFT
+            st = os_event(gm, galloc, osst, tlb, psc, stats, cfg, o, np.int64(pid[i]), np.int64(addr[i]), earg)
+            if st == OS_NEED_ROOM:
+                return ST_EVENT_ROOM, i
             if st == OS_UNSUPPORTED:
                 return ST_UNSUPPORTED_EVENT, i
             if st == OS_OUT_OF_FRAMES:
@@ -441,9 +446,13 @@ class Machine:
         n = int(self.flog[0, FLOG_N]) if self.flog.shape[0] > 1 else 0
         return [(int(self.flog[k, 0]), int(self.flog[k, 1])) for k in range(1, n + 1)]
 
-    def _grow(self) -> None:
-        """Room for one more record: host memory, the VMM's maps, the shadow MMU's arrays."""
-        self.mem.reserve(max(ROOM_FRAMES, self.mem.frames_backed))
+    def _grow(self, event: bool = False) -> None:
+        """Room for one more record: host memory, the VMM's maps, the shadow MMU's arrays. An OS
+        event (fork, exit, munmap of a big tree) may need more: ``event`` reserves for it."""
+        backed = self.mem.frames_backed
+        self.mem.reserve(max(ROOM_FRAMES, 4 * backed + 64 if event else backed))
+        if event:
+            self.galloc.reserve_frees(self.galloc.live + 1)
         self.vm = grow_vm(self.vm, self.galloc.state[0][0], self.mem.alloc.state[0][0])
         if self.config.mode == "shadow":
             self.sh = grow_shadow(self.sh, int(self.galloc.state[0][0]), int(self.mem.alloc.state[0][0]))
@@ -494,9 +503,9 @@ class Machine:
         if vm_prepopulate(self.mem.state, self.mem.alloc.state, self.vm, np.int64(frames)) != VM_OK:
             raise MMUInputError("the host ran out of frames while prepopulating guest memory")
 
-    def _kernel(self, addr, arg, pid, op, start, stop, out, pos):
+    def _kernel(self, addr, arg, pid, op, flags, start, stop, out, pos):
         return replay_kernel(
-            addr, arg, pid, op, start, stop, self.mem.state, self.mem.alloc.state, self.galloc.state, self.vm,
+            addr, arg, pid, op, flags, start, stop, self.mem.state, self.mem.alloc.state, self.galloc.state, self.vm,
             self.hcache, self.sh, self.osst, self.tlb, self.psc, self.ptc, self.cost, self.stats, self.cfg, out, pos,
             self._scratch,
         )  # fmt: skip
@@ -517,6 +526,7 @@ class Machine:
             records = padded
         # Strided views of the record fields: no per-chunk copies.
         addr, arg, pid, op = records["addr"], records["arg"], records["pid"], records["op"]
+        flags = records["flags"]
         emit = out is not None
         self.cfg[C_EMIT] = 1 if emit else 0
         if out is None:
@@ -526,23 +536,33 @@ class Machine:
         if not self._compiled:
             # An empty call compiles (or loads from cache) so that elapsed time is simulation only.
             t0 = time.perf_counter()
-            self._kernel(addr, arg, pid, op, 0, 0, out, pos)
+            self._kernel(addr, arg, pid, op, flags, 0, 0, out, pos)
             self.compile_s = time.perf_counter() - t0
             self._compiled = True
         t0 = time.perf_counter()
+        event_retry = -1
         while i < n:
-            status, i = self._kernel(addr, arg, pid, op, i, n, out, pos)
+            status, i = self._kernel(addr, arg, pid, op, flags, i, n, out, pos)
             if status == ST_DONE:
                 break
             if status == ST_NEED_MEM:
                 self._grow()
                 continue
+            if status == ST_EVENT_ROOM:
+                if event_retry == i:
+                    raise MMUInputError(
+                        f"{where}: record {self.records_done + int(i)}: the OS event needs more room than the "
+                        "guest OS model can reserve"
+                    )
+                event_retry = i
+                self._grow(event=True)
+                continue
             rec = self.records_done + int(i)
             if status == ST_UNSUPPORTED_EVENT:
                 name = OP_NAMES.get(int(op[i]), str(int(op[i])))
                 raise MMUInputError(
-                    f"{where}: record {rec}: OS event '{name}' is not supported by this version's guest OS "
-                    "model (only 'switch')"
+                    f"{where}: record {rec}: OS event '{name}' cannot be performed by the guest OS model "
+                    "(unknown or exited pid, a child pid in use, or more than 64 mappings in a process)"
                 )
             if status == ST_TOO_MANY_PROCS:
                 raise MMUInputError(f"{where}: record {rec}: more than 4096 processes")

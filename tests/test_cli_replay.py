@@ -69,7 +69,8 @@ def test_demo_json():
     r = run("demo", "--json")
     assert r.exit_code == 0, r.output
     results = json.loads(r.stdout)
-    assert [s["mode"] for s in results] == ["native", "nested", "nested"] * 2
+    assert [s["mode"] for s in results] == ["native", "shadow", "nested", "nested"] * 3  # 2 traces, 1 program
+    assert results[-1]["console"].startswith("forkwait: n=40 pages=4")
     assert all(REQUIRED <= set(s) for s in results)
 
 
@@ -99,17 +100,17 @@ def test_bad_trace_files(tmp_path):
     assert_clean_failure(run("replay", cut), str(cut))
 
 
-def test_unsupported_event_leaves_no_output(tmp_path):
+def test_impossible_event_leaves_no_output(tmp_path):
     r = np.zeros(2, dtype=RECORD_DTYPE)
     r["addr"] = 0x1000
-    r["arg"] = [8, 4]
-    r["pid"] = 1
-    r["op"] = [0, 17]
-    path = tmp_path / "mmap.trace"
+    r["arg"] = [8, 0]
+    r["pid"] = [1, 9]
+    r["op"] = [0, 20]  # pid 9 exits without ever having run
+    path = tmp_path / "exit.trace"
     write_trace(path, r, {"source": "test"})
     out = tmp_path / "gpa.npy"
-    assert_clean_failure(run("replay", path, "--emit-translations", out), "record 1", "mmap")
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["mmap.trace"]
+    assert_clean_failure(run("replay", path, "--emit-translations", out), "record 1", "exit")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["exit.trace"]
 
 
 def test_presets_lists_sources():

@@ -137,16 +137,17 @@ def test_replay_file_and_emit(tmp_path):
     assert not list(tmp_path.glob("*.partial"))
 
 
-def test_unsupported_event_names_record(tmp_path):
+def test_impossible_event_names_record(tmp_path):
+    """An exit of a pid that never ran cannot be performed: the error names the record."""
     r = np.zeros(3, dtype=RECORD_DTYPE)
     r["addr"] = [0x1000, 0x2000, 0x3000]
-    r["arg"] = [8, 2, 8]
-    r["pid"] = 1
-    r["op"] = [0, 19, 0]
-    path = tmp_path / "fork.trace"
+    r["arg"] = [8, 0, 8]
+    r["pid"] = [1, 7, 1]
+    r["op"] = [0, 20, 0]
+    path = tmp_path / "exit.trace"
     write_trace(path, r, {"source": "test"})
     emit = tmp_path / "out.npy"
-    with pytest.raises(MMUInputError, match=r"record 1: OS event 'fork'"):
+    with pytest.raises(MMUInputError, match=r"record 1: OS event 'exit'"):
         replay(path, emit_path=emit)
     assert list(tmp_path.iterdir()) == [path]
 

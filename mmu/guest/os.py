@@ -6,12 +6,19 @@ so each virtualization mode sees the edit the way its hardware would (native:
 a plain store; nested: a store to the host page backing the guest frame, with an
 EPT-violation exit on the frame's first touch; shadow: a write-protection trap).
 
-State ``osst = (procs, pid2slot, ometa)``:
+State ``osst = (procs, pid2slot, ometa, vmas, rc, image, oscratch)``:
 
 ``procs``     int64[MAX_PROCS, P_COLS]  one row per process: pid, root table gpa, PCID,
                                           alive flag, times loaded into CR3
 ``pid2slot``  int64[65536]              process row of each 16-bit pid, or -1
-``ometa``     int64[O_LEN]              current row, number of rows, PCIDE flag
+``ometa``     int64[O_LEN]              current row, number of rows, PCIDE flag, paging levels,
+                                          shared frames in ``rc``
+``vmas``      int64[MAX_PROCS, MAX_VMAS, VMA_COLS]  each process's mappings, sorted by address:
+                                          first page, end page, PROT_* bits, image page (or -1)
+``rc``        int64[RC_SLOTS, 2]        reference counts of shared data frames (open addressing:
+                                          frame number or 0, count >= 2); absent = one owner
+``image``     uint64[n, 512]            contents of the program image pages a mapping may name
+``oscratch``  int64[8, 4]               the guest kernel's page-table walk stack
 
 Demand paging: a not-present fault on a canonical user-half address maps a fresh
 zero-filled 4 KiB frame (present, writable, user, executable), allocating the
@@ -28,7 +35,7 @@ from mmu._jit import jit
 from mmu.memory import alloc_frame, mem_read, mem_write, mem_zero_frame
 from mmu.modes.shadow import sh_guest_store, sh_zero_frame
 from mmu.modes.vmm import MODE_NATIVE, MODE_SHADOW, V_MODE, VM_OK, vm_back, vm_hpa
-from mmu.stats import EXIT_EPT_VIOLATION, EXIT_HIDDEN_FAULT, S_EXIT_BASE, S_VM_EXITS
+from mmu.stats import EXIT_EPT_VIOLATION, EXIT_HIDDEN_FAULT, S_EXIT_BASE, S_PROCESSES, S_PT_FRAMES, S_VM_EXITS
 from mmu.x86.bits import CTL_NXE, TA_PKEY_SHIFT, TA_RW, TA_US, TA_XD
 from mmu.x86.walk import access_fault
 
@@ -37,6 +44,8 @@ P_ROOT = 1
 P_PCID = 2
 P_ALIVE = 3
 P_LOADS = 4
+P_NVMAS = 5  # mappings in use in ``vmas[row]``
+P_VMAS = 6  # 1: the process has mappings (mmap events); 0: the whole user half is anonymous memory
 P_COLS = 8
 MAX_PROCS = 4096
 
@@ -44,7 +53,16 @@ O_CUR = 0  # current process row, -1 before the first access
 O_NPROCS = 1
 O_PCIDE = 2
 O_LEVELS = 3  # 4 or 5 paging levels
+O_RC_USED = 4  # occupied slots of ``rc``
 O_LEN = 8
+
+MAX_VMAS = 64  # mappings per process (adjacent anonymous mappings with the same prot merge)
+VMA_FIRST = 0
+VMA_END = 1
+VMA_PROT = 2
+VMA_IMAGE = 3  # row of ``image`` holding the mapping's first page, or -1 (anonymous, zero-filled)
+VMA_COLS = 4
+RC_SLOTS = 1 << 20
 
 PTE_USER_RW = np.uint64(0x7)  # P | R/W | U/S
 _P = np.uint64(1)
@@ -58,15 +76,20 @@ OS_BAD_ADDRESS = 2  # no mapping can be made (not a user-half canonical address)
 OS_TOO_MANY_PROCS = 3
 
 
-def make_os(pcide: bool = True, la57: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """An empty guest OS state (no processes yet)."""
+def make_os(pcide: bool = True, la57: bool = False) -> tuple[np.ndarray, ...]:
+    """An empty guest OS state (no processes yet, no program image)."""
     procs = np.zeros((MAX_PROCS, P_COLS), dtype=np.int64)
     pid2slot = np.full(1 << 16, -1, dtype=np.int64)
     ometa = np.zeros(O_LEN, dtype=np.int64)
     ometa[O_CUR] = -1
     ometa[O_PCIDE] = 1 if pcide else 0
     ometa[O_LEVELS] = 5 if la57 else 4
-    return procs, pid2slot, ometa
+    # np.zeros leaves untouched pages uncommitted, so the big tables cost only what is used.
+    vmas = np.zeros((MAX_PROCS, MAX_VMAS, VMA_COLS), dtype=np.int64)
+    rc = np.zeros((RC_SLOTS, 2), dtype=np.int64)
+    image = np.zeros((1, 512), dtype=np.uint64)
+    oscratch = np.zeros((8, 4), dtype=np.int64)
+    return procs, pid2slot, ometa, vmas, rc, image, oscratch
 
 
 # --- guest-physical memory as the guest kernel sees it ------------------------------------------
@@ -140,7 +163,8 @@ def os_alloc_table(gm, galloc):
 
 @jit
 def os_process(osst, gm, galloc, pid):
-    """Row of process ``pid``, creating it (with an empty root table) on first sight.
+    """Row of process ``pid``, creating it (with an empty root table) on first sight; a new
+    process and its root table are counted in the stats (``gm[3]``).
 
     Returns (status, row, created).
     """
@@ -163,6 +187,9 @@ def os_process(osst, gm, galloc, pid):
     procs[row, P_PCID] = (row % 4095) + 1 if ometa[O_PCIDE] else 0
     procs[row, P_ALIVE] = 1
     procs[row, P_LOADS] = 0
+    stats = gm[3]
+    stats[S_PROCESSES] += 1
+    stats[S_PT_FRAMES] += 1  # its root table
     return OS_OK, row, True
 
 

@@ -1,8 +1,31 @@
 """The guest kernel's handlers: page faults and OS events (mmap, munmap, fork, exit).
 
 These run inside the kernels (replay, executor). Every page-table edit is a
-:func:`~mmu.guest.os.guest_store`, every TLB invalidation the instruction a kernel would
-issue (:mod:`mmu.modes.cpuops`), so each virtualization mode sees what its hardware would.
+:func:`~mmu.guest.os.guest_store`, every table comes from :func:`~mmu.guest.os.os_alloc_table`,
+every TLB invalidation is the instruction a kernel would issue (:mod:`mmu.modes.cpuops`), so
+each virtualization mode sees what its hardware would.
+
+Two kinds of process:
+
+* **with mappings** (``procs[row, P_VMAS] = 1``, after its first mmap event, or inherited by
+  fork): its address space is its VMAs (``osst[3]``), each with PROT_* bits. A fault outside a
+  mapping or against its protection fails (the process gets SIGSEGV). PTE bits follow the
+  protection: present, user, R/W = PROT_WRITE, XD = not PROT_EXEC (when EFER.NXE is on).
+* **without mappings** (trace replay; traces carry no mmap events): the whole canonical user
+  half is anonymous read/write memory, demand-paged as before.
+
+Demand paging of a process with mappings fills the new frame as Linux does (``clear_page``,
+or the program image for the executor's text and data), so the kernel touches the frame.
+Fork shares every data frame copy-on-write: writable leaf entries become read-only on both
+sides, each shared frame's reference count (``osst[4]``, an open-addressing table of frames
+with more than one owner) goes up, and the parent's TLB is flushed. A write fault on such a
+page copies the frame, or just restores R/W when the faulting process is its last owner.
+munmap and exit clear the entries with guest stores and give frames whose count drops to
+zero back to the guest allocator; exit also frees every page table (zeroing happens when a
+frame is reused as a table through ``os_alloc_table``). munmap invalidates with INVLPG per
+page when at most :data:`FLUSH_CEILING` pages were cleared, else with a full flush (Linux's
+``tlb_single_page_flush_ceiling``); like Linux's mmu_gather, the range is that of the
+entries actually cleared. Page tables emptied by munmap are kept until exit.
 """
 
 from __future__ import annotations
@@ -10,22 +33,78 @@ from __future__ import annotations
 import numpy as np
 
 from mmu._jit import jit
+from mmu.guest.isa import PROT_EXEC, PROT_WRITE
 from mmu.guest.os import (
+    MAX_VMAS,
+    O_CUR,
     O_LEVELS,
+    O_NPROCS,
+    O_RC_USED,
     OS_BAD_ADDRESS,
     OS_OK,
     OS_OUT_OF_FRAMES,
+    OS_TOO_MANY_PROCS,
+    P_ALIVE,
+    P_NVMAS,
     P_ROOT,
+    P_VMAS,
+    PTE_USER_RW,
+    VMA_COLS,
+    VMA_END,
+    VMA_FIRST,
+    VMA_IMAGE,
+    VMA_PROT,
+    guest_hpa,
+    guest_read,
+    guest_store,
+    os_alloc_table,
     os_map_anon,
+    os_process,
     os_walk_allows,
 )
-from mmu.modes.native import C_PKRU
-from mmu.stats import S_BAD_ACCESSES, S_GUEST_PF_NOT_PRESENT, S_GUEST_PF_PROTECTION, S_SPURIOUS_PF
-from mmu.x86.bits import PF_P
+from mmu.memory import alloc_frame, alloc_room, free_frame, mem_find, mem_frame, mem_read, mem_room, mem_zero_frame
+from mmu.modes.cpuops import cpu_flush_tlb, cpu_invlpg, switch_to
+from mmu.modes.native import C_CTL, C_PKRU
+from mmu.modes.shadow import sh_zero_frame
+from mmu.modes.vmm import MODE_NATIVE, MODE_SHADOW, V_MODE, vm_hpa
+from mmu.stats import (
+    S_BAD_ACCESSES,
+    S_DATA_FRAMES,
+    S_GUEST_PF_NOT_PRESENT,
+    S_GUEST_PF_PROTECTION,
+    S_PT_FRAMES,
+    S_SPURIOUS_PF,
+)
+from mmu.trace.format import OP_EXIT, OP_FORK, OP_MMAP, OP_MUNMAP
+from mmu.x86.bits import ACC_FETCH, ACC_WRITE, CTL_NXE, PF_P, PTE_A, PTE_P, PTE_PS, PTE_RW, PTE_US, PTE_XD
 
-OS_UNSUPPORTED = 9  # an OS event this guest kernel does not implement
+OS_UNSUPPORTED = 9  # an OS event this guest kernel cannot perform (bad pid, pid already in use)
+OS_NEED_ROOM = 10  # the event needs more memory or free-list room than is reserved; nothing changed
 PF_FIXED = 0  # the handler fixed the mapping: run the access again
 PF_SEGV = 1  # no mapping can be made: the access fails (the process gets SIGSEGV)
+
+FLUSH_CEILING = 33  # munmap: INVLPG per page up to this many pages, else a full flush (Linux)
+EV_PROT_SHIFT = 32  # os_event OP_MMAP: arg = pages | (prot | EV_PROT_GIVEN) << EV_PROT_SHIFT
+EV_PROT_GIVEN = 16  # the record's prot is known (else the mapping is read/write/execute)
+EV_PAGES_MASK = 0xFFFF_FFFF
+PROT_ALL = 7
+
+_U0 = np.uint64(0)
+_ADDR = np.uint64(0x000F_FFFF_FFFF_F000)
+_NOT_RW = ~PTE_RW
+_NOT_A = ~PTE_A
+
+# Walk kinds of _walk_tree.
+_W_COUNT = 0  # count tables and present leaves in the range
+_W_UNMAP = 1  # clear present leaves in the range, drop their frames
+_W_TEARDOWN = 2  # clear and free everything (exit)
+_W_FORK = 3  # copy the tree into the child's root, sharing leaves copy-on-write
+
+# Walk stack columns (osst[6]): per level, the table, the child's table, next index, base va.
+_K_TABLE = 0
+_K_CHILD = 1
+_K_INDEX = 2
+_K_BASE = 3
 
 
 @jit
@@ -33,14 +112,364 @@ def _user_half(va, levels):
     return va >= 0 and va < (np.int64(1) << (47 if levels == 4 else 56))
 
 
+# --- reference counts of shared frames -----------------------------------------------------------
+
+
+@jit
+def _rc_slot(rc, gfn):
+    """Slot of ``gfn`` in the table, or of the empty slot that ends its probe sequence."""
+    mask = rc.shape[0] - 1
+    i = np.int64((np.uint64(gfn) * np.uint64(0x9E3779B97F4A7C15)) >> np.uint64(32)) & mask
+    while rc[i, 0] != 0 and rc[i, 0] != gfn:
+        i = (i + 1) & mask
+    return i
+
+
+@jit
+def rc_count(osst, gfn):
+    """Owners of data frame ``gfn`` (1 unless it is shared)."""
+    rc = osst[4]
+    i = _rc_slot(rc, gfn)
+    return rc[i, 1] if rc[i, 0] == gfn else np.int64(1)
+
+
+@jit
+def _rc_inc(osst, gfn):
+    rc = osst[4]
+    i = _rc_slot(rc, gfn)
+    if rc[i, 0] == gfn:
+        rc[i, 1] += 1
+    else:
+        rc[i, 0] = gfn
+        rc[i, 1] = 2
+        osst[2][O_RC_USED] += 1
+
+
+@jit
+def _rc_dec(osst, gfn):
+    """Drop one owner of ``gfn``; returns the owners left (0: free the frame)."""
+    rc = osst[4]
+    i = _rc_slot(rc, gfn)
+    if rc[i, 0] != gfn:
+        return np.int64(0)
+    rc[i, 1] -= 1
+    left = rc[i, 1]
+    if left > 1:
+        return left
+    # One owner left: remove the entry (backward-shift deletion keeps probe chains intact).
+    mask = rc.shape[0] - 1
+    osst[2][O_RC_USED] -= 1
+    j = i
+    while True:
+        rc[j, 0] = 0
+        rc[j, 1] = 0
+        k = j
+        while True:
+            k = (k + 1) & mask
+            if rc[k, 0] == 0:
+                return np.int64(1)
+            home = np.int64((np.uint64(rc[k, 0]) * np.uint64(0x9E3779B97F4A7C15)) >> np.uint64(32)) & mask
+            # move k back to j unless its home lies cyclically in (j, k]
+            if (j < k and (home <= j or home > k)) or (j > k and home <= j and home > k):
+                rc[j, 0] = rc[k, 0]
+                rc[j, 1] = rc[k, 1]
+                j = k
+                break
+
+
+# --- mappings (VMAs) -----------------------------------------------------------------------------
+
+
+@jit
+def vma_index(osst, row, vpn):
+    """Index of the mapping of process ``row`` that holds page ``vpn``, or -1."""
+    vmas = osst[3]
+    lo = np.int64(0)
+    hi = osst[0][row, P_NVMAS]
+    while lo < hi:
+        mid = (lo + hi) >> 1
+        if vmas[row, mid, VMA_END] <= vpn:
+            lo = mid + 1
+        else:
+            hi = mid
+    if lo < osst[0][row, P_NVMAS] and vmas[row, lo, VMA_FIRST] <= vpn:
+        return lo
+    return np.int64(-1)
+
+
+@jit
+def os_prot_of(osst, row, vpn):
+    """PROT_* bits of page ``vpn`` in process ``row``: 0 if unmapped; PROT_ALL without mappings."""
+    if osst[0][row, P_VMAS] == 0:
+        return np.int64(PROT_ALL)
+    i = vma_index(osst, row, vpn)
+    return osst[3][row, i, VMA_PROT] if i >= 0 else np.int64(0)
+
+
+@jit(inline="always")
+def _vma_copy(vmas, dst, src):
+    for c in range(VMA_COLS):
+        vmas[dst, c] = vmas[src, c]
+
+
+@jit
+def _vma_remove(osst, row, first, end):
+    """Remove pages ``[first, end)`` from the mappings. False if a split finds no free slot."""
+    vmas = osst[3][row]
+    n = osst[0][row, P_NVMAS]
+    for i in range(n):
+        s = vmas[i, VMA_FIRST]
+        e = vmas[i, VMA_END]
+        if s < first and e > end:  # split in two: only one mapping can hold the whole range
+            if n >= MAX_VMAS:
+                return False
+            for j in range(n, i + 1, -1):
+                _vma_copy(vmas, j, j - 1)
+            _vma_copy(vmas, i + 1, i)
+            vmas[i, VMA_END] = first
+            vmas[i + 1, VMA_FIRST] = end
+            if vmas[i, VMA_IMAGE] >= 0:
+                vmas[i + 1, VMA_IMAGE] = vmas[i, VMA_IMAGE] + (end - s)
+            osst[0][row, P_NVMAS] = n + 1
+            return True
+    w = 0
+    for i in range(n):
+        s = vmas[i, VMA_FIRST]
+        e = vmas[i, VMA_END]
+        if e <= first or s >= end:
+            pass
+        elif s >= first and e <= end:
+            continue
+        elif s < first:
+            vmas[i, VMA_END] = first
+        else:
+            if vmas[i, VMA_IMAGE] >= 0:
+                vmas[i, VMA_IMAGE] += end - s
+            vmas[i, VMA_FIRST] = end
+        if w != i:
+            _vma_copy(vmas, w, i)
+        w += 1
+    osst[0][row, P_NVMAS] = w
+    return True
+
+
+@jit
+def _vma_add(osst, row, first, end, prot, image):
+    """Map pages ``[first, end)`` (replacing what was there). False if the table is full."""
+    if not _vma_remove(osst, row, first, end):
+        return False
+    vmas = osst[3][row]
+    n = osst[0][row, P_NVMAS]
+    at = 0
+    while at < n and vmas[at, VMA_FIRST] < first:
+        at += 1
+    # Anonymous neighbours with the same protection merge (first fit only sees pages).
+    if image < 0 and at > 0:
+        p = at - 1
+        if vmas[p, VMA_END] == first and vmas[p, VMA_PROT] == prot and vmas[p, VMA_IMAGE] < 0:
+            vmas[p, VMA_END] = end
+            if at < n and vmas[at, VMA_FIRST] == end and vmas[at, VMA_PROT] == prot and vmas[at, VMA_IMAGE] < 0:
+                vmas[p, VMA_END] = vmas[at, VMA_END]
+                for j in range(at, n - 1):
+                    _vma_copy(vmas, j, j + 1)
+                osst[0][row, P_NVMAS] = n - 1
+            return True
+    if image < 0 and at < n:
+        if vmas[at, VMA_FIRST] == end and vmas[at, VMA_PROT] == prot and vmas[at, VMA_IMAGE] < 0:
+            vmas[at, VMA_FIRST] = first
+            return True
+    if n >= MAX_VMAS:
+        return False
+    for j in range(n, at, -1):
+        _vma_copy(vmas, j, j - 1)
+    vmas[at, VMA_FIRST] = first
+    vmas[at, VMA_END] = end
+    vmas[at, VMA_PROT] = prot
+    vmas[at, VMA_IMAGE] = image
+    osst[0][row, P_NVMAS] = n + 1
+    return True
+
+
+@jit
+def os_mmap_place(osst, row, npages, base_vpn, top_vpn):
+    """First fit: the lowest page ``>= base_vpn`` starting ``npages`` unmapped pages below ``top_vpn``.
+
+    Returns the page number, or -1 if there is no room.
+    """
+    vmas = osst[3]
+    cur = base_vpn
+    for i in range(osst[0][row, P_NVMAS] if osst[0][row, P_VMAS] != 0 else 0):
+        s = vmas[row, i, VMA_FIRST]
+        e = vmas[row, i, VMA_END]
+        if e <= cur:
+            continue
+        if s >= top_vpn or s - cur >= npages:
+            break
+        cur = e
+    if cur + npages > top_vpn:
+        return np.int64(-1)
+    return cur
+
+
+# --- data frames ---------------------------------------------------------------------------------
+
+
+@jit
+def _clear_frame(gm, gfn):
+    """The kernel clears guest frame ``gfn`` (clear_page); its host address, or -1."""
+    hpa = guest_hpa(gm, gfn << 12)
+    if hpa < 0:
+        return hpa
+    if gm[2][1][V_MODE] == MODE_SHADOW:
+        sh_zero_frame(gm[0], gm[2], gm[4], gm[3], gfn)  # a recycled, still shadowed table traps
+    else:
+        mem_zero_frame(gm[0], hpa >> 12)
+    return hpa
+
+
+@jit
+def _new_data_frame(gm, galloc, osst, stats, src_gfn, image_row):
+    """A fresh data frame holding a copy of ``src_gfn`` (if >= 0), image row ``image_row`` (if
+    >= 0) or zeros. Returns its frame number, or -1 when out of frames."""
+    gfn = alloc_frame(galloc)
+    if gfn < 0:
+        return np.int64(-1)
+    stats[S_DATA_FRAMES] += 1
+    hpa = _clear_frame(gm, gfn)
+    if hpa < 0:
+        return np.int64(-1)
+    mem = gm[0]
+    data = mem[0]
+    if src_gfn >= 0:
+        shpa = guest_hpa(gm, src_gfn << 12)
+        if shpa < 0:
+            return np.int64(-1)
+        srow = mem_find(mem, shpa >> 12)
+        if srow >= 0:
+            drow = mem_frame(mem, hpa >> 12)
+            for k in range(512):
+                data[drow, k] = data[srow, k]
+    elif image_row >= 0:
+        image = osst[5]
+        if image_row < image.shape[0]:
+            drow = mem_frame(mem, hpa >> 12)
+            for k in range(512):
+                data[drow, k] = image[image_row, k]
+    return gfn
+
+
+@jit
+def _leaf_bits(prot, ctl):
+    """Flag bits of a 4 KiB leaf entry for a mapping with PROT_* ``prot``."""
+    bits = PTE_P | PTE_US
+    if (prot & PROT_WRITE) != 0:
+        bits |= PTE_RW
+    if (prot & PROT_EXEC) == 0 and (ctl & CTL_NXE) != 0:
+        bits |= PTE_XD
+    return bits
+
+
+@jit
+def _leaf_slot(gm, galloc, stats, root, levels, va, build):
+    """Guest-physical address of the 4 KiB leaf entry of ``va``; builds missing tables if ``build``.
+
+    Returns -1 if a table is missing (and not built), -2 when out of frames, -3 if a large
+    page maps ``va``.
+    """
+    table = root
+    for level in range(levels, 1, -1):
+        epa = table + ((va >> (12 + 9 * (level - 1))) & 511) * 8
+        e = guest_read(gm, epa)
+        if (e & PTE_P) == _U0:
+            if not build:
+                return np.int64(-1)
+            nt = os_alloc_table(gm, galloc)
+            if nt < 0:
+                return np.int64(-2)
+            stats[S_PT_FRAMES] += 1
+            if not guest_store(gm, epa, np.uint64(nt) | PTE_USER_RW):
+                return np.int64(-2)
+            table = nt
+        else:
+            if level <= 3 and (e & PTE_PS) != _U0:
+                return np.int64(-3)
+            table = np.int64(e & _ADDR)
+    return table + ((va >> 12) & 511) * 8
+
+
+# --- the page-fault handler ----------------------------------------------------------------------
+
+
+@jit
+def _fault_vma(gm, galloc, osst, stats, cfg, row, va, access):
+    """Not-present fault in a process with mappings: map the page if its mapping allows ``access``."""
+    vpn = va >> 12
+    i = vma_index(osst, row, vpn)
+    prot = osst[3][row, i, VMA_PROT] if i >= 0 else np.int64(0)
+    if (
+        prot == 0
+        or (access == ACC_WRITE and (prot & PROT_WRITE) == 0)
+        or (access == ACC_FETCH and (prot & PROT_EXEC) == 0)
+    ):
+        stats[S_BAD_ACCESSES] += 1
+        return OS_OK, PF_SEGV
+    levels = osst[2][O_LEVELS]
+    slot = _leaf_slot(gm, galloc, stats, osst[0][row, P_ROOT], levels, va, True)
+    if slot == -2:
+        return OS_OUT_OF_FRAMES, PF_SEGV
+    if slot < 0:
+        stats[S_BAD_ACCESSES] += 1
+        return OS_OK, PF_SEGV
+    if (guest_read(gm, slot) & PTE_P) != _U0:
+        return OS_OK, PF_FIXED  # another path mapped it already (the TLB was stale)
+    img = osst[3][row, i, VMA_IMAGE]
+    gfn = _new_data_frame(
+        gm, galloc, osst, stats, np.int64(-1), img + (vpn - osst[3][row, i, VMA_FIRST]) if img >= 0 else img
+    )
+    if gfn < 0:
+        return OS_OUT_OF_FRAMES, PF_SEGV
+    if not guest_store(gm, slot, np.uint64(gfn << 12) | _leaf_bits(prot, cfg[C_CTL])):
+        return OS_OUT_OF_FRAMES, PF_SEGV
+    return OS_OK, PF_FIXED
+
+
+@jit
+def _cow(gm, galloc, osst, tlb, psc, stats, cfg, row, va):
+    """Write fault on a copy-on-write page: copy it (or reuse it when last owner) and INVLPG."""
+    slot = _leaf_slot(gm, galloc, stats, osst[0][row, P_ROOT], osst[2][O_LEVELS], va, False)
+    if slot < 0:
+        return OS_OK, PF_SEGV
+    pte = guest_read(gm, slot)
+    if (pte & PTE_P) == _U0 or (pte & PTE_RW) != _U0:
+        return OS_OK, PF_SEGV
+    old = np.int64((pte & _ADDR) >> np.uint64(12))
+    if rc_count(osst, old) > 1:
+        gfn = _new_data_frame(gm, galloc, osst, stats, old, np.int64(-1))
+        if gfn < 0:
+            return OS_OUT_OF_FRAMES, PF_SEGV
+        _rc_dec(osst, old)
+        new = (pte & ~_ADDR) | np.uint64(gfn << 12) | PTE_RW
+    else:
+        new = pte | PTE_RW
+    if not guest_store(gm, slot, new):
+        return OS_OUT_OF_FRAMES, PF_SEGV
+    if osst[2][O_CUR] == row:
+        cpu_invlpg(gm, osst, tlb, psc, stats, cfg, va)
+    return OS_OK, PF_FIXED
+
+
 @jit
 def os_page_fault(gm, galloc, osst, tlb, psc, stats, cfg, row, va, access, code, ctl, counts):
     """The guest kernel's #PF handler for user access ``va`` of process ``row``.
 
     Returns (status, outcome): status OS_OK or OS_OUT_OF_FRAMES; outcome PF_FIXED or PF_SEGV.
-    Demand paging: a not-present fault anywhere in the user half maps a zero-filled page; a
-    protection fault is spurious (a stale, more restrictive TLB entry) if the tables allow the
-    access now, else fatal.
+
+    Not-present fault: outside the user half it fails; a process without mappings gets a
+    zero-filled page anywhere in the user half (frames counted in ``counts``, int64[2]: [page
+    tables, data]); a process with mappings gets one only inside a mapping whose protection
+    allows the access. Protection fault: spurious (a stale, more restrictive TLB entry) if the
+    tables allow the access now; a write to a read-only page of a writable (or unmapped-anon)
+    region is copy-on-write; anything else fails.
     """
     procs = osst[0]
     levels = osst[2][O_LEVELS]
@@ -49,6 +478,8 @@ def os_page_fault(gm, galloc, osst, tlb, psc, stats, cfg, row, va, access, code,
         if not _user_half(va, levels):
             stats[S_BAD_ACCESSES] += 1
             return OS_OK, PF_SEGV
+        if procs[row, P_VMAS] != 0:
+            return _fault_vma(gm, galloc, osst, stats, cfg, row, va, access)
         st = os_map_anon(gm, galloc, procs[row, P_ROOT], levels, va, counts)
         if st == OS_OUT_OF_FRAMES:
             return st, PF_SEGV
@@ -57,17 +488,312 @@ def os_page_fault(gm, galloc, osst, tlb, psc, stats, cfg, row, va, access, code,
             return OS_OK, PF_SEGV
         return OS_OK, PF_FIXED
     stats[S_GUEST_PF_PROTECTION] += 1
-    if not os_walk_allows(gm, procs[row, P_ROOT], levels, va, access, ctl, cfg[C_PKRU]):
-        stats[S_BAD_ACCESSES] += 1
-        return OS_OK, PF_SEGV
-    stats[S_SPURIOUS_PF] += 1
-    return OS_OK, PF_FIXED
+    if os_walk_allows(gm, procs[row, P_ROOT], levels, va, access, ctl, cfg[C_PKRU]):
+        stats[S_SPURIOUS_PF] += 1
+        return OS_OK, PF_FIXED
+    if access == ACC_WRITE and _user_half(va, levels) and (os_prot_of(osst, row, va >> 12) & PROT_WRITE) != 0:
+        st, outcome = _cow(gm, galloc, osst, tlb, psc, stats, cfg, row, va)
+        if st != OS_OK or outcome == PF_FIXED:
+            return st, outcome
+    stats[S_BAD_ACCESSES] += 1
+    return OS_OK, PF_SEGV
+
+
+# --- page-table tree walks (munmap, exit, fork) ---------------------------------------------------
+
+
+@jit
+def _walk_tree(gm, galloc, osst, stats, kind, root, levels, lo, hi, croot, out):
+    """Visit the present entries of the tree at ``root`` that map ``[lo, hi)``.
+
+    ``out`` (int64[4]) receives: [0] tables seen (below the root), [1] present leaves,
+    [2] lowest and [3] highest leaf address cleared (_W_UNMAP). Returns OS_OK, or
+    OS_OUT_OF_FRAMES (a fork that could not allocate).
+    """
+    stk = osst[6]
+    out[0] = 0
+    out[1] = 0
+    out[2] = -1
+    out[3] = -1
+    lv = levels
+    stk[lv, _K_TABLE] = root
+    stk[lv, _K_CHILD] = croot
+    stk[lv, _K_INDEX] = 0
+    stk[lv, _K_BASE] = 0
+    while True:
+        i = stk[lv, _K_INDEX]
+        span = np.int64(1) << (12 + 9 * (lv - 1))
+        if i == 512:
+            if lv == levels:
+                break
+            lv += 1
+            if kind == _W_TEARDOWN:
+                # every entry below is gone: clear the parent's entry, free the table
+                epa = stk[lv, _K_TABLE] + (stk[lv, _K_INDEX] - 1) * 8
+                child = np.int64(guest_read(gm, epa) & _ADDR)
+                guest_store(gm, epa, _U0)
+                free_frame(galloc, child >> 12)
+            continue
+        stk[lv, _K_INDEX] = i + 1
+        va = stk[lv, _K_BASE] + i * span
+        if va + span <= lo or va >= hi:
+            continue
+        epa = stk[lv, _K_TABLE] + i * 8
+        e = guest_read(gm, epa)
+        if (e & PTE_P) == _U0:
+            continue
+        if lv > 1 and (e & PTE_PS) == _U0:
+            out[0] += 1
+            nchild = np.int64(0)
+            if kind == _W_FORK:
+                nchild = os_alloc_table(gm, galloc)
+                if nchild < 0:
+                    return OS_OUT_OF_FRAMES
+                stats[S_PT_FRAMES] += 1
+                if not guest_store(gm, stk[lv, _K_CHILD] + i * 8, np.uint64(nchild) | PTE_USER_RW):
+                    return OS_OUT_OF_FRAMES
+            lv -= 1
+            stk[lv, _K_TABLE] = np.int64(e & _ADDR)
+            stk[lv, _K_CHILD] = nchild
+            stk[lv, _K_INDEX] = 0
+            stk[lv, _K_BASE] = va
+            continue
+        # a leaf (large pages are never made by this kernel; they are treated as one frame)
+        out[1] += 1
+        if kind == _W_COUNT:
+            continue
+        gfn = np.int64((e & _ADDR) >> np.uint64(12))
+        if kind == _W_FORK:
+            leaf = e
+            if (e & PTE_RW) != _U0:
+                leaf = e & _NOT_RW
+                if not guest_store(gm, epa, leaf):
+                    return OS_OUT_OF_FRAMES
+            if not guest_store(gm, stk[lv, _K_CHILD] + i * 8, leaf & _NOT_A):
+                return OS_OUT_OF_FRAMES
+            _rc_inc(osst, gfn)
+            continue
+        guest_store(gm, epa, _U0)
+        if _rc_dec(osst, gfn) == 0:
+            free_frame(galloc, gfn)
+        if out[2] < 0:
+            out[2] = va
+        out[3] = va
+    return OS_OK
+
+
+@jit
+def _ensure_current(gm, galloc, osst, tlb, psc, stats, cfg, pid):
+    """Row of live process ``pid``, switched to if it is not the current one; -1 if unknown."""
+    row = osst[1][pid]
+    if row < 0 or osst[0][row, P_ALIVE] == 0:
+        return np.int64(-1)
+    if osst[2][O_CUR] != row:
+        if switch_to(gm, galloc, osst, tlb, psc, stats, cfg, pid) != OS_OK:
+            return np.int64(-2)
+    return row
+
+
+@jit
+def _ev_mmap(gm, galloc, osst, stats, pid, addr, arg):
+    st, row, _created = os_process(osst, gm, galloc, pid)
+    if st != OS_OK:
+        return st
+    pages = arg & EV_PAGES_MASK
+    flags = arg >> EV_PROT_SHIFT
+    prot = flags & 15 if (flags & EV_PROT_GIVEN) != 0 else np.int64(PROT_ALL)
+    first = addr >> 12
+    procs = osst[0]
+    if procs[row, P_VMAS] == 0:
+        procs[row, P_VMAS] = 1
+        procs[row, P_NVMAS] = 0
+    if not _vma_add(osst, row, first, first + pages, prot, np.int64(-1)):
+        return OS_UNSUPPORTED
+    return OS_OK
+
+
+@jit
+def _ev_munmap(gm, galloc, osst, tlb, psc, stats, cfg, pid, addr, arg, out):
+    row = _ensure_current(gm, galloc, osst, tlb, psc, stats, cfg, pid)
+    if row == -2:
+        return OS_OUT_OF_FRAMES
+    if row < 0:
+        return OS_UNSUPPORTED
+    procs = osst[0]
+    levels = osst[2][O_LEVELS]
+    lo = addr
+    hi = addr + ((arg & EV_PAGES_MASK) << 12)
+    _walk_tree(gm, galloc, osst, stats, _W_COUNT, procs[row, P_ROOT], levels, lo, hi, np.int64(0), out)
+    if not alloc_room(galloc, out[1]):
+        return OS_NEED_ROOM
+    if procs[row, P_VMAS] != 0 and not _vma_remove(osst, row, lo >> 12, hi >> 12):
+        return OS_UNSUPPORTED
+    _walk_tree(gm, galloc, osst, stats, _W_UNMAP, procs[row, P_ROOT], levels, lo, hi, np.int64(0), out)
+    if out[2] < 0:
+        return OS_OK  # nothing was mapped: nothing to invalidate
+    pages = ((out[3] - out[2]) >> 12) + 1
+    if pages <= FLUSH_CEILING:
+        for k in range(pages):
+            cpu_invlpg(gm, osst, tlb, psc, stats, cfg, out[2] + (k << 12))
+    elif not cpu_flush_tlb(gm, osst, tlb, psc, stats, cfg):
+        return OS_OUT_OF_FRAMES
+    return OS_OK
+
+
+@jit
+def _ev_fork(gm, galloc, osst, tlb, psc, stats, cfg, pid, child_pid, out):
+    prow = _ensure_current(gm, galloc, osst, tlb, psc, stats, cfg, pid)
+    if prow == -2:
+        return OS_OUT_OF_FRAMES
+    if prow < 0 or child_pid <= 0 or child_pid >= osst[1].shape[0] or osst[1][child_pid] >= 0:
+        return OS_UNSUPPORTED
+    procs = osst[0]
+    ometa = osst[2]
+    levels = ometa[O_LEVELS]
+    top = np.int64(1) << (12 + 9 * levels)
+    _walk_tree(gm, galloc, osst, stats, _W_COUNT, procs[prow, P_ROOT], levels, np.int64(0), top, np.int64(0), out)
+    # Room first, so a fork either happens whole or not at all.
+    if 4 * (ometa[O_RC_USED] + out[1]) > 3 * osst[4].shape[0]:
+        return OS_OUT_OF_FRAMES  # the copy-on-write counts are full: a limit of the model
+    if not mem_room(gm[0], 4 * out[0] + 64):
+        return OS_NEED_ROOM
+    if ometa[O_NPROCS] >= procs.shape[0]:
+        return OS_TOO_MANY_PROCS
+    st, crow, _created = os_process(osst, gm, galloc, child_pid)
+    if st != OS_OK:
+        return st
+    procs[crow, P_VMAS] = procs[prow, P_VMAS]
+    procs[crow, P_NVMAS] = procs[prow, P_NVMAS]
+    vmas = osst[3]
+    for i in range(procs[prow, P_NVMAS]):
+        for c in range(VMA_COLS):
+            vmas[crow, i, c] = vmas[prow, i, c]
+    st = _walk_tree(
+        gm, galloc, osst, stats, _W_FORK, procs[prow, P_ROOT], levels, np.int64(0), top, procs[crow, P_ROOT], out
+    )
+    if st != OS_OK:
+        return st
+    # The parent's writable entries became read-only: flush its TLB (Linux: flush_tlb_mm).
+    if not cpu_flush_tlb(gm, osst, tlb, psc, stats, cfg):
+        return OS_OUT_OF_FRAMES
+    return OS_OK
+
+
+@jit
+def _ev_exit(gm, galloc, osst, tlb, psc, stats, cfg, pid, out):
+    row = _ensure_current(gm, galloc, osst, tlb, psc, stats, cfg, pid)
+    if row == -2:
+        return OS_OUT_OF_FRAMES
+    if row < 0:
+        return OS_UNSUPPORTED
+    procs = osst[0]
+    levels = osst[2][O_LEVELS]
+    top = np.int64(1) << (12 + 9 * levels)
+    root = procs[row, P_ROOT]
+    _walk_tree(gm, galloc, osst, stats, _W_COUNT, root, levels, np.int64(0), top, np.int64(0), out)
+    if not alloc_room(galloc, out[0] + out[1] + 1):
+        return OS_NEED_ROOM
+    # Flush while the tables are still whole (Linux flushes the mm in tlb_finish_mmu).
+    if not cpu_flush_tlb(gm, osst, tlb, psc, stats, cfg):
+        return OS_OUT_OF_FRAMES
+    _walk_tree(gm, galloc, osst, stats, _W_TEARDOWN, root, levels, np.int64(0), top, np.int64(0), out)
+    free_frame(galloc, root >> 12)
+    procs[row, P_ALIVE] = 0
+    procs[row, P_NVMAS] = 0
+    osst[1][pid] = -1  # the pid may name a new process later
+    return OS_OK
 
 
 @jit
 def os_event(gm, galloc, osst, tlb, psc, stats, cfg, op, pid, addr, arg):
     """An OS event record of a trace (OP_MMAP .. OP_EXIT; OP_SWITCH is the engine's).
 
-    Returns an OS_* status; OS_UNSUPPORTED for an event this kernel does not implement yet.
+    Parameters
+    ----------
+    op, pid, addr, arg : int64
+        OP_MMAP: ``addr`` = first address (4 KiB aligned), ``arg`` = pages, or'ed with
+        ``(prot | EV_PROT_GIVEN) << EV_PROT_SHIFT`` when the protection is known (else the
+        mapping is read/write/execute); creates the process if new. OP_MUNMAP: ``addr``,
+        ``arg`` = pages. OP_FORK: ``pid`` = parent, ``arg`` = child pid (must be unused).
+        OP_EXIT: ``pid`` exits. munmap, fork and exit act on ``pid``'s address space and
+        switch to it first if it is not the current process.
+
+    Returns an OS_* status: OS_OK; OS_OUT_OF_FRAMES (also when memory, the free list or the
+    reference-count table lacks room: the event was not performed); OS_TOO_MANY_PROCS;
+    OS_UNSUPPORTED (unknown op, unknown or dead pid, child pid in use, mapping table full).
     """
+    out = osst[6][7]
+    if op == OP_MMAP:
+        return _ev_mmap(gm, galloc, osst, stats, pid, addr, arg)
+    if op == OP_MUNMAP:
+        return _ev_munmap(gm, galloc, osst, tlb, psc, stats, cfg, pid, addr, arg, out)
+    if op == OP_FORK:
+        return _ev_fork(gm, galloc, osst, tlb, psc, stats, cfg, pid, arg, out)
+    if op == OP_EXIT:
+        return _ev_exit(gm, galloc, osst, tlb, psc, stats, cfg, pid, out)
     return OS_UNSUPPORTED
+
+
+# --- the kernel reading user memory (write() buffers) ----------------------------------------------
+
+
+@jit
+def os_range_mapped(osst, row, first, last):
+    """True if every page ``first..last`` (inclusive) of process ``row`` is mapped (prot != 0)."""
+    if osst[0][row, P_VMAS] == 0:
+        return True
+    vpn = first
+    while vpn <= last:
+        i = vma_index(osst, row, vpn)
+        if i < 0 or osst[3][row, i, VMA_PROT] == 0:
+            return False
+        vpn = osst[3][row, i, VMA_END]
+    return True
+
+
+@jit
+def os_peek_user(mem, vm, osst, row, va, out):
+    """Copy ``out.shape[0]`` bytes at ``va`` of process ``row`` into ``out`` (uint8, mutated).
+
+    A software walk of the guest tables with raw reads: no TLB, no A bits, no exits, so a
+    write() costs the same in every mode and a recorded trace replays to the same stats.
+    Pages not faulted in read as their program-image page, or zero.
+    """
+    native = vm[1][V_MODE] == MODE_NATIVE
+    levels = osst[2][O_LEVELS]
+    root = osst[0][row, P_ROOT]
+    n = out.shape[0]
+    k = 0
+    while k < n:
+        a = va + k
+        table = root
+        hpa = np.int64(-1)
+        for level in range(levels, 0, -1):
+            epa = table + ((a >> (12 + 9 * (level - 1))) & 511) * 8
+            hepa = epa if native else vm_hpa(vm, epa)
+            e = mem_read(mem, hepa) if hepa >= 0 else _U0
+            if (e & PTE_P) == _U0:
+                break
+            table = np.int64(e & _ADDR)
+            if level == 1:
+                hpa = table if native else vm_hpa(vm, table)
+        img = np.int64(-1)
+        if hpa < 0 and osst[0][row, P_VMAS] != 0:
+            # not faulted in yet: the program image's page, if the mapping has one
+            i = vma_index(osst, row, a >> 12)
+            if i >= 0 and osst[3][row, i, VMA_IMAGE] >= 0:
+                img = osst[3][row, i, VMA_IMAGE] + ((a >> 12) - osst[3][row, i, VMA_FIRST])
+                if img >= osst[5].shape[0]:
+                    img = -1
+        chunk = min(n - k, 4096 - (a & 4095))
+        for j in range(chunk):
+            b = a + j
+            if hpa >= 0:
+                w = mem_read(mem, hpa + (b & 4095))
+            elif img >= 0:
+                w = osst[5][img, (b & 4095) >> 3]
+            else:
+                w = _U0
+            out[k + j] = np.uint8((w >> np.uint64(8 * (b & 7))) & np.uint64(255))
+        k += chunk
+    return True

@@ -13,7 +13,7 @@ from mmu.hw.tlb import hw_invlpg, hw_mov_cr3
 from mmu.modes.native import C_ASID, C_CTL
 from mmu.modes.shadow import sh_invlpg, sh_load_cr3
 from mmu.modes.vmm import MODE_SHADOW, V_MODE
-from mmu.stats import S_CR3_LOADS, S_PROCESSES, S_PT_FRAMES
+from mmu.stats import S_CR3_LOADS
 from mmu.x86.bits import CTL_LA57, CTL_USER
 
 
@@ -35,12 +35,9 @@ def load_cr3(gm, osst, tlb, psc, stats, cfg, row, no_flush):
 @jit
 def switch_to(gm, galloc, osst, tlb, psc, stats, cfg, pid):
     """Make ``pid`` the current process (creating it on first sight) and load its CR3."""
-    st, row, created = os_process(osst, gm, galloc, pid)
+    st, row, _created = os_process(osst, gm, galloc, pid)
     if st != OS_OK:
         return st
-    if created:
-        stats[S_PROCESSES] += 1
-        stats[S_PT_FRAMES] += 1
     procs = osst[0]
     ometa = osst[2]
     ometa[O_CUR] = row

@@ -1128,15 +1128,16 @@ def sh_page_fault(mem, halloc, vm, sh, stats, pkru, maxphy, root_gpa, va, access
 
 @jit
 def sh_zero_frame(mem, vm, sh, stats, gfn):
-    """The guest kernel zeroes guest frame ``gfn`` (a new page table): through trapped stores if
-    the frame is still shadowed (a recycled table), else directly. Returns its host frame."""
+    """The guest kernel clears guest frame ``gfn`` (clear_page: 512 stores). If the frame still
+    holds a shadowed guest table (a recycled one), the stores trap like any other -- a leaf
+    table goes unsync at the first, an upper-level one is zapped by write flooding -- whatever
+    the frame held. Returns its host address."""
     hpa = vm_hpa(vm, gfn << 12)
     gfs = sh[2]
     if gfn < gfs.shape[0] and gfs[gfn, G_SPS] > 0:
         for i in range(512):
-            if mem_read(mem, hpa + i * 8) != _U0:
-                sh_guest_store(mem, vm, sh, stats, (gfn << 12) + i * 8, _U0)
-                mem_write(mem, hpa + i * 8, _U0)
+            sh_guest_store(mem, vm, sh, stats, (gfn << 12) + i * 8, _U0)
+            mem_write(mem, hpa + i * 8, _U0)
     else:
         mem_zero_frame(mem, hpa >> 12)
     return hpa

@@ -1,0 +1,102 @@
+"""``mmu run``: every shipped program agrees with the reference interpreter in every mode; a
+recorded run replays to identical stats; the CLI's output and errors."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from mmu.cli import app
+from mmu.engine import MachineConfig, replay
+from mmu.guest.asm import assemble_file
+from mmu.guest.refcpu import run
+from mmu.guest.run import run_program
+
+PROGRAMS = Path(__file__).resolve().parent.parent / "traces" / "programs"
+SMALL_ARGS = {
+    "forkwait": [6, 3],
+    "pfstorm": [40, 3],
+    "pingpong": [20, 2],
+    "gups": [8, 600],
+    "seqscan": [12, 2, 8],
+    "ptrchase": [7, 300, 64],
+    "mmapchurn": [60, 6, 5],
+}
+MODES = ["native", "nested", "shadow"]
+# Fields of the stats object that depend on wall-clock time, not on the simulation.
+TIMING = {"elapsed_s", "compile_s", "accesses_per_s", "instructions_per_s", "records_per_s"}
+
+
+def _program(name: str):
+    return assemble_file(PROGRAMS / f"{name}.s")
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("name", sorted(SMALL_ARGS))
+def test_program_matches_reference(name, mode):
+    prog = _program(name)
+    args = SMALL_ARGS[name]
+    ref = run(prog, args)
+    got = run_program(prog, args, MachineConfig(mode=mode))
+    assert got["console"] == ref.text
+    assert got["exit_code"] == ref.exit_code == 0
+    assert got["instructions"] == ref.instructions
+    assert got["switches"] == ref.switches
+    assert got["statuses"] == {str(k): v for k, v in ref.statuses.items()}
+    assert got["accesses"] == got["reads"] + got["writes"] + got["fetches"]
+    assert got["fetches"] == ref.instructions  # every fetch is translated
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("name", ["forkwait", "pfstorm", "mmapchurn"])
+def test_recorded_run_replays_to_identical_stats(tmp_path, name, mode):
+    out = tmp_path / f"{name}.trace"
+    config = MachineConfig(mode=mode)
+    got = run_program(_program(name), SMALL_ARGS[name], config, record_path=out)
+    again = replay(out, config)
+    shared = (set(got) & set(again)) - TIMING - {"trace", "records"}
+    assert {"accesses", "cycles", "walks", "tlb", "vm_exits", "exits"} <= shared
+    assert {k: got[k] for k in shared} == {k: again[k] for k in shared}
+    assert again["accesses"] == got["accesses"] > 0
+
+
+def test_cli_runs_a_program_and_prints_json(tmp_path):
+    res = CliRunner().invoke(app, ["run", str(PROGRAMS / "seqscan.s"), "--json", "--", "4", "1"])
+    assert res.exit_code == 0, res.output
+    data = json.loads(res.output)
+    assert data["console"] == "seqscan: pages=4 passes=1 stride=8 sum=2096128\n"
+    assert data["exit_code"] == 0 and data["mode"] == "native"
+
+
+def test_cli_prints_console_and_summary_and_records(tmp_path):
+    out = tmp_path / "ff.trace"
+    res = CliRunner().invoke(
+        app, ["run", str(PROGRAMS / "forkwait.s"), "--mode", "nested", "--record", str(out), "--", "2", "1"]
+    )
+    assert res.exit_code == 0, res.output
+    assert res.output.startswith("forkwait: n=2 pages=1 ")
+    assert "exit code 0" in res.output and "nested" in res.output
+    assert out.stat().st_size > 0
+    res = CliRunner().invoke(app, ["run", str(PROGRAMS / "forkwait.s"), "--quiet", "--", "2", "1"])
+    assert res.output.startswith("forkwait:") and "instructions" not in res.output
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["run", "nope.s"], "nope.s: no such file"),
+        (["run", str(PROGRAMS / "gups.s"), "--mode", "pv"], "unknown mode 'pv'"),
+        (["run", str(PROGRAMS / "gups.s"), "--", "twelve"], "program arguments must be integers"),
+        (["run", "BAD"], ":2:9: "),
+    ],
+)
+def test_cli_errors_are_one_line_with_status_2(tmp_path, monkeypatch, argv, message):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "BAD").write_text("_start: li a0, 0\n        frob a0\n")
+    res = CliRunner().invoke(app, argv)
+    assert res.exit_code == 2
+    lines = res.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("mmu: error: ") and message in lines[0], res.output
