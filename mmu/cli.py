@@ -52,7 +52,8 @@ def _parse_costs(items: list[str]) -> dict[str, int]:
 
 
 def _run_replay(
-    trace: Path,
+    traces: list[Path],
+    quantum: int | None,
     mode: str,
     cpu: str,
     as_json: bool,
@@ -65,7 +66,7 @@ def _run_replay(
     from rich.console import Console
     from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeRemainingColumn
 
-    from mmu.engine import MODES, MachineConfig, replay
+    from mmu.engine import MODES, MachineConfig, replay, replay_interleaved
     from mmu.report.summary import summary_renderable
     from mmu.stats import to_json
 
@@ -73,6 +74,18 @@ def _run_replay(
         fail(f"unknown mode {mode!r}; choose one of: {', '.join(MODES)}")
     if chunk_size <= 0:
         fail(f"--chunk-size must be positive, not {chunk_size}")
+    if len(traces) > 1 or quantum is not None:
+        if emit is not None:
+            fail("--emit-translations takes one trace (not an interleaving of several)")
+        quantum = 10_000 if quantum is None else quantum
+    trace = traces[0]
+    label = trace.name if len(traces) == 1 else f"{len(traces)} traces, quantum {quantum}"
+
+    def run_it(config, progress=None):
+        if quantum is not None:
+            return replay_interleaved(traces, config, quantum=quantum, chunk_size=chunk_size, progress=progress)
+        return replay(trace, config, chunk_size=chunk_size, emit_path=emit, progress=progress)
+
     config = MachineConfig(mode=mode, cpu=cpu, cost_overrides=_parse_costs(costs), **machine)
     err = Console(stderr=True)
     show_progress = not quiet and not as_json and err.is_terminal
@@ -87,7 +100,7 @@ def _run_replay(
                 console=err,
                 transient=True,
             ) as bar:
-                task = bar.add_task(trace.name, total=None, rate="")
+                task = bar.add_task(label, total=None, rate="")
                 t0 = time.perf_counter()
 
                 def progress(done: int, total: int) -> None:
@@ -95,9 +108,9 @@ def _run_replay(
                     rate = f"{done / dt / 1e6:.1f}M rec/s" if dt > 0 else ""
                     bar.update(task, completed=done, total=total, rate=rate)
 
-                result = replay(trace, config, chunk_size=chunk_size, emit_path=emit, progress=progress)
+                result = run_it(config, progress)
         else:
-            result = replay(trace, config, chunk_size=chunk_size, emit_path=emit)
+            result = run_it(config)
     except MMUInputError as exc:
         fail(str(exc))
     if as_json:
@@ -108,7 +121,12 @@ def _run_replay(
 
 @app.command("replay")
 def replay_cmd(
-    trace: Path = typer.Argument(..., help="Trace in mmu's format (see `mmu import`)."),
+    traces: list[Path] = typer.Argument(
+        ..., help="Trace in mmu's format (see `mmu import`); several are run as processes of one guest."
+    ),
+    quantum: int = typer.Option(
+        None, "--quantum", help="With several traces: records per scheduling slice (default 10000)."
+    ),
     mode: str = typer.Option("native", "--mode", help="Virtualization mode."),
     cpu: str = typer.Option("skylake", "--cpu", help="CPU preset: TLB/PSC geometry and costs."),
     as_json: bool = typer.Option(False, "--json", help="Print the stats object as JSON."),
@@ -137,7 +155,7 @@ def replay_cmd(
 ) -> None:
     """Replay a trace through the simulated MMU and report what translation cost."""
     _run_replay(
-        trace, mode, cpu, as_json, emit, quiet, cost, chunk_size,
+        traces, quantum, mode, cpu, as_json, emit, quiet, cost, chunk_size,
         host_page=host_page.lower(), ept_levels=ept_levels, ept_ad=ept_ad, npt=npt, ntlb_entries=ntlb,
         host_psc=not no_host_psc, prepopulate_mb=prepopulate, psc=not no_psc, unsync=not no_unsync,
         prefetch=prefetch, roots=roots, flood_threshold=flood_threshold,

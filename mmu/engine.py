@@ -702,6 +702,31 @@ def replay(
     return machine.result(extra={"trace": str(path), "records": total})
 
 
+def replay_interleaved(
+    paths: list[str | Path],
+    config: MachineConfig | None = None,
+    *,
+    quantum: int = 10_000,
+    chunk_size: int = 1 << 20,
+    progress: Callable[[int, int], None] | None = None,
+) -> dict[str, Any]:
+    """Replay several single-process traces as processes of one guest, round robin with
+    ``quantum`` records per slice (trace *k* is pid *k + 1*); returns the stats object."""
+    from mmu.trace.interleave import interleave
+
+    paths = [Path(p) for p in paths]
+    total = sum(TraceReader(p).n_records for p in paths)
+    machine = Machine(config)
+    where = "interleaved " + " + ".join(p.name for p in paths)
+    done = 0
+    for chunk in interleave(paths, quantum, chunk_size):
+        machine.run(chunk, where=where)
+        done += len(chunk)
+        if progress is not None:
+            progress(done, total)
+    return machine.result(extra={"trace": [str(p) for p in paths], "records": total, "quantum": quantum})
+
+
 def replay_records(records: Iterable[np.ndarray], config: MachineConfig | None = None) -> dict[str, Any]:
     """Replay in-memory record chunks (tests, the executor) and return the stats object."""
     machine = Machine(config)
