@@ -1143,21 +1143,6 @@ def sh_zero_frame(mem, vm, sh, stats, gfn):
     return hpa
 
 
-# --- inspection (Python) -------------------------------------------------------------------------------
-
-
-def shadow_summary(sh) -> dict[str, int]:
-    """Counts of the live shadow state (for stats and views)."""
-    spt, _rl, gfs, _h, _sph, rt, _u, smeta, _c = sh
-    alive = (spt[:, SP_FLAGS] & F_ALIVE) != 0
-    return {
-        "live_pages": int(alive.sum()),
-        "unsync_pages": int(smeta[SM_NUNSYNC]),
-        "write_protected_frames": int((gfs[:, G_WP] > 0).sum()),
-        "direct_pages": int((alive & ((spt[:, SP_FLAGS] & F_DIRECT) != 0)).sum()),
-    }
-
-
 __all__ = [
     "make_shadow",
     "dummy_shadow",
@@ -1173,5 +1158,4 @@ __all__ = [
     "sh_zap",
     "sh_root_hpa",
     "sh_zero_frame",
-    "shadow_summary",
 ]
