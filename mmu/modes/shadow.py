@@ -985,6 +985,30 @@ def _prefetch(mem, vm, sh, stats, ctl, sp, idx):
 
 
 @jit
+def _child(mem, halloc, vm, sh, stats, ctl, sp, idx, gfn, role):
+    """The shadow page below ``sp[idx]`` for (``gfn``, ``role``), one step of ``FNAME(fetch)``:
+    the linked one if it matches, else found or created and linked (a mismatching entry is
+    dropped first). Returns ``(SHF_RETRY, child)``; ``(SHF_OUT_OF_FRAMES, -1)``; or
+    ``(SHF_RETRY, -1)`` when ``sp`` itself was zapped meanwhile (the fault starts over)."""
+    spt = sh[0]
+    e = mem_read(mem, spt[sp, SP_HPA] + idx * 8)
+    if (e & _P) != _U0:
+        if (e & _PS) == _U0:
+            child = sh[3][np.int64(e & _ADDR) >> 12]
+            if spt[child, SP_GFN] == gfn and spt[child, SP_ROLE] == role:
+                return SHF_RETRY, child
+        _drop_spte(mem, sh, stats, sp, idx)
+        _request_flush(sh, stats)
+    child = _get_sp(mem, halloc, vm, sh, stats, ctl, gfn, role)
+    if child < 0:
+        return SHF_OUT_OF_FRAMES, np.int64(-1)
+    if (spt[sp, SP_FLAGS] & F_ALIVE) == 0:
+        return SHF_RETRY, np.int64(-1)
+    _link_child(mem, sh, stats, sp, idx, child)
+    return SHF_RETRY, child
+
+
+@jit
 def sh_page_fault(mem, halloc, vm, sh, stats, pkru, maxphy, root_gpa, va, access, ctl, trail):
     """A #PF on the shadow tables exits to the VMM (``FNAME(page_fault)``).
 
@@ -1026,22 +1050,9 @@ def sh_page_fault(mem, halloc, vm, sh, stats, pkru, maxphy, root_gpa, va, access
         idx = (va >> (12 + 9 * (level - 1))) & 511
         cgfn = trail[k, TR_NEXT] >> 12
         crole = np.int64(level - 1) | ((trail[k, TR_ATTRS] & _ACC) << R_ACC_SHIFT) | role_flags
-        e = mem_read(mem, spt[sp, SP_HPA] + idx * 8)
-        if (e & _P) != _U0:
-            if (e & _PS) == _U0:
-                child = sh[3][np.int64(e & _ADDR) >> 12]
-                if spt[child, SP_GFN] == cgfn and spt[child, SP_ROLE] == crole:
-                    sp = child
-                    continue
-            _drop_spte(mem, sh, stats, sp, idx)
-            _request_flush(sh, stats)
-        child = _get_sp(mem, halloc, vm, sh, stats, ctl, cgfn, crole)
-        if child < 0:
-            return SHF_OUT_OF_FRAMES, np.int64(0)
-        if (spt[sp, SP_FLAGS] & F_ALIVE) == 0:
-            return SHF_RETRY, np.int64(0)  # the path's own page was zapped meanwhile: start over
-        _link_child(mem, sh, stats, sp, idx, child)
-        sp = child
+        outcome, sp = _child(mem, halloc, vm, sh, stats, ctl, sp, idx, cgfn, crole)
+        if sp < 0:
+            return outcome, np.int64(0)
     spt[sp, SP_FLOOD] = 0
     # a guest large page: direct shadow pages split it into 4 KiB entries
     leaf_level = 1
@@ -1065,22 +1076,9 @@ def sh_page_fault(mem, halloc, vm, sh, stats, pkru, maxphy, root_gpa, va, access
                     break
                 stats[S_SH_LPAGE_REFUSED] += 1
             drole = np.int64(level - 1) | R_DIRECT | (dattrs << R_ACC_SHIFT) | role_flags
-            e = mem_read(mem, spt[sp, SP_HPA] + idx * 8)
-            if (e & _P) != _U0:
-                if (e & _PS) == _U0:
-                    child = sh[3][np.int64(e & _ADDR) >> 12]
-                    if spt[child, SP_GFN] == dgfn and spt[child, SP_ROLE] == drole:
-                        sp = child
-                        continue
-                _drop_spte(mem, sh, stats, sp, idx)
-                _request_flush(sh, stats)
-            child = _get_sp(mem, halloc, vm, sh, stats, ctl, dgfn, drole)
-            if child < 0:
-                return SHF_OUT_OF_FRAMES, np.int64(0)
-            if (spt[sp, SP_FLAGS] & F_ALIVE) == 0:
-                return SHF_RETRY, np.int64(0)
-            _link_child(mem, sh, stats, sp, idx, child)
-            sp = child
+            outcome, sp = _child(mem, halloc, vm, sh, stats, ctl, sp, idx, dgfn, drole)
+            if sp < 0:
+                return outcome, np.int64(0)
     # the leaf: a 4 KiB entry, or a large one mapping the whole guest (and host) large page
     lspan = np.int64(1) << (9 * (leaf_level - 1))
     idx = (va >> (12 + 9 * (leaf_level - 1))) & 511
