@@ -71,6 +71,22 @@ def test_cli_runs_a_program_and_prints_json(tmp_path):
     assert data["exit_code"] == 0 and data["mode"] == "native"
 
 
+def test_cli_shadow_policy_flags_reach_the_machine():
+    """pfstorm's PTE stores: with unsync (KVM's default) a leaf table traps once, then goes
+    unsync; with --no-unsync every store to a shadowed leaf table is an emulated tracing write."""
+    argv = ["run", str(PROGRAMS / "pfstorm.s"), "--mode", "shadow", "--json"]
+    out = {}
+    for extra in ([], ["--no-unsync", "--prefetch", "0", "--roots", "0", "--flood-threshold", "0"]):
+        res = CliRunner().invoke(app, argv + extra + ["--", "40", "3"])
+        assert res.exit_code == 0, res.output
+        out[bool(extra)] = json.loads(res.output)
+    on, off = out[False], out[True]
+    assert on["console"] == off["console"]
+    assert off["mode_stats"]["policy"] == {"unsync": False, "prefetch": 0, "roots": 0, "flood_threshold": 0}
+    assert off["mode_stats"]["shadow_pages"]["unsynced"] == 0 < on["mode_stats"]["shadow_pages"]["unsynced"]
+    assert off["exits"]["tracing_write"]["count"] > 5 * on["exits"]["tracing_write"]["count"]
+
+
 def test_cli_prints_console_and_summary_and_records(tmp_path):
     out = tmp_path / "ff.trace"
     res = CliRunner().invoke(

@@ -36,6 +36,13 @@ def register(app: typer.Typer) -> None:
         quiet: bool = typer.Option(False, "--quiet", "-q", help="Only the program's console output."),
         max_instructions: int = typer.Option(100_000_000, "--max-instructions", help="Stop after this many."),
         quantum: int = typer.Option(10_000, "--quantum", help="Scheduler slice in instructions."),
+        host_page: str = typer.Option("4k", "--host-page", help="Nested/shadow: host page size, 4k|2m|1g."),
+        no_unsync: bool = typer.Option(False, "--no-unsync", help="Shadow: emulate every store to a leaf table."),
+        prefetch: int = typer.Option(8, "--prefetch", help="Shadow: entries prefetched around a fill (0 = off)."),
+        roots: int = typer.Option(3, "--roots", help="Shadow: previous roots in the root cache (0..11)."),
+        flood_threshold: int = typer.Option(
+            3, "--flood-threshold", help="Shadow: emulated writes that zap an upper-level shadow page (0 = never)."
+        ),
     ) -> None:
         """Run PROGRAM.s in a fresh guest: print its console output and the stats."""
         from rich.console import Console
@@ -56,8 +63,12 @@ def register(app: typer.Typer) -> None:
         values = _parse_args(args or [])
         try:
             prog = assemble_file(program)
+            config = MachineConfig(
+                mode=mode, cpu=cpu, host_page=host_page.lower(), unsync=not no_unsync, prefetch=prefetch,
+                roots=roots, flood_threshold=flood_threshold,
+            )  # fmt: skip
             result = run_program(
-                prog, values, MachineConfig(mode=mode, cpu=cpu), record_path=record,
+                prog, values, config, record_path=record,
                 max_instructions=max_instructions, quantum=quantum,
             )  # fmt: skip
         except MMUInputError as exc:
