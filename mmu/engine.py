@@ -33,7 +33,7 @@ from mmu.memory import FrameAllocator, PhysicalMemory, mem_read, mem_room
 from mmu.modes.cpuops import cpu_flush_tlb, cpu_invlpg, switch_to
 from mmu.modes.dispatch import FLOG_N, FLOG_ON, translate_access
 from mmu.modes.native import C_ASID, C_CTL, C_EMIT, C_LEN, C_MAXPHYADDR, C_PKRU
-from mmu.modes.shadow import dummy_shadow, grow_shadow, make_shadow, sh_budget
+from mmu.modes.shadow import dummy_shadow, grow_shadow, make_shadow, sh_budget, shadow_stats
 from mmu.modes.vmm import (
     LARGE_BASE,
     MODE_NATIVE,
@@ -56,24 +56,6 @@ from mmu.stats import (
     S_EVENTS,
     S_PT_FRAMES,
     S_READS,
-    S_SH_CREATED,
-    S_SH_EMULATED,
-    S_SH_FLOODED,
-    S_SH_LARGE_SPTES,
-    S_SH_LIVE,
-    S_SH_LPAGE_REFUSED,
-    S_SH_PEAK,
-    S_SH_PREFETCHED,
-    S_SH_RESYNCED,
-    S_SH_ROOT_HITS,
-    S_SH_ROOT_MISSES,
-    S_SH_SPTE_WRITES,
-    S_SH_SW_WALK_STEPS,
-    S_SH_SYNC_ENTRIES,
-    S_SH_UNSYNCED,
-    S_SH_VMM_FLUSHES,
-    S_SH_WP_SPTES,
-    S_SH_ZAPPED,
     S_SPLIT,
     S_WALK_REFS_GUEST,
     S_WALK_REFS_HOST,
@@ -571,42 +553,6 @@ class Machine:
         self.records_done += n
         return int(pos[0])
 
-    def _shadow_stats(self) -> dict[str, Any]:
-        """The shadow MMU's counters (``mode_stats`` in shadow mode)."""
-        s = self.stats
-        c = self.config
-        return {
-            "policy": {
-                "unsync": c.unsync,
-                "prefetch": c.prefetch,
-                "roots": c.roots,
-                "flood_threshold": c.flood_threshold,
-            },
-            "shadow_pages": {
-                "created": int(s[S_SH_CREATED]),
-                "zapped": int(s[S_SH_ZAPPED]),
-                "flooded": int(s[S_SH_FLOODED]),
-                "unsynced": int(s[S_SH_UNSYNCED]),
-                "resynced": int(s[S_SH_RESYNCED]),
-                "live": int(s[S_SH_LIVE]),
-                "peak": int(s[S_SH_PEAK]),
-            },
-            "root_cache": {"hits": int(s[S_SH_ROOT_HITS]), "misses": int(s[S_SH_ROOT_MISSES])},
-            "prefetched_sptes": int(s[S_SH_PREFETCHED]),
-            "spte_writes": int(s[S_SH_SPTE_WRITES]),
-            "write_protected_sptes": int(s[S_SH_WP_SPTES]),
-            "emulated_writes": int(s[S_SH_EMULATED]),
-            "resync_entries": int(s[S_SH_SYNC_ENTRIES]),
-            "vmm_sw_walk_steps": int(s[S_SH_SW_WALK_STEPS]),
-            "vmm_tlb_flushes": int(s[S_SH_VMM_FLUSHES]),
-            "host_page": c.host_page,
-            "large_sptes": int(s[S_SH_LARGE_SPTES]),
-            "large_sptes_refused": int(s[S_SH_LPAGE_REFUSED]),
-            "shadow_table_bytes": int(s[S_SH_LIVE]) * 4096,
-            "shadow_table_peak_bytes": int(s[S_SH_PEAK]) * 4096,
-            "guest_memory_backed_bytes": int(self.vm[1][V_BACKED_FRAMES]) * 4096,
-        }
-
     def result(self, extra: dict[str, Any] | None = None) -> dict[str, Any]:
         """The stats object (common schema) of everything replayed so far."""
         counters = self.tlb[-2]
@@ -636,7 +582,10 @@ class Machine:
                 "guest_memory_backed_bytes": int(vmeta[V_BACKED_FRAMES]) * 4096,
             }
         if self.config.mode == "shadow":
-            mode_stats = self._shadow_stats()
+            c = self.config
+            policy = {"unsync": c.unsync, "prefetch": c.prefetch, "roots": c.roots}
+            policy["flood_threshold"] = c.flood_threshold
+            mode_stats = shadow_stats(self.stats, policy, c.host_page, int(self.vm[1][V_BACKED_FRAMES]))
         return stats_dict(
             self.config.mode,
             derive_cycles(self.stats, self.cost, l1, l2),

@@ -584,14 +584,15 @@ def _walk_tree(gm, galloc, osst, stats, kind, root, levels, lo, hi, croot, out):
 
 @jit
 def _ensure_current(gm, galloc, osst, tlb, psc, stats, cfg, pid):
-    """Row of live process ``pid``, switched to if it is not the current one; -1 if unknown."""
+    """(status, row) of live process ``pid``, switched to if it is not the current one: OS_OK,
+    OS_UNSUPPORTED for an unknown or exited pid, OS_OUT_OF_FRAMES if the switch failed."""
     row = osst[1][pid]
     if row < 0 or osst[0][row, P_ALIVE] == 0:
-        return np.int64(-1)
+        return OS_UNSUPPORTED, np.int64(-1)
     if osst[2][O_CUR] != row:
         if switch_to(gm, galloc, osst, tlb, psc, stats, cfg, pid) != OS_OK:
-            return np.int64(-2)
-    return row
+            return OS_OUT_OF_FRAMES, np.int64(-1)
+    return OS_OK, row
 
 
 @jit
@@ -614,11 +615,9 @@ def _ev_mmap(gm, galloc, osst, stats, pid, addr, arg):
 
 @jit
 def _ev_munmap(gm, galloc, osst, tlb, psc, stats, cfg, pid, addr, arg, out):
-    row = _ensure_current(gm, galloc, osst, tlb, psc, stats, cfg, pid)
-    if row == -2:
-        return OS_OUT_OF_FRAMES
-    if row < 0:
-        return OS_UNSUPPORTED
+    st, row = _ensure_current(gm, galloc, osst, tlb, psc, stats, cfg, pid)
+    if st != OS_OK:
+        return st
     procs = osst[0]
     levels = osst[2][O_LEVELS]
     lo = addr
@@ -642,10 +641,10 @@ def _ev_munmap(gm, galloc, osst, tlb, psc, stats, cfg, pid, addr, arg, out):
 
 @jit
 def _ev_fork(gm, galloc, osst, tlb, psc, stats, cfg, pid, child_pid, out):
-    prow = _ensure_current(gm, galloc, osst, tlb, psc, stats, cfg, pid)
-    if prow == -2:
-        return OS_OUT_OF_FRAMES
-    if prow < 0 or child_pid <= 0 or child_pid >= osst[1].shape[0] or osst[1][child_pid] >= 0:
+    st, prow = _ensure_current(gm, galloc, osst, tlb, psc, stats, cfg, pid)
+    if st != OS_OK:
+        return st
+    if child_pid <= 0 or child_pid >= osst[1].shape[0] or osst[1][child_pid] >= 0:
         return OS_UNSUPPORTED
     procs = osst[0]
     ometa = osst[2]
@@ -681,11 +680,9 @@ def _ev_fork(gm, galloc, osst, tlb, psc, stats, cfg, pid, child_pid, out):
 
 @jit
 def _ev_exit(gm, galloc, osst, tlb, psc, stats, cfg, pid, out):
-    row = _ensure_current(gm, galloc, osst, tlb, psc, stats, cfg, pid)
-    if row == -2:
-        return OS_OUT_OF_FRAMES
-    if row < 0:
-        return OS_UNSUPPORTED
+    st, row = _ensure_current(gm, galloc, osst, tlb, psc, stats, cfg, pid)
+    if st != OS_OK:
+        return st
     procs = osst[0]
     levels = osst[2][O_LEVELS]
     top = np.int64(1) << (12 + 9 * levels)

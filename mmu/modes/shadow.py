@@ -95,9 +95,17 @@ from mmu.stats import (
 )
 from mmu.x86.bits import (
     ACC_WRITE,
+    ADDR_MASK_52,
     CTL_NXE,
     CTL_USER,
     CTL_WP,
+    PTE_A,
+    PTE_D,
+    PTE_P,
+    PTE_PS,
+    PTE_RW,
+    PTE_US,
+    PTE_XD,
     TA_D,
     TA_PKEY_SHIFT,
     TA_RW,
@@ -174,16 +182,7 @@ SHF_OUT_OF_FRAMES = 3
 SHF_NO_MEMSLOT = 4  # the guest maps a frame beyond its memory: the access cannot complete
 
 _U0 = np.uint64(0)
-_P = np.uint64(1)
-_RW = np.uint64(2)
-_US = np.uint64(4)
-_A = np.uint64(0x20)
-_D = np.uint64(0x40)
-_XD = np.uint64(1 << 63)
-_ADDR = np.uint64(0x000F_FFFF_FFFF_F000)
-_PKEY = np.uint64(0xF << 59)
-_PS = np.uint64(0x80)
-_NONLEAF = np.uint64(0x27)  # P | R/W | U/S | A: upper shadow entries grant everything
+_NONLEAF = PTE_P | PTE_RW | PTE_US | PTE_A  # upper shadow entries grant everything
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 _ACC = np.int64(R_ACC_MASK)
 
@@ -421,8 +420,8 @@ def _write_protect_gfn(mem, sh, stats, gfn):
     while s >= 0:
         pa = _slot_pa(sh, s)
         e = mem_read(mem, pa)
-        if (e & _RW) != _U0:
-            mem_write(mem, pa, e & ~_RW)
+        if (e & PTE_RW) != _U0:
+            mem_write(mem, pa, e & ~PTE_RW)
             stats[S_SH_WP_SPTES] += 1
             changed = True
         s = rl[s, RL_NEXT]
@@ -434,7 +433,7 @@ def _drop_spte(mem, sh, stats, sp, idx):
     """Zap one shadow entry (unlinking it from its reverse map); True if it was present."""
     pa = sh[0][sp, SP_HPA] + idx * 8
     e = mem_read(mem, pa)
-    if (e & _P) == _U0:
+    if (e & PTE_P) == _U0:
         return False
     _rl_del(sh, sp * 512 + idx)
     mem_write(mem, pa, _U0)
@@ -642,15 +641,15 @@ def _unsync_gfn(sh, stats, gfn):
 @jit
 def _leaf_spte(hpa, attrs, writable, accessed):
     """A leaf shadow entry mapping host frame ``hpa`` with the rights in TA_* ``attrs``."""
-    e = np.uint64(hpa) | _P
+    e = np.uint64(hpa) | PTE_P
     if writable:
-        e |= _RW
+        e |= PTE_RW
     if (attrs & TA_US) != 0:
-        e |= _US
+        e |= PTE_US
     if (attrs & TA_XD) != 0:
-        e |= _XD
+        e |= PTE_XD
     if accessed:
-        e |= _A
+        e |= PTE_A
     e |= np.uint64((attrs >> TA_PKEY_SHIFT) & 15) << np.uint64(59)
     return e
 
@@ -660,8 +659,8 @@ def _install_leaf(mem, sh, stats, sp, idx, new, gfn):
     """Write leaf entry ``new`` (mapping guest frame ``gfn``) at ``sp[idx]``; True if rights shrank."""
     pa = sh[0][sp, SP_HPA] + idx * 8
     old = mem_read(mem, pa)
-    mask = ~(_A | _D)
-    if (old & _P) != _U0:
+    mask = ~(PTE_A | PTE_D)
+    if (old & PTE_P) != _U0:
         if (old & mask) == (new & mask):
             return False
         _rl_del(sh, sp * 512 + idx)
@@ -669,12 +668,12 @@ def _install_leaf(mem, sh, stats, sp, idx, new, gfn):
     _rl_add(sh, sp * 512 + idx, 2 * gfn)
     stats[S_SH_SPTE_WRITES] += 1
     _charge(sh, stats, K_SPTE_WRITE, 1)
-    if (old & _P) == _U0:
+    if (old & PTE_P) == _U0:
         return False
-    lost_w = (old & _RW) != _U0 and (new & _RW) == _U0
-    lost_u = (old & _US) != _U0 and (new & _US) == _U0
-    gained_xd = (old & _XD) == _U0 and (new & _XD) != _U0
-    return lost_w or lost_u or gained_xd or (old & _ADDR) != (new & _ADDR)
+    lost_w = (old & PTE_RW) != _U0 and (new & PTE_RW) == _U0
+    lost_u = (old & PTE_US) != _U0 and (new & PTE_US) == _U0
+    gained_xd = (old & PTE_XD) == _U0 and (new & PTE_XD) != _U0
+    return lost_w or lost_u or gained_xd or (old & ADDR_MASK_52) != (new & ADDR_MASK_52)
 
 
 @jit
@@ -697,10 +696,10 @@ def _gpte_attrs(sh, ctl, sp, gpte):
     nxe = (ctl & CTL_NXE) != 0
     rsvd = np.uint64(0x000F_FFFF_FFFF_FFFF) & ~np.uint64((1 << 52) - 1)
     if not nxe:
-        rsvd |= _XD
+        rsvd |= PTE_XD
     role_attrs = (sh[0][sp, SP_ROLE] >> R_ACC_SHIFT) & _ACC
     kind, _leaf, attrs = entry_step(gpte, 1, rsvd, nxe, ctl, role_attrs)
-    if kind != ENTRY_OK or (gpte & _A) == _U0:
+    if kind != ENTRY_OK or (gpte & PTE_A) == _U0:
         return False, attrs
     return True, attrs
 
@@ -712,19 +711,19 @@ def _sync_spte(mem, vm, sh, stats, ctl, sp, idx):
     is needed."""
     pa = sh[0][sp, SP_HPA] + idx * 8
     e = mem_read(mem, pa)
-    if (e & _P) == _U0:
+    if (e & PTE_P) == _U0:
         return False
     ghpa = vm_hpa(vm, (sh[0][sp, SP_GFN] << 12) + idx * 8)
     gpte = _U0 if ghpa < 0 else mem_read(mem, ghpa)
     ok, attrs = _gpte_attrs(sh, ctl, sp, gpte)
-    tgfn = np.int64(gpte & _ADDR) >> 12
-    cur = vm_gpa_of(vm, np.int64(e & _ADDR))
+    tgfn = np.int64(gpte & ADDR_MASK_52) >> 12
+    cur = vm_gpa_of(vm, np.int64(e & ADDR_MASK_52))
     if not ok or cur < 0 or (cur >> 12) != tgfn:
         _drop_spte(mem, sh, stats, sp, idx)
         _charge(sh, stats, K_SPTE_WRITE, 1)
         return True
     w = (attrs & TA_RW) != 0 and (attrs & TA_D) != 0 and _gwp(sh, tgfn) == 0
-    new = _leaf_spte(np.int64(e & _ADDR), attrs, w, (e & _A) != _U0) | (e & _D)
+    new = _leaf_spte(np.int64(e & ADDR_MASK_52), attrs, w, (e & PTE_A) != _U0) | (e & PTE_D)
     return _install_leaf(mem, sh, stats, sp, idx, new, tgfn)
 
 
@@ -936,9 +935,9 @@ def sh_invlpg(mem, vm, sh, tlb, psc, stats, ctl, asid, va):
             if level == 1:
                 break
             e = mem_read(mem, spt[sp, SP_HPA] + idx * 8)
-            if (e & _P) == _U0 or (e & _PS) != _U0:
+            if (e & PTE_P) == _U0 or (e & PTE_PS) != _U0:
                 break
-            sp = sh[3][np.int64(e & _ADDR) >> 12]
+            sp = sh[3][np.int64(e & ADDR_MASK_52) >> 12]
     hw_invvpid(tlb, psc, INVVPID_ADDRESS, asid, va)
 
 
@@ -960,7 +959,7 @@ def _prefetch(mem, vm, sh, stats, ctl, sp, idx):
         if j == idx:
             continue
         pa = spt[sp, SP_HPA] + j * 8
-        if (mem_read(mem, pa) & _P) != _U0:
+        if (mem_read(mem, pa) & PTE_P) != _U0:
             continue
         if direct:
             tgfn = spt[sp, SP_GFN] + j
@@ -975,7 +974,7 @@ def _prefetch(mem, vm, sh, stats, ctl, sp, idx):
             ok, attrs = _gpte_attrs(sh, ctl, sp, gpte)
             if not ok:
                 continue
-            tgfn = np.int64(gpte & _ADDR) >> 12
+            tgfn = np.int64(gpte & ADDR_MASK_52) >> 12
         hpa = vm_hpa(vm, tgfn << 12)
         if hpa < 0:
             continue
@@ -992,9 +991,9 @@ def _child(mem, halloc, vm, sh, stats, ctl, sp, idx, gfn, role):
     ``(SHF_RETRY, -1)`` when ``sp`` itself was zapped meanwhile (the fault starts over)."""
     spt = sh[0]
     e = mem_read(mem, spt[sp, SP_HPA] + idx * 8)
-    if (e & _P) != _U0:
-        if (e & _PS) == _U0:
-            child = sh[3][np.int64(e & _ADDR) >> 12]
+    if (e & PTE_P) != _U0:
+        if (e & PTE_PS) == _U0:
+            child = sh[3][np.int64(e & ADDR_MASK_52) >> 12]
             if spt[child, SP_GFN] == gfn and spt[child, SP_ROLE] == role:
                 return SHF_RETRY, child
         _drop_spte(mem, sh, stats, sp, idx)
@@ -1103,7 +1102,7 @@ def sh_page_fault(mem, halloc, vm, sh, stats, pkru, maxphy, root_gpa, va, access
             unsynced = True
     if emulate:
         reason = EXIT_TRACING_WRITE
-    elif (old & _P) != _U0 and access == ACC_WRITE and (old & _RW) == _U0:
+    elif (old & PTE_P) != _U0 and access == ACC_WRITE and (old & PTE_RW) == _U0:
         reason = EXIT_WP_UNSYNC if unsynced else EXIT_AD_DIRTY
     else:
         reason = EXIT_HIDDEN_FAULT
@@ -1112,7 +1111,7 @@ def sh_page_fault(mem, halloc, vm, sh, stats, pkru, maxphy, root_gpa, va, access
     _charge(sh, stats, K_SW_WALK_STEP, n)
     new = _leaf_spte(hpa & ~np.int64(0xFFF), attrs, w, True)
     if leaf_level > 1:
-        new |= _PS
+        new |= PTE_PS
         stats[S_SH_LARGE_SPTES] += 1
     if _install_leaf(mem, sh, stats, sp, idx, new, tgfn):
         _request_flush(sh, stats)
@@ -1141,6 +1140,37 @@ def sh_zero_frame(mem, vm, sh, stats, gfn):
     return hpa
 
 
+def shadow_stats(stats: np.ndarray, policy: dict, host_page: str, backed_frames: int) -> dict:
+    """The shadow MMU's counters as the ``mode_stats`` object of the stats schema."""
+    s = [int(x) for x in stats]
+    return {
+        "policy": dict(policy),
+        "shadow_pages": {
+            "created": s[S_SH_CREATED],
+            "zapped": s[S_SH_ZAPPED],
+            "flooded": s[S_SH_FLOODED],
+            "unsynced": s[S_SH_UNSYNCED],
+            "resynced": s[S_SH_RESYNCED],
+            "live": s[S_SH_LIVE],
+            "peak": s[S_SH_PEAK],
+        },
+        "root_cache": {"hits": s[S_SH_ROOT_HITS], "misses": s[S_SH_ROOT_MISSES]},
+        "prefetched_sptes": s[S_SH_PREFETCHED],
+        "spte_writes": s[S_SH_SPTE_WRITES],
+        "write_protected_sptes": s[S_SH_WP_SPTES],
+        "emulated_writes": s[S_SH_EMULATED],
+        "resync_entries": s[S_SH_SYNC_ENTRIES],
+        "vmm_sw_walk_steps": s[S_SH_SW_WALK_STEPS],
+        "vmm_tlb_flushes": s[S_SH_VMM_FLUSHES],
+        "host_page": host_page,
+        "large_sptes": s[S_SH_LARGE_SPTES],
+        "large_sptes_refused": s[S_SH_LPAGE_REFUSED],
+        "shadow_table_bytes": s[S_SH_LIVE] * 4096,
+        "shadow_table_peak_bytes": s[S_SH_PEAK] * 4096,
+        "guest_memory_backed_bytes": backed_frames * 4096,
+    }
+
+
 __all__ = [
     "make_shadow",
     "dummy_shadow",
@@ -1156,4 +1186,5 @@ __all__ = [
     "sh_zap",
     "sh_root_hpa",
     "sh_zero_frame",
+    "shadow_stats",
 ]
