@@ -152,13 +152,18 @@ def replay_cmd(
     flood_threshold: int = typer.Option(
         3, "--flood-threshold", help="Shadow: emulated writes that zap an upper-level shadow page (0 = never)."
     ),
+    thp: str = typer.Option(
+        "madvise",
+        "--thp",
+        help="Guest transparent 2 MiB pages: never | madvise (mappings made with PROT_THP) | always.",
+    ),
 ) -> None:
     """Replay a trace through the simulated MMU and report what translation cost."""
     _run_replay(
         traces, quantum, mode, cpu, as_json, emit, quiet, cost, chunk_size,
         host_page=host_page.lower(), ept_levels=ept_levels, ept_ad=ept_ad, npt=npt, ntlb_entries=ntlb,
         host_psc=not no_host_psc, prepopulate_mb=prepopulate, psc=not no_psc, unsync=not no_unsync,
-        prefetch=prefetch, roots=roots, flood_threshold=flood_threshold,
+        prefetch=prefetch, roots=roots, flood_threshold=flood_threshold, thp=thp,
     )  # fmt: skip
 
 
@@ -180,11 +185,15 @@ def find_shipped_trace(name: str) -> Path:
     raise AssertionError("unreachable")
 
 
-def _parse_modes(spec: str, host_page: str) -> list[tuple[str, str]]:
+def _parse_modes(spec: str, host_page: str, thp: str = "madvise") -> list[tuple[str, str, str]]:
+    """(mode, host page, guest THP policy) per item of ``MODE[:HOSTPAGE][+thp]`` (+thp: always)."""
     from mmu.engine import HOST_PAGES, MODES
 
     out = []
     for item in [x.strip() for x in spec.split(",") if x.strip()]:
+        item_thp = thp
+        if item.lower().endswith("+thp"):
+            item, item_thp = item[:-4], "always"
         mode, _, hp = item.partition(":")
         # the default host page applies to nested modes; shadow mode backs guest memory with 4k pages
         hp = (hp or (host_page if mode == "nested" else "4k")).lower()
@@ -192,14 +201,19 @@ def _parse_modes(spec: str, host_page: str) -> list[tuple[str, str]]:
             fail(f"unknown mode {mode!r} in --modes; choose from: {', '.join(MODES)} (nested:2m picks a host page)")
         if hp not in HOST_PAGES:
             fail(f"unknown host page size {hp!r} in --modes; choose one of: 4k, 2m, 1g")
-        out.append((mode, hp))
+        out.append((mode, hp, item_thp))
     if not out:
         fail("--modes is empty")
     return out
 
 
 def _compare(
-    source: Path, modes: list[tuple[str, str]], cpu: str, costs: list[str], quiet: bool, args: list[int] | None = None
+    source: Path,
+    modes: list[tuple[str, str, str]],
+    cpu: str,
+    costs: list[str],
+    quiet: bool,
+    args: list[int] | None = None,
 ) -> list[dict]:
     """Run one input in each mode: a trace is replayed; a guest program (``.s``) is run."""
     from rich.console import Console
@@ -221,8 +235,8 @@ def _compare(
         fail("program arguments are only for a guest program (PROGRAM.s)")
     err = Console(stderr=True)
     results = []
-    for mode, hp in modes:
-        config = MachineConfig(mode=mode, cpu=cpu, cost_overrides=_parse_costs(costs), host_page=hp)
+    for mode, hp, thp in modes:
+        config = MachineConfig(mode=mode, cpu=cpu, cost_overrides=_parse_costs(costs), host_page=hp, thp=thp)
 
         def one(config=config):
             if program is not None:
@@ -250,10 +264,17 @@ def compare_cmd(
     trace: Path = typer.Argument(..., help="Trace in mmu's format, or a guest program (PROGRAM.s)."),
     args: list[str] = typer.Argument(None, help="A program's integer arguments (after --)."),
     modes: str = typer.Option(
-        "native,shadow,nested", "--modes", help="Comma-separated MODE[:HOSTPAGE], e.g. native,shadow,nested:2m."
+        "native,shadow,nested",
+        "--modes",
+        help="Comma-separated MODE[:HOSTPAGE][+thp], e.g. native,shadow,nested:2m,nested:2m+thp.",
     ),
     cpu: str = typer.Option("skylake", "--cpu", help="CPU preset."),
     host_page: str = typer.Option("4k", "--host-page", help="Default host page for nested modes."),
+    thp: str = typer.Option(
+        "madvise",
+        "--thp",
+        help="Guest transparent 2 MiB pages: never | madvise (mappings made with PROT_THP) | always.",
+    ),
     cost: list[str] = typer.Option([], "--cost", help="Override a cost parameter: NAME=CYCLES."),
     as_json: bool = typer.Option(False, "--json", help="Print the per-mode stats objects as a JSON list."),
     csv_out: Path = typer.Option(None, "--csv", help="Write one CSV row per mode."),
@@ -277,7 +298,7 @@ def compare_cmd(
             check_plot_target(plot)  # before the replays, which can take minutes
         except MMUInputError as exc:
             fail(str(exc))
-    results = _compare(trace, _parse_modes(modes, host_page), cpu, cost, quiet, _parse_args(args or []))
+    results = _compare(trace, _parse_modes(modes, host_page, thp), cpu, cost, quiet, _parse_args(args or []))
     if trace.suffix == ".s":
         args_text = " ".join(str(a) for a in results[0]["args"])
         title = f"mmu compare — {trace.name} {args_text}".rstrip()
@@ -330,7 +351,8 @@ def demo_cmd(
     from mmu.report.compare import compare_renderable
     from mmu.stats import to_json
 
-    modes = [("native", "4k"), ("shadow", "4k"), ("nested", "4k"), ("nested", "2m")]
+    modes = [("native", "4k", "madvise"), ("shadow", "4k", "madvise"), ("nested", "4k", "madvise")]
+    modes.append(("nested", "2m", "madvise"))
     everything = []
     console = Console()
     for name in DEMO_TRACES:

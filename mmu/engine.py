@@ -21,7 +21,7 @@ import numpy as np
 
 from mmu._jit import jit
 from mmu.errors import MMUInputError
-from mmu.guest.os import O_CUR, OS_OK, OS_OUT_OF_FRAMES, OS_TOO_MANY_PROCS, guest_store, make_os
+from mmu.guest.os import O_CUR, OS_OK, OS_OUT_OF_FRAMES, OS_TOO_MANY_PROCS, THP_POLICIES, guest_store, make_os
 from mmu.guest.osops import EV_PROT_GIVEN, EV_PROT_SHIFT, OS_NEED_ROOM, OS_UNSUPPORTED, os_event
 from mmu.hw.cache import make_line_cache
 from mmu.hw.cost import K_L2_LINES, K_L2_WAYS, K_LLC_LINES, K_LLC_WAYS, cost_array
@@ -29,7 +29,7 @@ from mmu.hw.ntlb import make_host_cache
 from mmu.hw.presets import get_preset
 from mmu.hw.pwc import make_psc
 from mmu.hw.tlb import make_tlb
-from mmu.memory import FrameAllocator, PhysicalMemory, mem_read, mem_room
+from mmu.memory import ALIGN_ROOM, FrameAllocator, PhysicalMemory, alloc_room, mem_read, mem_room
 from mmu.modes.cpuops import cpu_flush_tlb, cpu_invlpg, switch_to
 from mmu.modes.dispatch import FLOG_N, FLOG_ON, translate_access
 from mmu.modes.native import C_ASID, C_CTL, C_EMIT, C_LEN, C_MAXPHYADDR, C_PKRU
@@ -153,7 +153,11 @@ def replay_kernel(
     gm = (mem, halloc, vm, stats, sh)
     budget = np.int64(0)  # records the shadow state has room for (checked in batches: it is big)
     for i in range(start, stop):
-        if not mem_room(mem, ROOM_FRAMES) or (virt and not vm_room(vm, galloc, halloc)):
+        if (
+            not mem_room(mem, ROOM_FRAMES)
+            or not alloc_room(galloc, ALIGN_ROOM)
+            or (virt and not vm_room(vm, galloc, halloc))
+        ):
             return ST_NEED_MEM, i
         if shadow:
             if budget == 0:
@@ -296,6 +300,11 @@ class MachineConfig:
     flood_threshold : int
         Shadow mode: emulated writes without an intervening use that zap an upper-level shadow
         page (KVM: 3; 0 turns write-flooding detection off).
+    thp : str
+        Guest OS transparent huge pages, as Linux's ``enabled`` setting: "never", "madvise"
+        (mappings made with PROT_THP; the default) or "always" (every anonymous mapping and
+        processes without mappings). A fault whose aligned 2 MiB lies in such a mapping and
+        has no page table yet maps a whole 2 MiB page.
     """
 
     mode: str = "native"
@@ -318,6 +327,7 @@ class MachineConfig:
     prefetch: int = 8
     roots: int = 3
     flood_threshold: int = 3
+    thp: str = "madvise"
 
 
 class Machine:
@@ -339,6 +349,8 @@ class Machine:
             raise MMUInputError(f"prefetch must be 0 or a power of two up to 512, not {config.prefetch}")
         if not 0 <= config.roots <= 11:
             raise MMUInputError(f"previous roots must be 0..11 (KVM allows at most 11), not {config.roots}")
+        if config.thp not in THP_POLICIES:
+            raise MMUInputError(f"unknown THP policy {config.thp!r}; choose never, madvise or always")
         if config.flood_threshold < 0:
             raise MMUInputError(f"flood threshold must be >= 0, not {config.flood_threshold}")
         self.mem = PhysicalMemory(frames=256, alloc_limit=LARGE_BASE)
@@ -376,7 +388,7 @@ class Machine:
                 raise MMUInputError(f"prepopulate size must be >= 0 MiB, not {config.prepopulate_mb}")
             if config.prepopulate_mb:
                 self._prepopulate((config.prepopulate_mb << 20) >> 12)
-        self.osst = make_os(pcide=config.pcide, la57=config.la57)
+        self.osst = make_os(pcide=config.pcide, la57=config.la57, thp=THP_POLICIES[config.thp])
         self.tlb = make_tlb(self.preset)
         self.psc = make_psc(self.preset if config.psc else [])
         self.ptc = (
@@ -433,6 +445,7 @@ class Machine:
         event (fork, exit, munmap of a big tree) may need more: ``event`` reserves for it."""
         backed = self.mem.frames_backed
         self.mem.reserve(max(ROOM_FRAMES, 4 * backed + 64 if event else backed))
+        self.galloc.reserve_frees(ALIGN_ROOM)  # a huge-page fault may free the frames it skips
         if event:
             self.galloc.reserve_frees(self.galloc.live + 1)
         self.vm = grow_vm(self.vm, self.galloc.state[0][0], self.mem.alloc.state[0][0])
@@ -547,7 +560,7 @@ class Machine:
                     "(unknown or exited pid, a child pid in use, or more than 64 mappings in a process)"
                 )
             if status == ST_TOO_MANY_PROCS:
-                raise MMUInputError(f"{where}: record {rec}: more than 4096 processes")
+                raise MMUInputError(f"{where}: record {rec}: more than 4096 processes alive at once")
             raise MMUInputError(f"{where}: record {rec}: the guest ran out of physical frames")
         self.elapsed += time.perf_counter() - t0
         self.records_done += n
@@ -596,6 +609,7 @@ class Machine:
             extra={
                 "cpu": self.config.cpu,
                 "compile_s": round(self.compile_s, 3),
+                "thp": self.config.thp,
                 "guest_memory_frames": int(self.galloc.peak),
                 "pt_memory_bytes": int(self.stats[S_PT_FRAMES]) * 4096,
                 "vmm_memory_bytes": mode_stats.get("ept_table_bytes", mode_stats.get("shadow_table_bytes", 0)),

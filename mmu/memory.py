@@ -40,6 +40,7 @@ A_LIMIT = 1  # one past the last frame number
 A_FREE_TOP = 2  # entries in the free stack
 A_LIVE = 3  # frames currently allocated
 A_PEAK = 4  # most frames allocated at once
+A_BLOCKS = 5  # free 2 MiB blocks, stacked from the far end of the free array
 AMETA_LEN = 8
 
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
@@ -296,7 +297,7 @@ def free_frame(alloc, pfn):
     ameta = alloc[0]
     free = alloc[1]
     top = ameta[A_FREE_TOP]
-    if top >= free.shape[0]:
+    if top + ameta[A_BLOCKS] >= free.shape[0]:
         return False
     free[top] = pfn
     ameta[A_FREE_TOP] = top + 1
@@ -306,14 +307,65 @@ def free_frame(alloc, pfn):
 
 @jit
 def alloc_room(alloc, frees):
-    """True if ``frees`` more frames can be freed without growing the free list."""
-    return alloc[0][A_FREE_TOP] + frees <= alloc[1].shape[0]
+    """True if ``frees`` more frames (or blocks) can be freed without growing the free list."""
+    return alloc[0][A_FREE_TOP] + alloc[0][A_BLOCKS] + frees <= alloc[1].shape[0]
+
+
+BLOCK_FRAMES = 512  # frames of a 2 MiB block
+ALIGN_ROOM = BLOCK_FRAMES  # free-list room alloc_block may need for the frames it skips to align
+
+
+@jit
+def alloc_block(alloc):
+    """First frame of a free, 2 MiB-aligned block of 512 frames, or -1 if there is none.
+
+    A freed block is reused first; otherwise the bump pointer is aligned up to 512 frames (the
+    frames skipped go on the free list, so they are not lost) and the block is taken after it.
+    Needs free-list room for :data:`ALIGN_ROOM` frames (else -1: callers keep that room).
+    """
+    ameta = alloc[0]
+    free = alloc[1]
+    nb = ameta[A_BLOCKS]
+    if nb > 0:
+        head = free[free.shape[0] - nb]
+        ameta[A_BLOCKS] = nb - 1
+    else:
+        nxt = ameta[A_NEXT]
+        head = (nxt + (BLOCK_FRAMES - 1)) & ~np.int64(BLOCK_FRAMES - 1)
+        if head + BLOCK_FRAMES > ameta[A_LIMIT] or not alloc_room(alloc, head - nxt):
+            return np.int64(-1)
+        top = ameta[A_FREE_TOP]
+        for pfn in range(head - 1, nxt - 1, -1):  # the lowest skipped frame is reused first
+            free[top] = pfn
+            top += 1
+        ameta[A_FREE_TOP] = top
+        ameta[A_NEXT] = head + BLOCK_FRAMES
+    ameta[A_LIVE] += BLOCK_FRAMES
+    if ameta[A_LIVE] > ameta[A_PEAK]:
+        ameta[A_PEAK] = ameta[A_LIVE]
+    return head
+
+
+@jit
+def free_block(alloc, head):
+    """Return the block of 512 frames at ``head`` for reuse by :func:`alloc_block`. False if the
+    free list is full (caller grows it)."""
+    ameta = alloc[0]
+    free = alloc[1]
+    nb = ameta[A_BLOCKS]
+    if ameta[A_FREE_TOP] + nb >= free.shape[0]:
+        return False
+    free[free.shape[0] - 1 - nb] = head
+    ameta[A_BLOCKS] = nb + 1
+    ameta[A_LIVE] -= BLOCK_FRAMES
+    return True
 
 
 class FrameAllocator:
     """Frame numbers from ``[base, limit)``: a bump pointer plus a LIFO free list.
 
-    ``state = (ameta, afree)``: int64[AMETA_LEN] counters and int64[n] free stack.
+    ``state = (ameta, afree)``: int64[AMETA_LEN] counters and int64[n] holding two stacks: free
+    frames from the front, free 2 MiB blocks (first frame numbers) from the back.
     """
 
     def __init__(self, base: int = 1, limit: int = 1 << 40, free_capacity: int = 1024):
@@ -327,14 +379,17 @@ class FrameAllocator:
     def reserve_frees(self, n: int) -> None:
         """Grow the free list so ``n`` more frames can be freed."""
         ameta, free = self.state
-        need = int(ameta[A_FREE_TOP]) + int(n)
+        top, blocks = int(ameta[A_FREE_TOP]), int(ameta[A_BLOCKS])
+        need = top + blocks + int(n)
         if need <= free.shape[0]:
             return
         size = free.shape[0]
         while size < need:
             size *= 2
         new = np.zeros(size, dtype=np.int64)
-        new[: free.shape[0]] = free
+        new[:top] = free[:top]
+        if blocks:
+            new[size - blocks :] = free[free.shape[0] - blocks :]
         self.state = (ameta, new)
 
     def alloc(self) -> int:

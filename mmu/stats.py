@@ -52,7 +52,13 @@ N_EXIT_REASONS = 16
 S_EXIT_CYCLES_BASE = S_EXIT_BASE + N_EXIT_REASONS  # cycles by exit reason
 S_MODE_BASE = S_EXIT_CYCLES_BASE + N_EXIT_REASONS  # mode-specific counters
 N_MODE_STATS = 32
-N_STATS = S_MODE_BASE + N_MODE_STATS
+S_OS_BASE = S_MODE_BASE + N_MODE_STATS  # guest OS counters beyond the frame counts
+S_THP_MAPPED = S_OS_BASE + 0  # 2 MiB pages the guest kernel mapped (transparent huge pages)
+S_THP_FALLBACKS = S_OS_BASE + 1  # huge-page faults that found no free aligned block (mapped 4 KiB)
+S_THP_SPLITS = S_OS_BASE + 2  # huge mappings split into 512 entries (partial munmap, shared COW)
+S_PT_FREED = S_OS_BASE + 3  # page-table frames freed by munmap (exit frees the rest)
+N_OS_STATS = 8
+N_STATS = S_OS_BASE + N_OS_STATS
 # nested mode
 S_WALK_REFS_GUEST = S_MODE_BASE + 0  # guest-dimension entries read by 2D walks
 S_WALK_REFS_HOST = S_MODE_BASE + 1  # host-dimension (EPT/NPT) entries read by 2D walks
@@ -218,6 +224,8 @@ def stats_dict(
         "spurious_page_faults": s[S_SPURIOUS_PF],
         "bad_accesses": s[S_BAD_ACCESSES],
         "pt_frames": s[S_PT_FRAMES],
+        "pt_frames_freed": s[S_PT_FREED],
+        "huge_pages": {"mapped": s[S_THP_MAPPED], "fallbacks": s[S_THP_FALLBACKS], "splits": s[S_THP_SPLITS]},
         "data_frames": s[S_DATA_FRAMES],
         "processes": s[S_PROCESSES],
         "cr3_loads": s[S_CR3_LOADS],

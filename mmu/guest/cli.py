@@ -43,6 +43,11 @@ def register(app: typer.Typer) -> None:
         flood_threshold: int = typer.Option(
             3, "--flood-threshold", help="Shadow: emulated writes that zap an upper-level shadow page (0 = never)."
         ),
+        thp: str = typer.Option(
+            "madvise",
+            "--thp",
+            help="Guest transparent 2 MiB pages: never | madvise (mappings made with PROT_THP) | always.",
+        ),
     ) -> None:
         """Run PROGRAM.s in a fresh guest: print its console output and the stats."""
         from rich.console import Console
@@ -65,7 +70,7 @@ def register(app: typer.Typer) -> None:
             prog = assemble_file(program)
             config = MachineConfig(
                 mode=mode, cpu=cpu, host_page=host_page.lower(), unsync=not no_unsync, prefetch=prefetch,
-                roots=roots, flood_threshold=flood_threshold,
+                roots=roots, flood_threshold=flood_threshold, thp=thp,
             )  # fmt: skip
             result = run_program(
                 prog, values, config, record_path=record,

@@ -39,7 +39,7 @@ from mmu.guest.isa import (
 )
 from mmu.guest.os import OS_OK
 from mmu.guest.osops import os_event
-from mmu.memory import mem_read, mem_room, mem_write
+from mmu.memory import ALIGN_ROOM, alloc_room, mem_read, mem_room, mem_write
 from mmu.modes.cpuops import switch_to
 from mmu.modes.dispatch import translate_access
 from mmu.modes.shadow import sh_budget
@@ -195,7 +195,11 @@ def cpu_slice(
         if not data:
             if n >= budget:
                 break
-            if not mem_room(mem, ROOM_FRAMES) or (virt and not vm_room(vm, galloc, halloc)):
+            if (
+                not mem_room(mem, ROOM_FRAMES)
+                or not alloc_room(galloc, ALIGN_ROOM)
+                or (virt and not vm_room(vm, galloc, halloc))
+            ):
                 outcome = EX_NEED_MEM
                 break
             if shadow and shb < 2:

@@ -11,20 +11,23 @@ State ``osst = (procs, pid2slot, ometa, vmas, rc, image, oscratch)``:
 ``procs``     int64[MAX_PROCS, P_COLS]  one row per process: pid, root table gpa, PCID,
                                           alive flag, times loaded into CR3
 ``pid2slot``  int64[65536]              process row of each 16-bit pid, or -1
-``ometa``     int64[O_LEN]              current row, number of rows, PCIDE flag, paging levels,
-                                          shared frames in ``rc``
+``ometa``     int64[O_LEN]              current row, rows used so far, PCIDE flag, paging levels,
+                                          shared frames in ``rc``, THP flag, free-row hint
 ``vmas``      int64[MAX_PROCS, MAX_VMAS, VMA_COLS]  each process's mappings, sorted by address:
                                           first page, end page, PROT_* bits, image page (or -1)
 ``rc``        int64[RC_SLOTS, 2]        reference counts of shared data frames (open addressing:
                                           frame number or 0, count >= 2); absent = one owner
 ``image``     uint64[n, 512]            contents of the program image pages a mapping may name
-``oscratch``  int64[8, 4]               the guest kernel's page-table walk stack
+``oscratch``  int64[8, 4]               the guest kernel's page-table walk stack (rows 1..5),
+                                          walk counters (rows 6, 7)
 
 Demand paging: a not-present fault on a canonical user-half address maps a fresh
 zero-filled 4 KiB frame (present, writable, user, executable), allocating the
 missing intermediate tables on the way down, as Linux's anonymous fault path
-does. Data frames are never written by the model (traces carry no data), so they
-take no storage in :class:`~mmu.memory.PhysicalMemory`.
+does; with transparent huge pages (``ometa[O_THP]``) a fault whose aligned 2 MiB has
+no page table yet may map a whole zeroed 2 MiB page instead (:mod:`mmu.guest.osops`).
+Data frames are never written by the model (traces carry no data), so they take no
+storage in :class:`~mmu.memory.PhysicalMemory`.
 """
 
 from __future__ import annotations
@@ -54,7 +57,14 @@ O_NPROCS = 1
 O_PCIDE = 2
 O_LEVELS = 3  # 4 or 5 paging levels
 O_RC_USED = 4  # occupied slots of ``rc``
+O_THP = 5  # transparent huge pages: THP_NEVER, THP_MADVISE or THP_ALWAYS
+O_ROW_HINT = 6  # where the search for a free process row starts once every row has been used
 O_LEN = 8
+
+THP_NEVER = 0  # Linux's /sys/kernel/mm/transparent_hugepage/enabled settings
+THP_MADVISE = 1  # only mappings that ask (PROT_THP, as madvise(MADV_HUGEPAGE))
+THP_ALWAYS = 2  # every anonymous mapping, and processes without mappings
+THP_POLICIES = {"never": THP_NEVER, "madvise": THP_MADVISE, "always": THP_ALWAYS}
 
 MAX_VMAS = 64  # mappings per process (adjacent anonymous mappings with the same prot merge)
 VMA_FIRST = 0
@@ -76,14 +86,15 @@ OS_BAD_ADDRESS = 2  # no mapping can be made (not a user-half canonical address)
 OS_TOO_MANY_PROCS = 3
 
 
-def make_os(pcide: bool = True, la57: bool = False) -> tuple[np.ndarray, ...]:
-    """An empty guest OS state (no processes yet, no program image)."""
+def make_os(pcide: bool = True, la57: bool = False, thp: int = THP_NEVER) -> tuple[np.ndarray, ...]:
+    """An empty guest OS state (no processes yet, no program image); ``thp``: a THP_* policy."""
     procs = np.zeros((MAX_PROCS, P_COLS), dtype=np.int64)
     pid2slot = np.full(1 << 16, -1, dtype=np.int64)
     ometa = np.zeros(O_LEN, dtype=np.int64)
     ometa[O_CUR] = -1
     ometa[O_PCIDE] = 1 if pcide else 0
     ometa[O_LEVELS] = 5 if la57 else 4
+    ometa[O_THP] = thp
     # np.zeros leaves untouched pages uncommitted, so the big tables cost only what is used.
     vmas = np.zeros((MAX_PROCS, MAX_VMAS, VMA_COLS), dtype=np.int64)
     rc = np.zeros((RC_SLOTS, 2), dtype=np.int64)
@@ -162,6 +173,29 @@ def os_alloc_table(gm, galloc):
 
 
 @jit
+def os_free_row(osst):
+    """A process row a new process can take, or -1 if every row holds a live process.
+
+    Rows are handed out in order; once all have been used, the rows of exited processes are
+    reused (next fit from the last one taken), so a run may create any number of processes as
+    long as at most ``MAX_PROCS`` are alive at once. A reused row keeps its PCID: the exit
+    flushed that PCID's TLB and paging-structure-cache entries while it was current.
+    """
+    procs = osst[0]
+    ometa = osst[2]
+    n = procs.shape[0]
+    if ometa[O_NPROCS] < n:
+        return ometa[O_NPROCS]
+    start = ometa[O_ROW_HINT]
+    for k in range(n):
+        row = (start + k) % n
+        # not the current row: after an exit CR3 still holds the dead process's root
+        if procs[row, P_ALIVE] == 0 and row != ometa[O_CUR]:
+            return np.int64(row)
+    return np.int64(-1)
+
+
+@jit
 def os_process(osst, gm, galloc, pid):
     """Row of process ``pid``, creating it (with an empty root table) on first sight; a new
     process and its root table are counted in the stats (``gm[3]``).
@@ -174,19 +208,24 @@ def os_process(osst, gm, galloc, pid):
     row = pid2slot[pid]
     if row >= 0:
         return OS_OK, row, False
-    row = ometa[O_NPROCS]
-    if row >= procs.shape[0]:
+    row = os_free_row(osst)
+    if row < 0:
         return OS_TOO_MANY_PROCS, -1, False
     root = os_alloc_table(gm, galloc)
     if root < 0:
         return OS_OUT_OF_FRAMES, -1, False
-    ometa[O_NPROCS] = row + 1
+    if row == ometa[O_NPROCS]:
+        ometa[O_NPROCS] = row + 1
+    else:
+        ometa[O_ROW_HINT] = (row + 1) % procs.shape[0]
     pid2slot[pid] = row
     procs[row, P_PID] = pid
     procs[row, P_ROOT] = root
     procs[row, P_PCID] = (row % 4095) + 1 if ometa[O_PCIDE] else 0
     procs[row, P_ALIVE] = 1
     procs[row, P_LOADS] = 0
+    procs[row, P_NVMAS] = 0
+    procs[row, P_VMAS] = 0
     stats = gm[3]
     stats[S_PROCESSES] += 1
     stats[S_PT_FRAMES] += 1  # its root table
@@ -210,7 +249,7 @@ def os_map_anon(gm, galloc, root, levels, va, counts):
         Incremented: [page-table frames allocated, data frames allocated].
 
     Returns OS_OK, OS_OUT_OF_FRAMES, or OS_BAD_ADDRESS if a large page already maps va
-    (this model's demand paging never creates one, so that means the guest built it).
+    (a present large page never takes a not-present fault, so that means the guest built it).
     """
     table = root
     for level in range(levels, 1, -1):

@@ -25,7 +25,21 @@ zero back to the guest allocator; exit also frees every page table (zeroing happ
 frame is reused as a table through ``os_alloc_table``). munmap invalidates with INVLPG per
 page when at most :data:`FLUSH_CEILING` pages were cleared, else with a full flush (Linux's
 ``tlb_single_page_flush_ceiling``); like Linux's mmu_gather, the range is that of the
-entries actually cleared. Page tables emptied by munmap are kept until exit.
+entries actually cleared. After munmap the page tables whose whole span lies in the
+unmapped gap (between the neighbouring mappings) are freed, as Linux's ``free_pgtables``;
+their first pages join the flushed range (``pte_free_tlb``).
+
+Transparent huge pages (``osst[2][O_THP]``: Linux's ``enabled`` = never, madvise or always,
+without khugepaged): a not-present fault in an anonymous mapping that may have them (always:
+every one, and processes without mappings; madvise: mappings made with ``PROT_THP``, this ISA's
+``madvise(MADV_HUGEPAGE)``) that covers the whole aligned 2 MiB around the address, whose
+page-directory entry is still empty, maps a fresh zeroed 2 MiB page (an aligned block of 512
+guest frames) with one PDE; if no block is free it falls back to 4 KiB (counted). Fork shares
+a huge page copy-on-write whole (each of its 512 frames gets one more owner); a write fault
+reuses it when no frame has another owner, else splits the mapping into a table of 512
+entries and copies the one 4 KiB page (Linux >= 5.8); munmap of part of a huge page splits it
+first. Every split INVLPGs the huge page, as Linux's ``pmdp_invalidate`` flush. Program-image
+mappings stay 4 KiB (they are file-backed in a real kernel).
 """
 
 from __future__ import annotations
@@ -33,13 +47,13 @@ from __future__ import annotations
 import numpy as np
 
 from mmu._jit import jit
-from mmu.guest.isa import PROT_EXEC, PROT_WRITE
+from mmu.guest.isa import PROT_EXEC, PROT_THP, PROT_WRITE
 from mmu.guest.os import (
     MAX_VMAS,
     O_CUR,
     O_LEVELS,
-    O_NPROCS,
     O_RC_USED,
+    O_THP,
     OS_BAD_ADDRESS,
     OS_OK,
     OS_OUT_OF_FRAMES,
@@ -49,6 +63,8 @@ from mmu.guest.os import (
     P_ROOT,
     P_VMAS,
     PTE_USER_RW,
+    THP_ALWAYS,
+    THP_MADVISE,
     VMA_COLS,
     VMA_END,
     VMA_FIRST,
@@ -58,11 +74,24 @@ from mmu.guest.os import (
     guest_read,
     guest_store,
     os_alloc_table,
+    os_free_row,
     os_map_anon,
     os_process,
     os_walk_allows,
 )
-from mmu.memory import alloc_frame, alloc_room, free_frame, mem_find, mem_frame, mem_read, mem_room, mem_zero_frame
+from mmu.memory import (
+    BLOCK_FRAMES,
+    alloc_block,
+    alloc_frame,
+    alloc_room,
+    free_block,
+    free_frame,
+    mem_find,
+    mem_frame,
+    mem_read,
+    mem_room,
+    mem_zero_frame,
+)
 from mmu.modes.cpuops import cpu_flush_tlb, cpu_invlpg, switch_to
 from mmu.modes.native import C_CTL, C_PKRU
 from mmu.modes.shadow import sh_zero_frame
@@ -73,7 +102,11 @@ from mmu.stats import (
     S_GUEST_PF_NOT_PRESENT,
     S_GUEST_PF_PROTECTION,
     S_PT_FRAMES,
+    S_PT_FREED,
     S_SPURIOUS_PF,
+    S_THP_FALLBACKS,
+    S_THP_MAPPED,
+    S_THP_SPLITS,
 )
 from mmu.trace.format import OP_EXIT, OP_FORK, OP_MMAP, OP_MUNMAP
 from mmu.x86.bits import ACC_FETCH, ACC_WRITE, CTL_NXE, PF_P, PTE_A, PTE_P, PTE_PS, PTE_RW, PTE_US, PTE_XD
@@ -91,6 +124,9 @@ PROT_ALL = 7
 
 _U0 = np.uint64(0)
 _ADDR = np.uint64(0x000F_FFFF_FFFF_F000)
+_ADDR_2M = np.uint64(0x000F_FFFF_FFE0_0000)  # frame bits of a 2 MiB leaf (bit 12 is its PAT bit)
+_FLAGS_4K_OF_2M = np.uint64(0xFFF0_0000_0000_0F7F)  # a 2 MiB leaf's flags a 4 KiB leaf keeps (not PS)
+HUGE = np.int64(1) << 21
 _NOT_RW = ~PTE_RW
 _NOT_A = ~PTE_A
 
@@ -99,6 +135,7 @@ _W_COUNT = 0  # count tables and present leaves in the range
 _W_UNMAP = 1  # clear present leaves in the range, drop their frames
 _W_TEARDOWN = 2  # clear and free everything (exit)
 _W_FORK = 3  # copy the tree into the child's root, sharing leaves copy-on-write
+_W_FREE = 4  # free the empty tables whose span lies within [floor, ceiling) (after munmap)
 
 # Walk stack columns (osst[6]): per level, the table, the child's table, next index, base va.
 _K_TABLE = 0
@@ -397,6 +434,108 @@ def _leaf_slot(gm, galloc, stats, root, levels, va, build):
     return table + ((va >> 12) & 511) * 8
 
 
+# --- transparent huge pages (2 MiB) -----------------------------------------------------------------
+
+
+@jit
+def _huge_shared(osst, head):
+    """True if a 4 KiB frame of the 2 MiB page at frame ``head`` has another owner.
+
+    A 2 MiB mapping owns each of its 512 frames once (fork counts them one by one), so a
+    huge page split in one process and still mapped whole in another stays accounted for.
+    """
+    if osst[2][O_RC_USED] == 0:
+        return False
+    for k in range(BLOCK_FRAMES):
+        if rc_count(osst, head + k) > 1:
+            return True
+    return False
+
+
+@jit
+def _drop_huge(galloc, osst, head):
+    """A 2 MiB mapping of the page at frame ``head`` goes away: free what no one else maps."""
+    if not _huge_shared(osst, head):
+        free_block(galloc, head)
+        return
+    for k in range(BLOCK_FRAMES):
+        if _rc_dec(osst, head + k) == 0:
+            free_frame(galloc, head + k)
+
+
+@jit
+def _split_huge(gm, galloc, stats, epa, e):
+    """Replace the 2 MiB leaf ``e`` at guest-physical ``epa`` by a table of 512 4 KiB leaves with
+    the same frames and flags (Linux's ``__split_huge_pmd``). Returns the new table entry, or 0
+    when out of frames. The caller invalidates the huge page's TLB entry."""
+    nt = os_alloc_table(gm, galloc)
+    if nt < 0:
+        return _U0
+    stats[S_PT_FRAMES] += 1
+    stats[S_THP_SPLITS] += 1
+    flags = e & _FLAGS_4K_OF_2M
+    base = e & _ADDR_2M
+    for k in range(512):
+        if not guest_store(gm, nt + k * 8, base | np.uint64(k << 12) | flags):
+            return _U0
+    te = np.uint64(nt) | PTE_USER_RW
+    if not guest_store(gm, epa, te):
+        return _U0
+    return te
+
+
+@jit
+def _pmd_slot(gm, galloc, stats, root, levels, va, build):
+    """Guest-physical address of the level-2 entry (PDE) of ``va``; builds missing tables if
+    ``build``. -1: a table is missing (not built) or a 1 GiB page maps ``va``; -2: out of frames."""
+    table = root
+    for level in range(levels, 2, -1):
+        epa = table + ((va >> (12 + 9 * (level - 1))) & 511) * 8
+        e = guest_read(gm, epa)
+        if (e & PTE_P) == _U0:
+            if not build:
+                return np.int64(-1)
+            nt = os_alloc_table(gm, galloc)
+            if nt < 0:
+                return np.int64(-2)
+            stats[S_PT_FRAMES] += 1
+            if not guest_store(gm, epa, np.uint64(nt) | PTE_USER_RW):
+                return np.int64(-2)
+            table = nt
+        elif (e & PTE_PS) != _U0:
+            return np.int64(-1)
+        else:
+            table = np.int64(e & _ADDR)
+    return table + ((va >> 21) & 511) * 8
+
+
+@jit
+def _thp_fault(gm, galloc, stats, root, levels, va, bits):
+    """Map the 2 MiB-aligned page around ``va`` to a fresh, zeroed huge page (leaf flags
+    ``bits | PS``) if its PDE is empty, as Linux's ``do_huge_pmd_anonymous_page``.
+
+    Returns 1 (mapped), 0 (not here: a page table is already in place, or no aligned 2 MiB
+    block is free -- map 4 KiB pages instead), -1 (out of frames).
+    """
+    pmd = _pmd_slot(gm, galloc, stats, root, levels, va, True)
+    if pmd == -2:
+        return -1
+    if pmd < 0 or (guest_read(gm, pmd) & PTE_P) != _U0:
+        return 0
+    head = alloc_block(galloc)
+    if head < 0:
+        stats[S_THP_FALLBACKS] += 1
+        return 0
+    stats[S_THP_MAPPED] += 1
+    stats[S_DATA_FRAMES] += BLOCK_FRAMES
+    for k in range(BLOCK_FRAMES):  # clear_huge_page
+        if _clear_frame(gm, head + k) < 0:
+            return -1
+    if not guest_store(gm, pmd, np.uint64(head << 12) | bits | PTE_PS):
+        return -1
+    return 1
+
+
 # --- the page-fault handler ----------------------------------------------------------------------
 
 
@@ -414,7 +553,23 @@ def _fault_vma(gm, galloc, osst, stats, cfg, row, va, access):
         stats[S_BAD_ACCESSES] += 1
         return OS_OK, PF_SEGV
     levels = osst[2][O_LEVELS]
-    slot = _leaf_slot(gm, galloc, stats, osst[0][row, P_ROOT], levels, va, True)
+    root = osst[0][row, P_ROOT]
+    img = osst[3][row, i, VMA_IMAGE]
+    hvpn = (va & ~(HUGE - 1)) >> 12
+    thp = osst[2][O_THP]
+    if (
+        (thp == THP_ALWAYS or (thp == THP_MADVISE and (prot & PROT_THP) != 0))
+        and img < 0
+        and osst[3][row, i, VMA_FIRST] <= hvpn
+        and hvpn + BLOCK_FRAMES <= osst[3][row, i, VMA_END]
+    ):
+        # an anonymous mapping covers the whole aligned 2 MiB around va: a transparent huge page
+        r = _thp_fault(gm, galloc, stats, root, levels, va, _leaf_bits(prot, cfg[C_CTL]))
+        if r < 0:
+            return OS_OUT_OF_FRAMES, PF_SEGV
+        if r > 0:
+            return OS_OK, PF_FIXED
+    slot = _leaf_slot(gm, galloc, stats, root, levels, va, True)
     if slot == -2:
         return OS_OUT_OF_FRAMES, PF_SEGV
     if slot < 0:
@@ -422,7 +577,6 @@ def _fault_vma(gm, galloc, osst, stats, cfg, row, va, access):
         return OS_OK, PF_SEGV
     if (guest_read(gm, slot) & PTE_P) != _U0:
         return OS_OK, PF_FIXED  # another path mapped it already (the TLB was stale)
-    img = osst[3][row, i, VMA_IMAGE]
     gfn = _new_data_frame(
         gm, galloc, osst, stats, np.int64(-1), img + (vpn - osst[3][row, i, VMA_FIRST]) if img >= 0 else img
     )
@@ -435,8 +589,33 @@ def _fault_vma(gm, galloc, osst, stats, cfg, row, va, access):
 
 @jit
 def _cow(gm, galloc, osst, tlb, psc, stats, cfg, row, va):
-    """Write fault on a copy-on-write page: copy it (or reuse it when last owner) and INVLPG."""
-    slot = _leaf_slot(gm, galloc, stats, osst[0][row, P_ROOT], osst[2][O_LEVELS], va, False)
+    """Write fault on a copy-on-write page: copy it (or reuse it when last owner) and INVLPG.
+
+    A 2 MiB page is reused whole when no frame of it has another owner; otherwise its mapping
+    is split into 4 KiB entries and the one page is copied (Linux >= 5.8 ``do_huge_pmd_wp_page``).
+    """
+    root = osst[0][row, P_ROOT]
+    levels = osst[2][O_LEVELS]
+    current = osst[2][O_CUR] == row
+    slot = _leaf_slot(gm, galloc, stats, root, levels, va, False)
+    if slot == -3:
+        pmd = _pmd_slot(gm, galloc, stats, root, levels, va, False)
+        if pmd < 0:
+            return OS_OK, PF_SEGV  # a 1 GiB page: this kernel never maps one
+        e = guest_read(gm, pmd)
+        if (e & PTE_RW) != _U0:
+            return OS_OK, PF_SEGV
+        if not _huge_shared(osst, np.int64((e & _ADDR_2M) >> np.uint64(12))):
+            if not guest_store(gm, pmd, e | PTE_RW):
+                return OS_OUT_OF_FRAMES, PF_SEGV
+            if current:
+                cpu_invlpg(gm, osst, tlb, psc, stats, cfg, va)
+            return OS_OK, PF_FIXED
+        if _split_huge(gm, galloc, stats, pmd, e) == _U0:
+            return OS_OUT_OF_FRAMES, PF_SEGV
+        if current:
+            cpu_invlpg(gm, osst, tlb, psc, stats, cfg, va)
+        slot = _leaf_slot(gm, galloc, stats, root, levels, va, False)
     if slot < 0:
         return OS_OK, PF_SEGV
     pte = guest_read(gm, slot)
@@ -453,7 +632,7 @@ def _cow(gm, galloc, osst, tlb, psc, stats, cfg, row, va):
         new = pte | PTE_RW
     if not guest_store(gm, slot, new):
         return OS_OUT_OF_FRAMES, PF_SEGV
-    if osst[2][O_CUR] == row:
+    if current:
         cpu_invlpg(gm, osst, tlb, psc, stats, cfg, va)
     return OS_OK, PF_FIXED
 
@@ -480,6 +659,12 @@ def os_page_fault(gm, galloc, osst, tlb, psc, stats, cfg, row, va, access, code,
             return OS_OK, PF_SEGV
         if procs[row, P_VMAS] != 0:
             return _fault_vma(gm, galloc, osst, stats, cfg, row, va, access)
+        if osst[2][O_THP] == THP_ALWAYS:
+            r = _thp_fault(gm, galloc, stats, procs[row, P_ROOT], levels, va, PTE_USER_RW)
+            if r < 0:
+                return OS_OUT_OF_FRAMES, PF_SEGV
+            if r > 0:
+                return OS_OK, PF_FIXED
         st = os_map_anon(gm, galloc, procs[row, P_ROOT], levels, va, counts)
         if st == OS_OUT_OF_FRAMES:
             return st, PF_SEGV
@@ -503,14 +688,30 @@ def os_page_fault(gm, galloc, osst, tlb, psc, stats, cfg, row, va, access, code,
 
 
 @jit
-def _walk_tree(gm, galloc, osst, stats, kind, root, levels, lo, hi, croot, out):
+def _table_empty(gm, table):
+    """True if no entry of the guest table at ``table`` is present."""
+    for k in range(512):
+        if (guest_read(gm, table + k * 8) & PTE_P) != _U0:
+            return False
+    return True
+
+
+@jit
+def _walk_tree(gm, galloc, osst, tlb, psc, stats, cfg, kind, root, levels, lo, hi, croot, floor, ceiling, out):
     """Visit the present entries of the tree at ``root`` that map ``[lo, hi)``.
 
-    ``out`` (int64[4]) receives: [0] tables seen (below the root), [1] present leaves,
-    [2] lowest and [3] highest leaf address cleared (_W_UNMAP). Returns OS_OK, or
-    OS_OUT_OF_FRAMES (a fork that could not allocate).
+    ``out`` (int64[4]) receives: [0] tables seen (below the root), [1] 4 KiB frames mapped by
+    the present leaves (a 2 MiB leaf counts 512), [2] lowest and [3] one past the highest
+    address cleared (_W_UNMAP: leaves; _W_FREE: the first page of each freed table's span
+    within the range, as Linux's ``pte_free_tlb`` adds it to the flush range). ``osst[6][6]``
+    receives [0] 4 KiB leaves cleared (_W_UNMAP). _W_UNMAP splits a 2 MiB leaf the range covers
+    in part; _W_FREE frees each empty table (not the root) whose whole span lies within
+    ``[floor, ceiling)``, bottom-up. Returns OS_OK, or OS_OUT_OF_FRAMES (a fork or a split that
+    could not allocate).
     """
     stk = osst[6]
+    aux = stk[6]
+    aux[0] = 0
     out[0] = 0
     out[1] = 0
     out[2] = -1
@@ -526,6 +727,17 @@ def _walk_tree(gm, galloc, osst, stats, kind, root, levels, lo, hi, croot, out):
         if i == 512:
             if lv == levels:
                 break
+            if kind == _W_FREE:
+                table = stk[lv, _K_TABLE]
+                base = stk[lv, _K_BASE]
+                if base >= floor and base + 512 * span <= ceiling and _table_empty(gm, table):
+                    guest_store(gm, stk[lv + 1, _K_TABLE] + (stk[lv + 1, _K_INDEX] - 1) * 8, _U0)
+                    free_frame(galloc, table >> 12)
+                    stats[S_PT_FREED] += 1
+                    a = max(base, lo)
+                    if out[2] < 0 or a < out[2]:
+                        out[2] = a
+                    out[3] = max(out[3], a + 4096)
             lv += 1
             if kind == _W_TEARDOWN:
                 # every entry below is gone: clear the parent's entry, free the table
@@ -542,6 +754,13 @@ def _walk_tree(gm, galloc, osst, stats, kind, root, levels, lo, hi, croot, out):
         e = guest_read(gm, epa)
         if (e & PTE_P) == _U0:
             continue
+        huge = lv == 2 and (e & PTE_PS) != _U0
+        if huge and kind == _W_UNMAP and (va < lo or va + span > hi):
+            e = _split_huge(gm, galloc, stats, epa, e)
+            if e == _U0:
+                return OS_OUT_OF_FRAMES
+            cpu_invlpg(gm, osst, tlb, psc, stats, cfg, va)  # Linux flushes the huge entry when splitting
+            huge = False
         if lv > 1 and (e & PTE_PS) == _U0:
             out[0] += 1
             nchild = np.int64(0)
@@ -558,11 +777,12 @@ def _walk_tree(gm, galloc, osst, stats, kind, root, levels, lo, hi, croot, out):
             stk[lv, _K_INDEX] = 0
             stk[lv, _K_BASE] = va
             continue
-        # a leaf (large pages are never made by this kernel; they are treated as one frame)
-        out[1] += 1
-        if kind == _W_COUNT:
+        # a leaf: 4 KiB, or 2 MiB (a transparent huge page); a 1 GiB leaf (only a guest's own
+        # table edits make one) is treated as one frame
+        out[1] += BLOCK_FRAMES if huge else 1
+        if kind == _W_COUNT or kind == _W_FREE:
             continue
-        gfn = np.int64((e & _ADDR) >> np.uint64(12))
+        gfn = np.int64(((e & _ADDR_2M) if huge else (e & _ADDR)) >> np.uint64(12))
         if kind == _W_FORK:
             leaf = e
             if (e & PTE_RW) != _U0:
@@ -571,14 +791,22 @@ def _walk_tree(gm, galloc, osst, stats, kind, root, levels, lo, hi, croot, out):
                     return OS_OUT_OF_FRAMES
             if not guest_store(gm, stk[lv, _K_CHILD] + i * 8, leaf & _NOT_A):
                 return OS_OUT_OF_FRAMES
-            _rc_inc(osst, gfn)
+            if huge:
+                for k in range(BLOCK_FRAMES):
+                    _rc_inc(osst, gfn + k)
+            else:
+                _rc_inc(osst, gfn)
             continue
         guest_store(gm, epa, _U0)
-        if _rc_dec(osst, gfn) == 0:
+        if huge:
+            _drop_huge(galloc, osst, gfn)
+        elif _rc_dec(osst, gfn) == 0:
             free_frame(galloc, gfn)
         if out[2] < 0:
             out[2] = va
-        out[3] = va
+        out[3] = va + span
+        if not huge:
+            aux[0] += 1
     return OS_OK
 
 
@@ -614,26 +842,62 @@ def _ev_mmap(gm, galloc, osst, stats, pid, addr, arg):
 
 
 @jit
+def _gap(osst, row, lo, hi, top):
+    """(floor, ceiling) of the unmapped gap around ``[lo, hi)`` of process ``row``: the end of
+    the mapping below and the start of the mapping above (Linux's ``free_pgtables`` bounds). A
+    process without mappings treats the range itself as the gap."""
+    if osst[0][row, P_VMAS] == 0:
+        return lo, hi
+    vmas = osst[3]
+    floor = np.int64(0)
+    ceiling = top
+    for i in range(osst[0][row, P_NVMAS]):
+        s = vmas[row, i, VMA_FIRST] << 12
+        e = vmas[row, i, VMA_END] << 12
+        if e <= lo:
+            floor = e
+        elif s >= hi:
+            ceiling = s
+            break
+    return floor, ceiling
+
+
+@jit
 def _ev_munmap(gm, galloc, osst, tlb, psc, stats, cfg, pid, addr, arg, out):
     st, row = _ensure_current(gm, galloc, osst, tlb, psc, stats, cfg, pid)
     if st != OS_OK:
         return st
     procs = osst[0]
     levels = osst[2][O_LEVELS]
+    root = procs[row, P_ROOT]
+    top = np.int64(1) << (12 + 9 * levels)
     lo = addr
     hi = addr + ((arg & EV_PAGES_MASK) << 12)
-    _walk_tree(gm, galloc, osst, stats, _W_COUNT, procs[row, P_ROOT], levels, lo, hi, np.int64(0), out)
-    if not alloc_room(galloc, out[1]):
+    z = np.int64(0)
+    _walk_tree(gm, galloc, osst, tlb, psc, stats, cfg, _W_COUNT, root, levels, lo, hi, z, z, top, out)
+    if not alloc_room(galloc, out[0] + out[1]):
         return OS_NEED_ROOM
     if procs[row, P_VMAS] != 0 and not _vma_remove(osst, row, lo >> 12, hi >> 12):
         return OS_UNSUPPORTED
-    _walk_tree(gm, galloc, osst, stats, _W_UNMAP, procs[row, P_ROOT], levels, lo, hi, np.int64(0), out)
-    if out[2] < 0:
+    st = _walk_tree(gm, galloc, osst, tlb, psc, stats, cfg, _W_UNMAP, root, levels, lo, hi, z, z, top, out)
+    if st != OS_OK:
+        return st
+    first, end, small = out[2], out[3], osst[6][6][0]
+    # Free the page tables the gap no longer needs (Linux: free_pgtables).
+    floor, ceiling = _gap(osst, row, lo, hi, top)
+    _walk_tree(gm, galloc, osst, tlb, psc, stats, cfg, _W_FREE, root, levels, lo, hi, z, floor, ceiling, out)
+    if out[2] >= 0:
+        first = out[2] if first < 0 else min(first, out[2])
+        end = max(end, out[3])
+    if first < 0:
         return OS_OK  # nothing was mapped: nothing to invalidate
-    pages = ((out[3] - out[2]) >> 12) + 1
-    if pages <= FLUSH_CEILING:
-        for k in range(pages):
-            cpu_invlpg(gm, osst, tlb, psc, stats, cfg, out[2] + (k << 12))
+    # Linux's flush of the gathered range: one INVLPG per page (per 2 MiB when only huge leaves
+    # and tables went), or a full flush above the ceiling.
+    stride = np.int64(4096) if small > 0 else HUGE
+    n = (end - first + stride - 1) // stride
+    if n <= FLUSH_CEILING:
+        for k in range(n):
+            cpu_invlpg(gm, osst, tlb, psc, stats, cfg, first + k * stride)
     elif not cpu_flush_tlb(gm, osst, tlb, psc, stats, cfg):
         return OS_OUT_OF_FRAMES
     return OS_OK
@@ -650,13 +914,14 @@ def _ev_fork(gm, galloc, osst, tlb, psc, stats, cfg, pid, child_pid, out):
     ometa = osst[2]
     levels = ometa[O_LEVELS]
     top = np.int64(1) << (12 + 9 * levels)
-    _walk_tree(gm, galloc, osst, stats, _W_COUNT, procs[prow, P_ROOT], levels, np.int64(0), top, np.int64(0), out)
+    z = np.int64(0)
+    _walk_tree(gm, galloc, osst, tlb, psc, stats, cfg, _W_COUNT, procs[prow, P_ROOT], levels, z, top, z, z, top, out)
     # Room first, so a fork either happens whole or not at all.
     if 4 * (ometa[O_RC_USED] + out[1]) > 3 * osst[4].shape[0]:
         return OS_OUT_OF_FRAMES  # the copy-on-write counts are full: a limit of the model
     if not mem_room(gm[0], 4 * out[0] + 64):
         return OS_NEED_ROOM
-    if ometa[O_NPROCS] >= procs.shape[0]:
+    if os_free_row(osst) < 0:
         return OS_TOO_MANY_PROCS
     st, crow, _created = os_process(osst, gm, galloc, child_pid)
     if st != OS_OK:
@@ -668,8 +933,9 @@ def _ev_fork(gm, galloc, osst, tlb, psc, stats, cfg, pid, child_pid, out):
         for c in range(VMA_COLS):
             vmas[crow, i, c] = vmas[prow, i, c]
     st = _walk_tree(
-        gm, galloc, osst, stats, _W_FORK, procs[prow, P_ROOT], levels, np.int64(0), top, procs[crow, P_ROOT], out
-    )
+        gm, galloc, osst, tlb, psc, stats, cfg, _W_FORK, procs[prow, P_ROOT], levels, z, top, procs[crow, P_ROOT], z,
+        top, out,
+    )  # fmt: skip
     if st != OS_OK:
         return st
     # The parent's writable entries became read-only: flush its TLB (Linux: flush_tlb_mm).
@@ -687,13 +953,14 @@ def _ev_exit(gm, galloc, osst, tlb, psc, stats, cfg, pid, out):
     levels = osst[2][O_LEVELS]
     top = np.int64(1) << (12 + 9 * levels)
     root = procs[row, P_ROOT]
-    _walk_tree(gm, galloc, osst, stats, _W_COUNT, root, levels, np.int64(0), top, np.int64(0), out)
+    z = np.int64(0)
+    _walk_tree(gm, galloc, osst, tlb, psc, stats, cfg, _W_COUNT, root, levels, z, top, z, z, top, out)
     if not alloc_room(galloc, out[0] + out[1] + 1):
         return OS_NEED_ROOM
     # Flush while the tables are still whole (Linux flushes the mm in tlb_finish_mmu).
     if not cpu_flush_tlb(gm, osst, tlb, psc, stats, cfg):
         return OS_OUT_OF_FRAMES
-    _walk_tree(gm, galloc, osst, stats, _W_TEARDOWN, root, levels, np.int64(0), top, np.int64(0), out)
+    _walk_tree(gm, galloc, osst, tlb, psc, stats, cfg, _W_TEARDOWN, root, levels, z, top, z, z, top, out)
     free_frame(galloc, root >> 12)
     procs[row, P_ALIVE] = 0
     procs[row, P_NVMAS] = 0
@@ -772,6 +1039,10 @@ def os_peek_user(mem, vm, osst, row, va, out):
             if (e & PTE_P) == _U0:
                 break
             table = np.int64(e & _ADDR)
+            if level == 2 and (e & PTE_PS) != _U0:  # a 2 MiB page: its 4 KiB frame holding a
+                table = np.int64(e & _ADDR_2M) + (a & (HUGE - 1) & ~np.int64(0xFFF))
+                hpa = table if native else vm_hpa(vm, table)
+                break
             if level == 1:
                 hpa = table if native else vm_hpa(vm, table)
         img = np.int64(-1)

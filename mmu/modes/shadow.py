@@ -249,7 +249,8 @@ def _grown_rows(a: np.ndarray, rows: int, fill: int) -> np.ndarray:
 
 
 SP_PER_RECORD = 128  # shadow pages one record may create at most (2 pages x 8 attempts x 7 levels)
-FRAMES_PER_RECORD = 256  # guest or host frames one record may take at most, with slack
+FRAMES_PER_RECORD = 1280  # guest or host frames one record may take at most (a 2 MiB page fault: up
+# to 511 frames skipped to align + 512), with slack
 FRAME_ROOM = 1 << 16
 
 

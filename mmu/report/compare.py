@@ -27,13 +27,17 @@ def _shadow_policy(ms: dict[str, Any]) -> str:
 
 
 def mode_label(s: dict[str, Any]) -> str:
-    """ "native", "nested (ept 2m)" or "shadow (no-unsync)": the mode and what distinguishes its
-    configuration."""
+    """ "native", "nested (ept 2m)", "shadow (no-unsync)" or "native (thp always)": the mode and
+    what distinguishes its configuration from the defaults."""
     ms = s.get("mode_stats") or {}
     if "host" in ms:
-        return f"{s['mode']} ({ms['host']} {ms['host_page']})"
-    policy = _shadow_policy(ms) if "shadow_pages" in ms else ""
-    return f"{s['mode']} ({policy})" if policy else s["mode"]
+        parts = [f"{ms['host']} {ms['host_page']}"]
+    else:
+        policy = _shadow_policy(ms) if "shadow_pages" in ms else ""
+        parts = [policy] if policy else []
+    if s.get("thp", "madvise") != "madvise":
+        parts.append(f"thp {s['thp']}")
+    return f"{s['mode']} ({', '.join(parts)})" if parts else s["mode"]
 
 
 def compare_rows(results: list[dict[str, Any]]) -> list[tuple[str, list[str]]]:

@@ -1,8 +1,10 @@
 # gups.s -- GUPS (HPCC RandomAccess): random 8-byte read-modify-write updates over a large table.
 #
-# Usage: gups [logn=20] [updates=4*2**logn]
+# Usage: gups [logn=20] [updates=4*2**logn] [huge=0]
 #   logn     the table holds 2**logn 8-byte words (2**(logn+3) bytes, one mmap)
 #   updates  number of updates; 0 or absent means 4 * 2**logn
+#   huge     1: map the table with PROT_THP (asks for transparent 2 MiB pages, as
+#            madvise(MADV_HUGEPAGE); the guest OS honours it unless run with --thp never)
 #
 # First table[i] = i for every i (a sequential pass: one demand-paging fault per page), then
 # `updates` times: r = rand(); table[r & (2**logn - 1)] ^= r. The checksum is the xor of every
@@ -25,8 +27,14 @@ _start:
         bnez    s1, updates_set
         shli    s1, s2, 2
 updates_set:
-        shli    a0, s2, 3
+        li      a0, 2
+        li      a1, 0
+        syscall getarg
         li      a1, PROT_READ | PROT_WRITE
+        beqz    a0, prot_set
+        li      a1, PROT_READ | PROT_WRITE | PROT_THP
+prot_set:
+        shli    a0, s2, 3
         syscall mmap
         bltz    a0, mmap_failed
         mv      s3, a0                  # s3 = table
