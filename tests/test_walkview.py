@@ -303,6 +303,10 @@ def run(*args):
     return runner.invoke(app, ["walk", *[str(a) for a in args]])
 
 
+def lines_with(text: str, *fragments: str) -> list[str]:
+    return [line for line in text.splitlines() if all(f in line for f in fragments)]
+
+
 def assert_clean_failure(result, *fragments):
     assert result.exit_code == 2, result.output
     err = result.stderr
@@ -354,6 +358,9 @@ def test_cli_trace_index(mode):
     assert r.exit_code == 0, r.output
     assert "record 5000: fetch of 3 bytes at 0x4013e16 by pid 1" in r.stdout
     assert "0x0000_0000_0401_3e16" in r.stdout and "✔" in r.stdout
+    # the fetch hits the warm TLB: every reference of the cold walk is marked skipped
+    assert "warm at record 5000: TLB hit (L1 ITLB 4K), no walk" in r.stdout
+    assert len(re.findall("skip · TLB(?!/)", r.stdout)) == (24 if mode == "nested" else 4)  # not the legend
     if mode == "nested":
         assert "24 references" in r.stdout
 
@@ -362,6 +369,7 @@ def test_cli_trace_index_zero_walks_empty_tables():
     r = run("--trace", TRACES / "ls-usr.trace", "--index", 0)
     assert r.exit_code == 0, r.output
     assert "no records" in r.stdout and "not present at the PML4E level" in r.stdout
+    assert lines_with(r.stdout, "#1", "PML4E", "w1 · mem")  # nothing cached: the line comes from memory
 
 
 def test_cli_trace_new_process_and_event_record(tmp_path):

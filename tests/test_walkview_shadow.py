@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import copy
 import io
+import re
 from pathlib import Path
 
 import numpy as np
@@ -311,6 +312,9 @@ def test_cli_trace_index():
     assert r.exit_code == 0, r.output
     assert "record 5000: fetch of 3 bytes at 0x4013e16 by pid 1" in r.stdout
     assert "shadow paging" in r.stdout and "✔ backs the guest's gpa" in r.stdout
+    # the fetch hits the warm TLB: every shadow entry is marked skipped
+    assert "warm at record 5000: TLB hit (L1 ITLB 4K), no walk" in r.stdout
+    assert len(re.findall("skip · TLB(?!/)", r.stdout)) == 4  # not the legend
 
 
 def test_cli_trace_walks_the_records_process(tmp_path):
@@ -324,7 +328,7 @@ def test_cli_trace_walks_the_records_process(tmp_path):
     r = run("--trace", path, "--index", 2, "--mode", "shadow")  # pid 2's first access: empty tables
     assert r.exit_code == 0, r.output
     assert "by pid 2" in r.stdout and "not present at the PML4E level" in r.stdout
-    assert "VM exit pf_inject" in r.stdout
+    assert "VM exit pf_inject" in r.stdout and "#PF on the shadow tables: VM exit to the VMM" in r.stdout
     r = run("--trace", path, "--index", 3, "--mode", "shadow")  # back in pid 1: its shadow root
     assert r.exit_code == 0, r.output
     assert "by pid 1" in r.stdout and "user read allowed" in r.stdout and "no VM exit" in r.stdout

@@ -27,7 +27,16 @@ by level, with the shadow MMU's state of each table: write-protected guest frame
 direct shadow pages, each shadow page's role. :func:`walk_shadow_renderable` draws it as a table
 and ends with where each walk stops and the VM exit a TLB miss would take.
 
-Plain text (a console without colour) keeps every mark: ``#n`` numbers, ``+A``/``+D``, ``✘``.
+Warm marks: a view may carry a :class:`WarmWalk` (``warm``, from :func:`mmu.report.warm.probe`):
+what the machine's TLB and caches would serve at a trace position. Every reference of the cold
+walk keeps its number; :func:`warm_marks` pairs it with the warm reference that reads the same
+entry (marked ``w<n> · L2``/``LLC``/``mem``: the warm issue order and where the line came from),
+or names what served it (``skip · TLB``/``PSC``/``NTLB``/``hPSC``, the cell dimmed); a warm
+reference the cold walk does not make (a stale cached entry) is listed on its own. A one-line
+summary (:func:`warm_summary`) follows the grid or table.
+
+Plain text (a console without colour) keeps every mark: ``#n`` numbers, ``+A``/``+D``, ``✘``,
+the warm marks.
 """
 
 from __future__ import annotations
@@ -95,6 +104,90 @@ class EntryRead:
 
 
 @dataclass(frozen=True)
+class WarmRef:
+    """One paging-structure reference the warm hardware issues (:func:`mmu.report.warm.probe`).
+
+    Attributes
+    ----------
+    n : int
+        1-based position in the warm translation's issue order.
+    dim : {"g", "h"}
+        Guest entry (or the entry of a 1D walk: native tables, shadow tables) / host entry.
+    level : int
+        5..1 in its own dimension.
+    addr : int
+        (Host-)physical address of the entry.
+    source : {"L2", "LLC", "mem"}
+        Where its line came from: the L2-like or LLC-like walk-line cache, or memory.
+    row : int
+        The 2D grid row: the guest level of the entry (host entries: of the guest entry whose
+        gpa they translate), 0 for the data gpa. 1D walks: the entry's level.
+    """
+
+    n: int
+    dim: str
+    level: int
+    addr: int
+    source: str
+    row: int
+
+
+@dataclass(frozen=True)
+class WarmWalk:
+    """What the machine's warm hardware does for one translation (:func:`mmu.report.warm.probe`).
+
+    Attributes
+    ----------
+    record : int
+        The trace position (the machine has run records 0..record-1).
+    mode : {"native", "nested", "shadow"}
+        The machine's mode (shadow: the hardware walks the shadow tables).
+    outcome : str
+        "ok", "pf" (a #PF for the guest, from the walk or from a TLB entry's cached rights),
+        "gp", "ept_violation", "ept_misconfig" (nested: a VM exit; NPT's #NPF is an
+        "ept_violation"), "shadow_pf" (a #PF on the shadow tables: a VM exit), or
+        "not_predicted" (see ``note``).
+    top_level : int
+        Levels of the (guest or 1D) paging structures: 4 or 5.
+    tlb_hit : str | None
+        The TLB structure that held the translation, None on a miss.
+    dirty_rewalk : bool
+        A write through a TLB entry whose D flag is clear: the hardware walks again to set D.
+    psc_hit : str | None
+        The paging-structure cache that gave the walk's first table (guest dimension).
+    start_level : int
+        Level of the first guest (1D) table the walk reads: ``top_level`` from the root, less
+        after a PSC hit; 0 when there is no walk.
+    refs : tuple of WarmRef
+        Every reference issued, in order.
+    ntlb_rows : frozenset of int
+        Nested: grid rows whose gpa the nested TLB translated (no host reference).
+    addr, gpa : int | None
+        On "ok": the (host-)physical address, and (nested, shadow) the guest-physical one; on
+        a nested exit, ``gpa`` is the guest-physical address whose translation failed.
+    code : int
+        #PF error code or exit qualification of a fault.
+    note : str
+        Work the VMM does first (shadow: a pending flush), or why nothing was predicted.
+    """
+
+    record: int
+    mode: str
+    outcome: str
+    top_level: int
+    tlb_hit: str | None = None
+    dirty_rewalk: bool = False
+    psc_hit: str | None = None
+    start_level: int = 0
+    refs: tuple[WarmRef, ...] = ()
+    ntlb_rows: frozenset[int] = frozenset()
+    addr: int | None = None
+    gpa: int | None = None
+    code: int = 0
+    note: str = ""
+
+
+@dataclass(frozen=True)
 class WalkView1D:
     """Everything :func:`walk_1d_renderable` shows. ``entries`` in the order read."""
 
@@ -110,6 +203,7 @@ class WalkView1D:
     attrs: int
     entries: tuple[EntryRead, ...]
     context: str = ""
+    warm: WarmWalk | None = None
 
 
 @dataclass(frozen=True)
@@ -134,6 +228,7 @@ class WalkView2D:
     attrs: int
     entries: tuple[EntryRead, ...]
     context: str = ""
+    warm: WarmWalk | None = None
 
 
 def capture_1d(
@@ -365,13 +460,224 @@ def _who(user: bool, access: str) -> str:
     return f"{'user' if user else 'supervisor'} {ACCESS_NAMES.get(access, access)}"
 
 
+# --- warm marks ---------------------------------------------------------------------------------
+
+SKIP_NAMES = {"TLB": "TLB", "PSC": "PSC", "NTLB": "NTLB", "hPSC": "host PSC"}
+WARM_STYLES = {"L2": "bold green", "LLC": "bold yellow", "mem": "bold red"}
+STALE_STYLE = "bold magenta"
+_TABLE_NAMES = {5: "PML5", 4: "PML4", 3: "PDPT", 2: "PD", 1: "PT"}
+
+
+@dataclass(frozen=True)
+class WarmMark:
+    """What the warm hardware does with one reference of the cold walk.
+
+    ``ref``: the warm reference that reads the same entry (it is issued). Otherwise
+    ``skipped_by`` names the structure that served it -- "TLB", "PSC" (a guest or 1D
+    paging-structure cache), "NTLB", "hPSC" (a host PSC) -- or is "" when the warm walk ended
+    before it or read another entry instead.
+    """
+
+    ref: WarmRef | None
+    skipped_by: str = ""
+
+
+def warm_marks(
+    cells: dict[tuple[int, str, int], int], warm: WarmWalk
+) -> tuple[dict[tuple[int, str, int], WarmMark], list[WarmRef]]:
+    """Match the warm references to the cold walk's cells.
+
+    Parameters
+    ----------
+    cells : dict
+        ``(row, dim, level) -> entry address`` of every reference of the cold walk (``row`` as
+        in :class:`WarmRef`).
+    warm : WarmWalk
+
+    Returns
+    -------
+    (marks, stale)
+        A :class:`WarmMark` per cell, and the warm references that read an entry the cold walk
+        does not (a cached entry that no longer matches the tables), in issue order.
+    """
+    by_cell = {(r.row, r.dim, r.level): r for r in warm.refs}
+    host_start: dict[int, int] = {}
+    for r in warm.refs:
+        if r.dim == "h":
+            host_start[r.row] = max(host_start.get(r.row, 0), r.level)
+    marks: dict[tuple[int, str, int], WarmMark] = {}
+    issued: set[int] = set()
+    for key, addr in cells.items():
+        row, dim, level = key
+        ref = by_cell.get(key)
+        if ref is not None and ref.addr == addr:
+            marks[key] = WarmMark(ref)
+            issued.add(ref.n)
+        elif warm.start_level == 0:
+            marks[key] = WarmMark(None, "TLB" if warm.tlb_hit else "")
+        elif row > warm.start_level:
+            marks[key] = WarmMark(None, "PSC")
+        elif dim == "h" and row in warm.ntlb_rows:
+            marks[key] = WarmMark(None, "NTLB")
+        elif dim == "h" and level > host_start.get(row, level):
+            marks[key] = WarmMark(None, "hPSC")
+        else:
+            marks[key] = WarmMark(None)
+    return marks, [r for r in warm.refs if r.n not in issued]
+
+
+def warm_mark_text(mark: WarmMark) -> Text:
+    """``w3 · L2`` (issued third, line from the L2-like cache), ``skip · PSC``, ``not issued``."""
+    if mark.ref is not None:
+        return Text(f"w{mark.ref.n} · {mark.ref.source}", style=WARM_STYLES[mark.ref.source])
+    if mark.skipped_by:
+        return Text(f"skip · {mark.skipped_by}", style="dim")
+    return Text("not issued", style="dim")
+
+
+def _with_mark(cell: Text, mark: WarmMark | None) -> Text:
+    """``cell`` with its warm mark on a last line, dimmed if the warm hardware does not issue it."""
+    if mark is not None:
+        if mark.ref is None:
+            cell.stylize("dim")
+        cell.append("\n")
+        cell.append_text(warm_mark_text(mark))
+    return cell
+
+
+def _warm_outcome(warm: WarmWalk, npt: bool, cold_addr: int | None) -> Text:
+    """`` → hpa 0x...`` or the fault or exit the warm translation ends in."""
+    out = Text(" → ")
+    phys = "PA" if warm.mode == "native" else "hpa"
+    if warm.outcome == "ok":
+        out.append(f"{phys} {hx(warm.addr or 0)}", style="bold")
+        if cold_addr != warm.addr:
+            cold = f"{phys} {hx(cold_addr)}" if cold_addr is not None else "a fault"
+            out.append(f" (stale: the tables give {cold})", style=STALE_STYLE)
+    elif warm.outcome == "pf":
+        how = "from the TLB entry's cached rights" if warm.start_level == 0 else "for the guest"
+        out.append(f"{pf_text(warm.code)} {how}", style=FAULT_STYLE)
+    elif warm.outcome == "ept_violation":
+        what = "#NPF" if npt else "EPT violation"
+        out.append(f"{what} on gpa {hx(warm.gpa or 0)}: VM exit", style=FAULT_STYLE)
+    elif warm.outcome == "ept_misconfig":
+        out.append(f"EPT misconfiguration on gpa {hx(warm.gpa or 0)}: VM exit", style=FAULT_STYLE)
+    elif warm.outcome == "shadow_pf":
+        out.append("#PF on the shadow tables: VM exit to the VMM", style=FAULT_STYLE)
+    else:
+        out.append("#GP", style=FAULT_STYLE)
+    if warm.outcome not in ("ok", "gp"):
+        out.append(" (the handler and the retried translation are not shown)", style="dim")
+    return out
+
+
+def warm_summary(
+    warm: WarmWalk,
+    marks: dict[tuple[int, str, int], WarmMark],
+    stale: list[WarmRef],
+    cold_addr: int | None = None,
+    npt: bool = False,
+) -> list[Text]:
+    """The warm summary line (plus the note, and one line per stale reference).
+
+    ``warm at record N: TLB miss, guest PSC hit (PDE cache) ...: 3 of 24 references issued
+    (L2 2, LLC 0, mem 1); skipped: guest PSC 15, NTLB 6, host PSC 0 → hpa 0x...``.
+    ``cold_addr``: the cold walk's (host-)physical address, to flag a stale warm translation;
+    ``npt``: name a nested exit #NPF.
+    """
+    nested = warm.mode == "nested"
+    head = Text(f"warm at record {warm.record}: ", style="bold")
+    if warm.outcome == "not_predicted":
+        head.append(warm.note)
+        return [head]
+    if warm.tlb_hit is not None and warm.start_level == 0:
+        head.append(f"TLB hit ({warm.tlb_hit}), no walk")
+    elif warm.tlb_hit is not None:
+        head.append(f"TLB hit ({warm.tlb_hit}), but the write walks again to set D")
+    elif warm.outcome == "gp":
+        head.append("non-canonical, no lookup")
+    else:
+        head.append("TLB miss")
+    if warm.start_level:
+        if warm.psc_hit is not None:
+            which = "guest PSC" if nested else "PSC"
+            head.append(f", {which} hit ({warm.psc_hit}): the walk starts at the {_TABLE_NAMES[warm.start_level]}")
+        else:
+            head.append(", no PSC hit: the walk starts at the root")
+    sources = {name: sum(r.source == name for r in warm.refs) for name in WARM_STYLES}
+    head.append(f"; {len(warm.refs)} of {len(marks)} references issued (")
+    for k, (name, count) in enumerate(sources.items()):
+        head.append((", " if k else "") + f"{name} {count}", style=WARM_STYLES[name] if count else "")
+    head.append(")")
+    skipped = {why: sum(m.skipped_by == why for m in marks.values()) for why in SKIP_NAMES}
+    if skipped["TLB"]:
+        shown = ["TLB"]
+    elif nested:
+        shown = ["PSC", "NTLB", "hPSC"]
+    else:
+        shown = ["PSC"]
+    names = dict(SKIP_NAMES, PSC="guest PSC" if nested else "PSC")
+    head.append("; skipped: " + ", ".join(f"{names[why]} {skipped[why]}" for why in shown))
+    missing = sum(m.ref is None and not m.skipped_by for m in marks.values())
+    if missing:
+        head.append(f"; not issued {missing}")
+    if stale:
+        head.append(f"; {len(stale)} not in the cold walk", style=STALE_STYLE)
+    head.append_text(_warm_outcome(warm, npt, cold_addr))
+    lines = [head]
+    if warm.note:
+        lines.append(Text(f"  {warm.note}", style="dim"))
+    for r in stale:
+        dim = "" if not nested else ("host " if r.dim == "h" else "guest ")
+        where = "PA" if warm.mode == "native" else "hpa"
+        lines.append(
+            Text(
+                f"  w{r.n} · {r.source}: {dim}{LEVEL_NAMES[r.level]} at {where} {hx(r.addr)} is not in the cold walk: "
+                "a cached entry no longer matches the tables",
+                style=STALE_STYLE,
+            )
+        )
+    return lines
+
+
+def _warm_parts(
+    warm: WarmWalk | None, cells: dict[tuple[int, str, int], int], cold_addr: int | None, npt: bool = False
+) -> tuple[dict[tuple[int, str, int], WarmMark] | None, list[Text]]:
+    """The marks of the cold walk's ``cells`` and the summary lines (None and [] when cold)."""
+    if warm is None:
+        return None, []
+    if warm.outcome == "not_predicted":
+        return None, warm_summary(warm, {}, [])
+    marks, stale = warm_marks(cells, warm)
+    return marks, warm_summary(warm, marks, stale, cold_addr, npt)
+
+
+def _warm_legend(nested: bool) -> Text:
+    served = "TLB/PSC/NTLB/hPSC = served by the TLB, a guest PSC, the nested TLB, a host PSC"
+    if not nested:
+        served = "TLB/PSC = served by the TLB, a paging-structure cache"
+    t = Text(
+        "warm: w<n> · L2/LLC/mem = the warm hardware issues it n-th, its line from the L2-like or LLC-like "
+        f"walk-line cache or memory · skip · {served} · not issued = the warm walk ends first or reads another entry"
+    )
+    t.stylize("dim")
+    return t
+
+
 # --- 1D ---------------------------------------------------------------------------------------
 
 
 def _entry_rows(
-    entries: list[EntryRead], va: int, fault_n: int | None, addr_of: dict[int, int] | None = None
+    entries: list[EntryRead],
+    va: int,
+    fault_n: int | None,
+    addr_of: dict[int, int] | None = None,
+    marks: dict[int, WarmMark] | None = None,
 ) -> list[list[Any]]:
-    """Rows of the 1D entry table (shared by the 1D view and the guest side of the 2D view)."""
+    """Rows of the 1D entry table (shared by the 1D view and the guest side of the 2D view).
+
+    ``marks``: the warm mark of each entry by its number; adds a last cell per row.
+    """
     rows = []
     for e in entries:
         changed = _ad_changes(e, ept=False)
@@ -386,22 +692,26 @@ def _entry_rows(
             points = Text(f"table {hx(v & _ADDR)}")
         bad = e.n == fault_n
         addr = hx(addr_of[e.n]) if addr_of else hx(e.addr)
-        rows.append(
-            [
-                Text(("✘ " if bad else "") + f"#{e.n}", style=FAULT_STYLE if bad else "bold"),
-                Text(LEVEL_NAMES[e.level], style=FAULT_STYLE if bad else ""),
-                f"{hi}:{lo}",
-                str(table_index(va, e.level)),
-                addr,
-                hx(v),
-                pte_flags(v, changed),
-                points,
-            ]
-        )
+        row: list[Any] = [
+            Text(("✘ " if bad else "") + f"#{e.n}", style=FAULT_STYLE if bad else "bold"),
+            Text(LEVEL_NAMES[e.level], style=FAULT_STYLE if bad else ""),
+            f"{hi}:{lo}",
+            str(table_index(va, e.level)),
+            addr,
+            hx(v),
+            pte_flags(v, changed),
+            points,
+        ]
+        if marks is not None:
+            row.append(warm_mark_text(marks[e.n]))
+        rows.append(row)
     return rows
 
 
-def _entry_table(rows: list[list[Any]], addr_header: str, title: str | None = None) -> Table:
+def _entry_table(
+    rows: list[list[Any]], addr_header: str, title: str | None = None, dim_rows: set[int] | None = None
+) -> Table:
+    """The entry table; a ninth cell per row adds the ``warm`` column, ``dim_rows`` are dimmed."""
     t = Table(box=box.SIMPLE_HEAD, title=title, title_justify="left", pad_edge=False, collapse_padding=True)
     t.add_column("ref", justify="right", no_wrap=True)
     t.add_column("entry", no_wrap=True)
@@ -411,8 +721,10 @@ def _entry_table(rows: list[list[Any]], addr_header: str, title: str | None = No
     t.add_column("value", no_wrap=True)
     t.add_column("flags")
     t.add_column("points to")
-    for r in rows:
-        t.add_row(*r)
+    if any(len(r) > 8 for r in rows):
+        t.add_column("warm", no_wrap=True)
+    for i, r in enumerate(rows):
+        t.add_row(*r, style="dim" if dim_rows and i in dim_rows else None)
     return t
 
 
@@ -437,7 +749,11 @@ def walk_1d_renderable(view: WalkView1D) -> Group:
     what.append_text(va_split(view.va, view.levels, _leaf_size(view.entries)))
     parts.append(what)
     fault_n = view.entries[-1].n if view.fault == "pf" and view.entries else None
-    rows = _entry_rows(list(view.entries), view.va, fault_n)
+    cells = {(e.level, "g", e.level): e.addr for e in view.entries}
+    by_cell, warm_lines = _warm_parts(view.warm, cells, view.pa)
+    marks = None if by_cell is None else {e.n: by_cell[(e.level, "g", e.level)] for e in view.entries}
+    rows = _entry_rows(list(view.entries), view.va, fault_n, marks=marks)
+    dim_rows = {i for i, e in enumerate(view.entries) if marks is not None and marks[e.n].ref is None}
     if view.fault is None and view.pa is not None:
         off_bits = view.page_size.bit_length() - 1
         rows.append(
@@ -450,11 +766,15 @@ def walk_1d_renderable(view: WalkView1D) -> Group:
                 "",
                 "",
                 Text("data"),
+                *([""] if marks is not None else []),
             ]
         )
     if view.entries:
-        parts.append(_entry_table(rows, "entry PA"))
+        parts.append(_entry_table(rows, "entry PA", dim_rows=dim_rows))
+    parts.extend(warm_lines)
     parts.append(_legend(nested=False))
+    if marks is not None:
+        parts.append(_warm_legend(nested=False))
     parts.append(_verdict_1d(view))
     return Group(*parts)
 
@@ -545,7 +865,7 @@ def _fault_ref(view: WalkView2D) -> int | None:
     return last.n
 
 
-def _cell(e: EntryRead | None, ept: bool, fault_n: int | None, guest: bool) -> Text:
+def _cell(e: EntryRead | None, ept: bool, fault_n: int | None, guest: bool, mark: WarmMark | None = None) -> Text:
     if e is None:
         return Text("")
     bad = e.n == fault_n
@@ -564,7 +884,7 @@ def _cell(e: EntryRead | None, ept: bool, fault_n: int | None, guest: bool) -> T
                 t.append(" " + {1: "4K", 2: "2M", 3: "1G"}[e.level])
     else:
         t.append_text(ept_flags(e.before & ~0x300, e.level))
-    return t
+    return _with_mark(t, mark)
 
 
 def walk_2d_renderable(view: WalkView2D) -> Group:
@@ -590,6 +910,10 @@ def walk_2d_renderable(view: WalkView2D) -> Group:
     fault_n = _fault_ref(view)
     n = len(view.entries)
     nh = sum(e.dim == "h" for e in view.entries)
+    grid_body = grid_rows(view)
+    cells = {(r.level, "h", lv): e.addr for r in grid_body for lv, e in r.host.items()}
+    cells.update({(r.level, "g", r.level): r.guest.addr for r in grid_body if r.guest is not None})
+    marks, warm_lines = _warm_parts(view.warm, cells, view.hpa, view.npt)
     grid = Table(
         box=box.ROUNDED,
         show_lines=True,
@@ -600,7 +924,7 @@ def walk_2d_renderable(view: WalkView2D) -> Group:
     for lv in range(view.hlevels, 0, -1):
         grid.add_column(f"{host_name} {LEVEL_NAMES[lv]}", no_wrap=True)
     grid.add_column("guest entry", no_wrap=True)
-    for row in grid_rows(view):
+    for row in grid_body:
         if row.level:
             hi, lo = va_bits(row.level)
             label = Text(f"g{LEVEL_NAMES[row.level]}", style="bold")
@@ -614,25 +938,31 @@ def walk_2d_renderable(view: WalkView2D) -> Group:
             dots = [Text("·", style="dim") for _ in range(view.hlevels + 1)]
             grid.add_row(label, *dots)
             continue
-        cells = [_cell(row.host.get(lv), ept, fault_n, guest=False) for lv in range(view.hlevels, 0, -1)]
+        host_cells = [
+            _cell(row.host.get(lv), ept, fault_n, False, marks.get((row.level, "h", lv)) if marks else None)
+            for lv in range(view.hlevels, 0, -1)
+        ]
         if row.level:
-            last = _cell(row.guest, ept, fault_n, guest=True)
+            last = _cell(row.guest, ept, fault_n, True, marks.get((row.level, "g", row.level)) if marks else None)
         elif view.hpa is not None:
             last = Text("data access", style="bold")
             last.append("\nhpa " + hx(view.hpa), style="bold")
             last.append(f"\n{PAGE_NAMES.get(view.page_size, '?')} page")
         else:
             last = Text("")
-        grid.add_row(label, *cells, last)
+        grid.add_row(label, *host_cells, last)
     parts.append(grid)
+    parts.extend(warm_lines)
 
     guest_entries = [e for e in view.entries if e.dim == "g"]
     if guest_entries:
-        gpa_of = {r.guest.n: r.gpa for r in grid_rows(view) if r.guest is not None and r.gpa is not None}
+        gpa_of = {r.guest.n: r.gpa for r in grid_body if r.guest is not None and r.gpa is not None}
         g_fault = fault_n if fault_n is not None and fault_n in gpa_of else None
         rows = _entry_rows(guest_entries, view.gva, g_fault, gpa_of)
         parts.append(_entry_table(rows, "entry gpa", title="guest entries (hpa in the grid)"))
     parts.append(_legend(nested=True, npt=view.npt))
+    if marks is not None:
+        parts.append(_warm_legend(nested=True))
     parts.append(_verdict_2d(view))
     return Group(*parts)
 
@@ -823,6 +1153,7 @@ class WalkViewShadow:
     shadow_gpa: int | None
     exit_reason: str | None
     context: str = ""
+    warm: WarmWalk | None = None
 
 
 def _shadow_page(sh: tuple, table_hpa: int) -> ShadowPage | None:
@@ -1019,7 +1350,9 @@ def _rights(access: int) -> str:
     )
 
 
-def _shadow_entry_cell(hpa: int | None, value: int | None, stop: bool, exit_reason: str | None) -> Text:
+def _shadow_entry_cell(
+    hpa: int | None, value: int | None, stop: bool, exit_reason: str | None, mark: WarmMark | None = None
+) -> Text:
     if hpa is None or value is None:
         return Text("·", style="dim")
     t = Text(f"hpa {hx(hpa)}", style=FAULT_STYLE if stop else "bold")
@@ -1029,7 +1362,7 @@ def _shadow_entry_cell(hpa: int | None, value: int | None, stop: bool, exit_reas
     t.append_text(pte_flags(value) if value & 1 else Text("not present", style=FAULT_STYLE))
     if stop and exit_reason:
         t.append(f"\n→ VM exit {exit_reason}", style=FAULT_STYLE)
-    return t
+    return _with_mark(t, mark)
 
 
 def _shadow_page_cell(p: ShadowPage | None) -> Text:
@@ -1100,6 +1433,8 @@ def walk_shadow_renderable(view: WalkViewShadow) -> Group:
     g_last = min(g_levels) if g_levels else None
     s_last = min(s_levels) if s_levels else None
     leaf_level = g_last if view.guest_fault is None else None
+    cells = {(r.level, "g", r.level): r.shadow_hpa for r in view.rows if r.shadow_hpa is not None}
+    marks, warm_lines = _warm_parts(view.warm, cells, view.shadow_hpa)
     t = Table(box=box.ROUNDED, show_lines=True)
     t.add_column("level", no_wrap=True)
     t.add_column("guest entry (gpa)", no_wrap=True)
@@ -1112,7 +1447,8 @@ def walk_shadow_renderable(view: WalkViewShadow) -> Group:
         label.append(f"\nidx {table_index(view.gva, r.level)}\n({hi}:{lo})")
         entry, frame = _guest_cells(r, leaf_level, g_last if view.guest_fault else None)
         s_stop = view.shadow_fault is not None and r.level == s_last
-        shadow = _shadow_entry_cell(r.shadow_hpa, r.shadow_value, s_stop, view.exit_reason)
+        mark = marks.get((r.level, "g", r.level)) if marks else None
+        shadow = _shadow_entry_cell(r.shadow_hpa, r.shadow_value, s_stop, view.exit_reason, mark)
         t.add_row(label, entry, frame, shadow, _shadow_page_cell(r.shadow_page))
     g_page = Text("")
     if view.guest_gpa is not None:
@@ -1133,6 +1469,7 @@ def walk_shadow_renderable(view: WalkViewShadow) -> Group:
             check = Text("✔ backs the guest's gpa", style="green")
     t.add_row(Text("page", style="bold"), g_page, Text(""), s_page, check)
     parts.append(t)
+    parts.extend(warm_lines)
     legend = Text(
         "legend: write-protected: shadow pages keep this guest table read-only, so guest stores to it trap · "
         "unsync: the shadow page lets its guest table be written, resynced at INVLPG or a flush · "
@@ -1141,6 +1478,8 @@ def walk_shadow_renderable(view: WalkViewShadow) -> Group:
     )
     legend.stylize("dim")
     parts.append(legend)
+    if marks is not None:
+        parts.append(_warm_legend(nested=False))
     parts.extend(_verdict_shadow(view, len(s_levels)))
     return Group(*parts)
 
