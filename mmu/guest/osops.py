@@ -407,14 +407,15 @@ def _leaf_bits(prot, ctl):
 
 
 @jit
-def _leaf_slot(gm, galloc, stats, root, levels, va, build):
-    """Guest-physical address of the 4 KiB leaf entry of ``va``; builds missing tables if ``build``.
+def _slot(gm, galloc, stats, root, levels, va, build, at):
+    """Guest-physical address of the level-``at`` entry of ``va`` (1: the 4 KiB leaf, 2: the PDE);
+    builds missing tables above it if ``build``.
 
     Returns -1 if a table is missing (and not built), -2 when out of frames, -3 if a large
-    page maps ``va``.
+    page above level ``at`` maps ``va``.
     """
     table = root
-    for level in range(levels, 1, -1):
+    for level in range(levels, at, -1):
         epa = table + ((va >> (12 + 9 * (level - 1))) & 511) * 8
         e = guest_read(gm, epa)
         if (e & PTE_P) == _U0:
@@ -431,10 +432,7 @@ def _leaf_slot(gm, galloc, stats, root, levels, va, build):
             if level <= 3 and (e & PTE_PS) != _U0:
                 return np.int64(-3)
             table = np.int64(e & _ADDR)
-    return table + ((va >> 12) & 511) * 8
-
-
-# --- transparent huge pages (2 MiB) -----------------------------------------------------------------
+    return table + ((va >> (12 + 9 * (at - 1))) & 511) * 8
 
 
 @jit
@@ -485,31 +483,6 @@ def _split_huge(gm, galloc, stats, epa, e):
 
 
 @jit
-def _pmd_slot(gm, galloc, stats, root, levels, va, build):
-    """Guest-physical address of the level-2 entry (PDE) of ``va``; builds missing tables if
-    ``build``. -1: a table is missing (not built) or a 1 GiB page maps ``va``; -2: out of frames."""
-    table = root
-    for level in range(levels, 2, -1):
-        epa = table + ((va >> (12 + 9 * (level - 1))) & 511) * 8
-        e = guest_read(gm, epa)
-        if (e & PTE_P) == _U0:
-            if not build:
-                return np.int64(-1)
-            nt = os_alloc_table(gm, galloc)
-            if nt < 0:
-                return np.int64(-2)
-            stats[S_PT_FRAMES] += 1
-            if not guest_store(gm, epa, np.uint64(nt) | PTE_USER_RW):
-                return np.int64(-2)
-            table = nt
-        elif (e & PTE_PS) != _U0:
-            return np.int64(-1)
-        else:
-            table = np.int64(e & _ADDR)
-    return table + ((va >> 21) & 511) * 8
-
-
-@jit
 def _thp_fault(gm, galloc, stats, root, levels, va, bits):
     """Map the 2 MiB-aligned page around ``va`` to a fresh, zeroed huge page (leaf flags
     ``bits | PS``) if its PDE is empty, as Linux's ``do_huge_pmd_anonymous_page``.
@@ -517,7 +490,7 @@ def _thp_fault(gm, galloc, stats, root, levels, va, bits):
     Returns 1 (mapped), 0 (not here: a page table is already in place, or no aligned 2 MiB
     block is free -- map 4 KiB pages instead), -1 (out of frames).
     """
-    pmd = _pmd_slot(gm, galloc, stats, root, levels, va, True)
+    pmd = _slot(gm, galloc, stats, root, levels, va, True, 2)
     if pmd == -2:
         return -1
     if pmd < 0 or (guest_read(gm, pmd) & PTE_P) != _U0:
@@ -569,7 +542,7 @@ def _fault_vma(gm, galloc, osst, stats, cfg, row, va, access):
             return OS_OUT_OF_FRAMES, PF_SEGV
         if r > 0:
             return OS_OK, PF_FIXED
-    slot = _leaf_slot(gm, galloc, stats, root, levels, va, True)
+    slot = _slot(gm, galloc, stats, root, levels, va, True, 1)
     if slot == -2:
         return OS_OUT_OF_FRAMES, PF_SEGV
     if slot < 0:
@@ -597,9 +570,9 @@ def _cow(gm, galloc, osst, tlb, psc, stats, cfg, row, va):
     root = osst[0][row, P_ROOT]
     levels = osst[2][O_LEVELS]
     current = osst[2][O_CUR] == row
-    slot = _leaf_slot(gm, galloc, stats, root, levels, va, False)
+    slot = _slot(gm, galloc, stats, root, levels, va, False, 1)
     if slot == -3:
-        pmd = _pmd_slot(gm, galloc, stats, root, levels, va, False)
+        pmd = _slot(gm, galloc, stats, root, levels, va, False, 2)
         if pmd < 0:
             return OS_OK, PF_SEGV  # a 1 GiB page: this kernel never maps one
         e = guest_read(gm, pmd)
@@ -615,7 +588,7 @@ def _cow(gm, galloc, osst, tlb, psc, stats, cfg, row, va):
             return OS_OUT_OF_FRAMES, PF_SEGV
         if current:
             cpu_invlpg(gm, osst, tlb, psc, stats, cfg, va)
-        slot = _leaf_slot(gm, galloc, stats, root, levels, va, False)
+        slot = _slot(gm, galloc, stats, root, levels, va, False, 1)
     if slot < 0:
         return OS_OK, PF_SEGV
     pte = guest_read(gm, slot)
