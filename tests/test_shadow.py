@@ -127,6 +127,24 @@ def test_unsync_pages_are_resynced_at_flushing_cr3_loads():
     assert pcid["mode_stats"]["shadow_pages"]["resynced"] < s["mode_stats"]["shadow_pages"]["resynced"]
 
 
+def test_a_flushing_cr3_load_resyncs_only_pages_below_the_new_root():
+    # KVM's kvm_mmu_sync_roots: unsync pages of another process's tables stay unsync
+    m = Machine(MachineConfig(mode="shadow", pcide=True))
+    base = 0x10_0000_0000
+    _one(m, base, OP_WRITE)  # process 1: its leaf table gets shadowed
+    _one(m, base + 4096, OP_WRITE)  # the demand fault's PTE store: the leaf page goes unsync
+    resynced = lambda: m.result()["mode_stats"]["shadow_pages"]["resynced"]  # noqa: E731
+    assert m.result()["mode_stats"]["shadow_pages"]["unsynced"] == 1 and resynced() == 0
+    _one(m, base, OP_READ, pid=2)  # process 2's first CR3 load flushes: 1's page is not below it
+    assert resynced() == 0
+    check_shadow(m, include_unsync=True)
+    _one(m, base + 4096, OP_READ, pid=1)  # back to 1 with the PCID kept: no flush, no resync
+    assert resynced() == 0
+    m.flush_tlb()  # a flushing load of 1's own root
+    assert resynced() == 1
+    check_shadow(m, include_unsync=True)
+
+
 def test_root_cache_hits_and_misses():
     recs = _pt_heavy(pages=60, procs=3, rounds=4)
     three = _run(recs, mode="shadow")[0].result()["mode_stats"]["root_cache"]

@@ -749,10 +749,51 @@ def sh_sync_page(mem, vm, sh, stats, ctl, sp):
 
 
 @jit
-def sh_sync_all(mem, vm, sh, stats, ctl):
-    """Resynchronise every unsync shadow page (the VMM's work at a TLB flush)."""
-    while sh[7][SM_NUNSYNC] > 0:
-        sh_sync_page(mem, vm, sh, stats, ctl, sh[6][sh[7][SM_NUNSYNC] - 1])
+def _reaches(sh, sp, root):
+    """True if shadow page ``sp`` is linked below shadow page ``root`` (its parent lists lead
+    there within four steps: a leaf page under a 4- or 5-level root)."""
+    spt = sh[0]
+    rl = sh[1]
+    a = spt[sp, SP_PHEAD]
+    while a >= 0:
+        p1 = a >> 9
+        if p1 == root:
+            return True
+        b = spt[p1, SP_PHEAD]
+        while b >= 0:
+            p2 = b >> 9
+            if p2 == root:
+                return True
+            c = spt[p2, SP_PHEAD]
+            while c >= 0:
+                p3 = c >> 9
+                if p3 == root:
+                    return True
+                d = spt[p3, SP_PHEAD]
+                while d >= 0:
+                    if (d >> 9) == root:
+                        return True
+                    d = rl[d, RL_NEXT]
+                c = rl[c, RL_NEXT]
+            b = rl[b, RL_NEXT]
+        a = rl[a, RL_NEXT]
+    return False
+
+
+@jit
+def sh_sync_root(mem, vm, sh, stats, ctl, root):
+    """Resynchronise the unsync shadow pages reachable from shadow page ``root`` (KVM's
+    ``kvm_mmu_sync_roots``: ``mmu_sync_children`` follows ``unsync_child_bitmap`` down from the
+    current root). Unsync pages of other roots stay unsync until a flush under their own root,
+    an INVLPG, or a fault that links them (``_get_sp`` syncs a found unsync page)."""
+    ulist = sh[6]
+    k = sh[7][SM_NUNSYNC] - 1
+    while k >= 0:
+        # downwards: a sync moves the last entry (already visited) into slot k
+        sp = ulist[k]
+        if _reaches(sh, sp, root):
+            sh_sync_page(mem, vm, sh, stats, ctl, sp)
+        k -= 1
 
 
 # --- roots ------------------------------------------------------------------------------------------
@@ -781,7 +822,8 @@ def sh_root_hpa(sh):
 def sh_load_cr3(mem, halloc, vm, sh, stats, ctl, root_gpa, pcid, no_flush):
     """The VMM's handling of a trapped guest MOV CR3 (``kvm_mmu_new_pgd``): find the shadow root
     in the root cache (current + previous roots, LRU), else take (or build) the root shadow
-    page and flush the VM's TLB entries; on a flushing load, resynchronise unsync pages.
+    page and flush the VM's TLB entries; on a flushing load, resynchronise the unsync pages
+    reachable from the new root.
     Returns False if the host ran out of frames."""
     smeta = sh[7]
     rt = sh[5]
@@ -818,7 +860,7 @@ def sh_load_cr3(mem, halloc, vm, sh, stats, ctl, root_gpa, pcid, no_flush):
         _request_flush(sh, stats)
     smeta[SM_RELOAD] = 0
     if not no_flush:
-        sh_sync_all(mem, vm, sh, stats, ctl)
+        sh_sync_root(mem, vm, sh, stats, ctl, rt[0, 1])
         _request_flush(sh, stats)
     return True
 
@@ -1183,7 +1225,7 @@ __all__ = [
     "sh_invlpg",
     "sh_before_entry",
     "sh_sync_page",
-    "sh_sync_all",
+    "sh_sync_root",
     "sh_zap",
     "sh_root_hpa",
     "sh_zero_frame",

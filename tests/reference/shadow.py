@@ -25,6 +25,27 @@ def _host(m: Machine, hpa: int) -> int:
     return int(mem_read(m.mem.state, hpa))
 
 
+def _reachable(m: Machine) -> set[int]:
+    """Shadow pages the hardware can reach from the current root: followed through present
+    non-leaf shadow entries in host memory (not through the MMU's parent lists)."""
+    spt, hfn2sp = m.sh[0], m.sh[3]
+    root = int(m.sh[5][0, 1])
+    seen = {root}
+    todo = [root]
+    while todo:
+        sp = todo.pop()
+        if int(spt[sp, S.SP_ROLE]) & 7 == 1:
+            continue
+        for i in range(512):
+            e = _host(m, int(spt[sp, S.SP_HPA]) + 8 * i)
+            if e & P and not e & PS:
+                child = int(hfn2sp[(e & ADDR) >> 12])
+                if child not in seen:
+                    seen.add(child)
+                    todo.append(child)
+    return seen
+
+
 def child_access(acc: int, gpte: int, nxe: bool = True) -> int:
     """Rights of the path below guest entry ``gpte`` reached with rights ``acc`` (SDM 4.10.2.2)."""
     out = 0
@@ -41,13 +62,16 @@ def check_shadow(m: Machine, include_unsync: bool = False) -> int:
     """Assert the invariants on every live shadow page; returns the present entries checked.
 
     Unsync pages may hold stale entries until the guest's next INVLPG or flush (that is their
-    point), so their leaf entries are checked against the guest only with ``include_unsync``
-    (right after a flush, when none should be left).
+    point), so their leaf entries are not checked against the guest. With ``include_unsync``
+    (right after a flush) no unsync page may be left where the hardware can reach it: below the
+    current root (KVM syncs those; unsync pages of other roots wait for a flush under their own
+    root, as the other PCIDs' TLB entries would).
     """
     spt, rl, gfs, hfn2sp, _sph, _rt, _ulist, smeta, _cost = m.sh
     checked = 0
     if include_unsync:
-        assert int(smeta[S.SM_NUNSYNC]) == 0
+        stale = [sp for sp in _reachable(m) if spt[sp, S.SP_FLAGS] & S.F_UNSYNC]
+        assert not stale, f"unsync shadow pages {stale} below the current root after a flush"
     for sp in range(int(smeta[S.SM_NEXT])):
         flags = int(spt[sp, S.SP_FLAGS])
         if not flags & S.F_ALIVE:
@@ -112,7 +136,7 @@ def check_shadow(m: Machine, include_unsync: bool = False) -> int:
                 rights = acc
                 dirty = True  # a direct page's role already lacks W for a clean guest page
             else:
-                if unsync and not include_unsync:
+                if unsync:
                     continue
                 assert g & P, f"shadow entry over a not-present guest PTE (sp {sp}, index {i})"
                 assert (g & ADDR) >> 12 == tg, "shadow entry maps another frame than the guest PTE"
