@@ -454,3 +454,21 @@ def test_cli_thp_policy_flows_into_the_stats_and_bad_values_fail_cleanly():
     assert out.exit_code == 2
     assert "unknown THP policy 'sometimes'; choose never, madvise or always" in out.output
     assert "Traceback" not in out.output
+
+
+def test_cli_compare_takes_a_thp_policy_per_mode():
+    import json
+
+    from typer.testing import CliRunner
+
+    from mmu.cli import app
+    from mmu.report.compare import mode_label
+
+    out = CliRunner().invoke(
+        app, ["compare", f"{PROGRAMS}/gups.s", "--modes", "native,native+thp", "--json", "--", "18", "1000"]
+    )
+    assert out.exit_code == 0, out.output
+    plain, huge = json.loads(out.stdout)
+    assert (plain["thp"], huge["thp"]) == ("madvise", "always")
+    assert plain["huge_pages"]["mapped"] == 0 and huge["huge_pages"]["mapped"] == 1
+    assert (mode_label(plain), mode_label(huge)) == ("native", "native (thp always)")
