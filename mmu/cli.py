@@ -152,6 +152,11 @@ def replay_cmd(
     flood_threshold: int = typer.Option(
         3, "--flood-threshold", help="Shadow: emulated writes that zap an upper-level shadow page (0 = never)."
     ),
+    shadow_pages: int = typer.Option(
+        0,
+        "--shadow-pages",
+        help="Shadow: most shadow pages kept, oldest reclaimed first (KVM's n_max_mmu_pages; 0 = no cap).",
+    ),
     thp: str = typer.Option(
         "madvise",
         "--thp",
@@ -163,7 +168,7 @@ def replay_cmd(
         traces, quantum, mode, cpu, as_json, emit, quiet, cost, chunk_size,
         host_page=host_page.lower(), ept_levels=ept_levels, ept_ad=ept_ad, npt=npt, ntlb_entries=ntlb,
         host_psc=not no_host_psc, prepopulate_mb=prepopulate, psc=not no_psc, unsync=not no_unsync,
-        prefetch=prefetch, roots=roots, flood_threshold=flood_threshold, thp=thp,
+        prefetch=prefetch, roots=roots, flood_threshold=flood_threshold, thp=thp, shadow_pages=shadow_pages,
     )  # fmt: skip
 
 

@@ -300,6 +300,11 @@ class MachineConfig:
     flood_threshold : int
         Shadow mode: emulated writes without an intervening use that zap an upper-level shadow
         page (KVM: 3; 0 turns write-flooding detection off).
+    shadow_pages : int
+        Shadow mode: most shadow pages the VMM keeps (KVM's ``n_max_mmu_pages``, set with
+        ``KVM_SET_NR_MMU_PAGES``); when fewer than 5 are left the oldest ones not in use as roots
+        are zapped until 25 are free. 0 (default): no cap -- KVM's default is 2% of the guest's
+        memory pages, and this model's guest memory has no fixed size. At least 64 otherwise.
     thp : str
         Guest OS transparent huge pages, as Linux's ``enabled`` setting: "never", "madvise"
         (mappings made with PROT_THP; the default) or "always" (every anonymous mapping and
@@ -327,6 +332,7 @@ class MachineConfig:
     prefetch: int = 8
     roots: int = 3
     flood_threshold: int = 3
+    shadow_pages: int = 0
     thp: str = "madvise"
 
 
@@ -349,6 +355,10 @@ class Machine:
             raise MMUInputError(f"prefetch must be 0 or a power of two up to 512, not {config.prefetch}")
         if not 0 <= config.roots <= 11:
             raise MMUInputError(f"previous roots must be 0..11 (KVM allows at most 11), not {config.roots}")
+        if config.shadow_pages != 0 and config.shadow_pages < 64:
+            raise MMUInputError(
+                f"shadow pages must be 0 (no cap) or at least 64 (KVM's minimum), not {config.shadow_pages}"
+            )
         if config.thp not in THP_POLICIES:
             raise MMUInputError(f"unknown THP policy {config.thp!r}; choose never, madvise or always")
         if config.flood_threshold < 0:
@@ -370,7 +380,7 @@ class Machine:
             self.sh = make_shadow(
                 unsync=config.unsync, prefetch=config.prefetch, roots=config.roots,
                 flood_threshold=config.flood_threshold, ctl=self._ctl(), levels=5 if config.la57 else 4,
-                host_shift=HOST_PAGES[config.host_page], cost=self.cost,
+                host_shift=HOST_PAGES[config.host_page], max_pages=config.shadow_pages, cost=self.cost,
             )  # fmt: skip
         else:
             # Host memory holds the EPT/NPT and the pages backing guest memory; guest frame
@@ -598,6 +608,7 @@ class Machine:
             c = self.config
             policy = {"unsync": c.unsync, "prefetch": c.prefetch, "roots": c.roots}
             policy["flood_threshold"] = c.flood_threshold
+            policy["max_pages"] = c.shadow_pages
             mode_stats = shadow_stats(self.stats, policy, c.host_page, int(self.vm[1][V_BACKED_FRAMES]))
         return stats_dict(
             self.config.mode,

@@ -82,7 +82,13 @@ def test_cli_shadow_policy_flags_reach_the_machine():
         out[bool(extra)] = json.loads(res.output)
     on, off = out[False], out[True]
     assert on["console"] == off["console"]
-    assert off["mode_stats"]["policy"] == {"unsync": False, "prefetch": 0, "roots": 0, "flood_threshold": 0}
+    assert off["mode_stats"]["policy"] == {
+        "unsync": False,
+        "prefetch": 0,
+        "roots": 0,
+        "flood_threshold": 0,
+        "max_pages": 0,
+    }
     assert off["mode_stats"]["shadow_pages"]["unsynced"] == 0 < on["mode_stats"]["shadow_pages"]["unsynced"]
     assert off["exits"]["tracing_write"]["count"] > 5 * on["exits"]["tracing_write"]["count"]
 

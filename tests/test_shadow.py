@@ -145,6 +145,33 @@ def test_a_flushing_cr3_load_resyncs_only_pages_below_the_new_root():
     check_shadow(m, include_unsync=True)
 
 
+def test_shadow_page_cap_reclaims_the_oldest_pages():
+    # 200 leaf tables (one per 2 MiB region), touched twice: under a 64-page cap the VMM zaps
+    # the oldest shadow pages and refills them on the second pass; the guest sees no difference
+    rows = [
+        (0x10_0000_0000 + k * (1 << 21) + 64 * p, 8, 1, OP_READ if p else OP_WRITE) for p in (0, 1) for k in range(200)
+    ]
+    recs = np.zeros(len(rows), dtype=RECORD_DTYPE)
+    for i, (addr, size, pid, op) in enumerate(rows):
+        recs[i] = (addr, size, pid, op, 0)
+    native, nout = _run(recs, mode="native")
+    capped, cout = _run(recs, mode="shadow", shadow_pages=64)
+    free, _ = _run(recs, mode="shadow")
+    assert _visible(native, nout) == _visible(capped, cout)
+    c, f = capped.result(), free.result()
+    sp = c["mode_stats"]["shadow_pages"]
+    assert sp["peak"] <= 64 < f["mode_stats"]["shadow_pages"]["peak"]
+    assert sp["reclaimed"] > 0 and f["mode_stats"]["shadow_pages"]["reclaimed"] == 0
+    assert c["mode_stats"]["policy"]["max_pages"] == 64
+    assert c["exits"]["hidden_fault"]["count"] > f["exits"]["hidden_fault"]["count"]
+    check_shadow(capped)
+
+
+def test_shadow_page_cap_below_kvms_minimum_is_refused():
+    with pytest.raises(MMUInputError, match="at least 64"):
+        Machine(MachineConfig(mode="shadow", shadow_pages=10))
+
+
 def test_root_cache_hits_and_misses():
     recs = _pt_heavy(pages=60, procs=3, rounds=4)
     three = _run(recs, mode="shadow")[0].result()["mode_stats"]["root_cache"]
@@ -459,18 +486,33 @@ def test_cli_replay_shadow_with_policy_flags():
     assert r.exit_code == 0, r.output
     s = json.loads(r.stdout)
     assert REQUIRED <= set(s) and s["mode"] == "shadow"
-    assert s["mode_stats"]["policy"] == {"unsync": True, "prefetch": 8, "roots": 3, "flood_threshold": 3}
+    assert s["mode_stats"]["policy"] == {
+        "unsync": True,
+        "prefetch": 8,
+        "roots": 3,
+        "flood_threshold": 3,
+        "max_pages": 0,
+    }
     r = run(
         "replay", TRACES / "gzip.trace", "--mode", "shadow", "--json", "--no-unsync", "--prefetch", "0",
         "--roots", "0", "--flood-threshold", "0",
     )  # fmt: skip
     assert r.exit_code == 0, r.output
     t = json.loads(r.stdout)
-    assert t["mode_stats"]["policy"] == {"unsync": False, "prefetch": 0, "roots": 0, "flood_threshold": 0}
+    assert t["mode_stats"]["policy"] == {
+        "unsync": False,
+        "prefetch": 0,
+        "roots": 0,
+        "flood_threshold": 0,
+        "max_pages": 0,
+    }
     assert t["mode_stats"]["shadow_pages"]["unsynced"] == 0 < s["mode_stats"]["shadow_pages"]["unsynced"]
     assert t["exits"]["tracing_write"]["count"] > s["exits"]["tracing_write"]["count"]
     r = run("replay", TRACES / "gzip.trace", "--mode", "shadow")
     assert r.exit_code == 0 and "Shadow MMU" in r.stdout and "shadow pages" in r.stdout
+    r = run("replay", TRACES / "gzip.trace", "--mode", "shadow", "--shadow-pages", "64", "--json")
+    capped = json.loads(r.stdout)["mode_stats"]
+    assert capped["policy"]["max_pages"] == 64 and capped["shadow_pages"]["peak"] <= 64
 
 
 @pytest.mark.parametrize(
@@ -479,6 +521,7 @@ def test_cli_replay_shadow_with_policy_flags():
         (["--prefetch", "5"], "power of two"),
         (["--roots", "99"], "0..11"),
         (["--host-page", "8k"], "host page size"),
+        (["--shadow-pages", "10"], "at least 64"),
     ],
 )
 def test_cli_shadow_bad_flags_fail_cleanly(args, fragment):

@@ -43,6 +43,11 @@ def register(app: typer.Typer) -> None:
         flood_threshold: int = typer.Option(
             3, "--flood-threshold", help="Shadow: emulated writes that zap an upper-level shadow page (0 = never)."
         ),
+        shadow_pages: int = typer.Option(
+            0,
+            "--shadow-pages",
+            help="Shadow: most shadow pages kept, oldest reclaimed first (KVM's n_max_mmu_pages; 0 = no cap).",
+        ),
         thp: str = typer.Option(
             "madvise",
             "--thp",
@@ -70,7 +75,7 @@ def register(app: typer.Typer) -> None:
             prog = assemble_file(program)
             config = MachineConfig(
                 mode=mode, cpu=cpu, host_page=host_page.lower(), unsync=not no_unsync, prefetch=prefetch,
-                roots=roots, flood_threshold=flood_threshold, thp=thp,
+                roots=roots, flood_threshold=flood_threshold, thp=thp, shadow_pages=shadow_pages,
             )  # fmt: skip
             result = run_program(
                 prog, values, config, record_path=record,

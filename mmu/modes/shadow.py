@@ -34,7 +34,7 @@ State ``sh = (spt, rl, gfs, hfn2sp, sph, roots, ulist, smeta, cost)``:
 
 ``spt``     int64[cap, SP_COLS]      shadow pages (guest frame, role, host table address,
                                      flags, flood count, root count, hash link, parent list,
-                                     position in the unsync list, free link)
+                                     position in the unsync list, free link, creation stamp)
 ``rl``      int64[cap * 512, 3]      reverse-map links of every shadow-entry slot
 ``gfs``     int64[guest frames, 4]   per guest frame: leaf rmap head, write-protecting shadow
                                      pages, upper-level shadow pages, shadow pages
@@ -81,6 +81,7 @@ from mmu.stats import (
     S_SH_LPAGE_REFUSED,
     S_SH_PEAK,
     S_SH_PREFETCHED,
+    S_SH_RECLAIMED,
     S_SH_RESYNCED,
     S_SH_ROOT_HITS,
     S_SH_ROOT_MISSES,
@@ -126,7 +127,8 @@ SP_HNEXT = 6  # next shadow page in the same hash bucket
 SP_PHEAD = 7  # first slot of the parent list
 SP_UIDX = 8  # position in the unsync list, or -1
 SP_NEXT_FREE = 9
-SP_COLS = 10
+SP_STAMP = 10  # creation order (the oldest pages are reclaimed first under the cap)
+SP_COLS = 11
 
 F_ALIVE = 1
 F_UNSYNC = 2
@@ -168,7 +170,12 @@ SM_REASON = 9  # exit reason being handled (handler work is charged to it)
 SM_ROLE_FLAGS = 10
 SM_LEVELS = 11
 SM_HOST_SHIFT = 12  # host page size backing guest memory (12, 21, 30)
+SM_MAX_PAGES = 13  # knob: most shadow pages kept (KVM's n_max_mmu_pages); 0: no cap
+SM_STAMP = 14  # shadow pages created so far (the next creation stamp)
 SM_LEN = 16
+
+MIN_FREE_PAGES = 5  # KVM_MIN_FREE_MMU_PAGES: below this many free, reclaim ...
+REFILL_PAGES = 25  # ... up to KVM_REFILL_PAGES free
 
 HBUCKETS = 1 << 16
 HBITS = 16
@@ -199,9 +206,11 @@ def make_shadow(
     ctl: int = 0,
     levels: int = 4,
     host_shift: int = 12,
+    max_pages: int = 0,
     cost: np.ndarray | None = None,
 ):
-    """An empty shadow MMU (no shadow pages) with KVM's default policy knobs."""
+    """An empty shadow MMU (no shadow pages) with KVM's default policy knobs; ``max_pages`` caps
+    the shadow pages kept (0: no cap)."""
     spt = np.zeros((capacity, SP_COLS), dtype=np.int64)
     spt[:, SP_UIDX] = -1
     rl = np.full((capacity * 512, 3), -1, dtype=np.int64)
@@ -219,6 +228,7 @@ def make_shadow(
     smeta[SM_FREE] = -1
     smeta[SM_LEVELS] = levels
     smeta[SM_HOST_SHIFT] = host_shift
+    smeta[SM_MAX_PAGES] = max_pages
     role_flags = 0
     if ctl & CTL_WP:
         role_flags |= R_WP
@@ -570,6 +580,8 @@ def _sh_alloc(mem, halloc, sh, stats, gfn, role):
     spt[sp, SP_ROOTS] = 0
     spt[sp, SP_PHEAD] = -1
     spt[sp, SP_UIDX] = -1
+    spt[sp, SP_STAMP] = smeta[SM_STAMP]
+    smeta[SM_STAMP] += 1
     b = _bucket(gfn)
     spt[sp, SP_HNEXT] = sh[4][b]
     sh[4][b] = sp
@@ -595,6 +607,28 @@ def _sh_alloc(mem, halloc, sh, stats, gfn, role):
         if _write_protect_gfn(mem, sh, stats, gfn):
             _request_flush(sh, stats)
     return sp
+
+
+@jit
+def _make_room(mem, sh, stats):
+    """Keep the shadow pages under the cap (``make_mmu_pages_available``): when fewer than
+    :data:`MIN_FREE_PAGES` are left, zap the oldest pages not in use as roots until
+    :data:`REFILL_PAGES` are free (``kvm_mmu_zap_oldest_mmu_pages``). Runs before a fault's
+    fill and a root load, as KVM's do."""
+    cap = sh[7][SM_MAX_PAGES]
+    if cap <= 0 or cap - stats[S_SH_LIVE] >= MIN_FREE_PAGES:
+        return
+    spt = sh[0]
+    while cap - stats[S_SH_LIVE] < REFILL_PAGES:
+        oldest = np.int64(-1)
+        for sp in range(sh[7][SM_NEXT]):
+            if (spt[sp, SP_FLAGS] & F_ALIVE) != 0 and spt[sp, SP_ROOTS] == 0:
+                if oldest < 0 or spt[sp, SP_STAMP] < spt[oldest, SP_STAMP]:
+                    oldest = sp
+        if oldest < 0:
+            return  # only roots are left
+        sh_zap(mem, sh, stats, oldest)
+        stats[S_SH_RECLAIMED] += 1
 
 
 @jit
@@ -806,6 +840,7 @@ def _root_role(sh, levels):
 
 @jit
 def _new_root(mem, halloc, vm, sh, stats, ctl, root_gpa):
+    _make_room(mem, sh, stats)
     sp = _get_sp(mem, halloc, vm, sh, stats, ctl, root_gpa >> 12, _root_role(sh, sh[7][SM_LEVELS]))
     if sp >= 0:
         sh[0][sp, SP_ROOTS] += 1
@@ -1083,6 +1118,7 @@ def sh_page_fault(mem, halloc, vm, sh, stats, pkru, maxphy, root_gpa, va, access
     if access == ACC_WRITE and (ctl & CTL_USER) == 0 and (ctl & CTL_WP) == 0 and (attrs & TA_RW) == 0:
         attrs = (attrs | TA_RW) & ~TA_US
     role_flags = smeta[SM_ROLE_FLAGS]
+    _make_room(mem, sh, stats)
     sp = sh[5][0, 1]
     guest_leaf = trail[n - 1, TR_LEVEL]
     # upper levels: one shadow page per guest table on the path
@@ -1196,6 +1232,7 @@ def shadow_stats(stats: np.ndarray, policy: dict, host_page: str, backed_frames:
             "resynced": s[S_SH_RESYNCED],
             "live": s[S_SH_LIVE],
             "peak": s[S_SH_PEAK],
+            "reclaimed": s[S_SH_RECLAIMED],
         },
         "root_cache": {"hits": s[S_SH_ROOT_HITS], "misses": s[S_SH_ROOT_MISSES]},
         "prefetched_sptes": s[S_SH_PREFETCHED],

@@ -114,13 +114,14 @@ def shadow_renderable(ms: dict[str, Any]) -> Table:
         "policy",
         "",
         f"unsync {'on' if pol['unsync'] else 'off'} · prefetch {pol['prefetch']} · previous roots {pol['roots']}"
-        f" · flood threshold {pol['flood_threshold'] or 'off'}",
+        f" · flood threshold {pol['flood_threshold'] or 'off'}"
+        f" · shadow-page cap {pol.get('max_pages') or 'none'}",
     )
     t.add_row(
         "shadow pages",
         f"{_fmt(sp['live'])} live",
-        f"{_fmt(sp['created'])} created, {_fmt(sp['zapped'])} zapped ({_fmt(sp['flooded'])} by write flooding),"
-        f" peak {_fmt(sp['peak'])}",
+        f"{_fmt(sp['created'])} created, {_fmt(sp['zapped'])} zapped ({_fmt(sp['flooded'])} by write flooding,"
+        f" {_fmt(sp.get('reclaimed', 0))} reclaimed under the cap), peak {_fmt(sp['peak'])}",
     )
     t.add_row("unsync", _fmt(sp["unsynced"]), f"pages let out of sync; {_fmt(sp['resynced'])} resynchronised")
     rc = ms["root_cache"]
