@@ -335,6 +335,7 @@ def compare_cmd(
 
 DEMO_TRACES = ("ls-usr.trace", "gups-64m.trace")
 DEMO_PROGRAM = ("forkwait.s", [40, 4])  # 40 fork+wait rounds, each child rewriting 4 pages
+DEMO_WALK = ("gups-64m.trace", 82515)  # a TLB miss whose walk the PSCs cut to 3 references
 
 
 def find_shipped_program(name: str) -> Path:
@@ -349,7 +350,8 @@ def demo_cmd(
 ) -> None:
     """The story in one screen: shipped real traces (valgrind lackey recordings) and a shipped
     guest program (forkwait) natively, under shadow paging and under nested paging; then one
-    nested page walk drawn reference by reference."""
+    nested page walk drawn reference by reference, marked with what the warm TLB and caches
+    serve at that point of the trace."""
     from rich.console import Console
     from rich.rule import Rule
 
@@ -378,11 +380,21 @@ def demo_cmd(
         compare_renderable(results, title=f"{name} {' '.join(map(str, args))}: a page-table-update-heavy guest")
     )
     console.print()
-    console.print(Rule("one TLB miss under nested paging: 24 memory references (mmu walk 0x400000 --mode nested)"))
-    from mmu.report.cli import _demo_view
+    trace, index = DEMO_WALK
+    console.print(
+        Rule(
+            f"one TLB miss under nested paging: 24 references cold, and what the warm caches leave "
+            f"(mmu walk --trace traces/{trace} --index {index} --mode nested)"
+        )
+    )
+    from mmu.report.cli import _trace_view
     from mmu.report.walkview import walk_renderable
 
-    console.print(walk_renderable(_demo_view(0x400000, "nested", "r", True, "4k", 4, False, False)))
+    try:
+        view = _trace_view(find_shipped_trace(trace), index, None, None, True, "nested", "4k", 4, False, False)
+    except MMUInputError as exc:
+        fail(str(exc))
+    console.print(walk_renderable(view))
 
 
 @app.command("presets")

@@ -65,6 +65,15 @@ def test_replay_emit(tmp_path):
     assert (gpa != np.uint64(2**64 - 1)).all()
 
 
+def test_demo_screen_ends_with_a_warm_nested_walk():
+    r = run("demo")
+    assert r.exit_code == 0, r.output
+    assert "ls-usr.trace: native vs shadow vs nested paging" in r.stdout
+    assert "forkwait.s 40 4: a page-table-update-heavy guest" in r.stdout
+    assert "24 references: 20 host + 4 guest" in r.stdout
+    assert "warm at record 82515:" in r.stdout and "skip · PSC" in r.stdout
+
+
 def test_demo_json():
     r = run("demo", "--json")
     assert r.exit_code == 0, r.output
