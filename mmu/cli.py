@@ -16,6 +16,7 @@ from typing import Any
 import typer
 
 from mmu.errors import MMUInputError
+from mmu.options import flood_threshold_option, prefetch_option, roots_option, shadow_pages_option, thp_option
 
 app = typer.Typer(
     name="mmu",
@@ -147,21 +148,11 @@ def replay_cmd(
     no_unsync: bool = typer.Option(
         False, "--no-unsync", help="Shadow: never let leaf guest tables go unsync (emulate every store)."
     ),
-    prefetch: int = typer.Option(8, "--prefetch", help="Shadow: entries prefetched around a fill (0 = off)."),
-    roots: int = typer.Option(3, "--roots", help="Shadow: previous roots in the root cache (0..11)."),
-    flood_threshold: int = typer.Option(
-        3, "--flood-threshold", help="Shadow: emulated writes that zap an upper-level shadow page (0 = never)."
-    ),
-    shadow_pages: int = typer.Option(
-        0,
-        "--shadow-pages",
-        help="Shadow: most shadow pages kept, oldest reclaimed first (KVM's n_max_mmu_pages; 0 = no cap).",
-    ),
-    thp: str = typer.Option(
-        "madvise",
-        "--thp",
-        help="Guest transparent 2 MiB pages: never | madvise (mappings made with PROT_THP) | always.",
-    ),
+    prefetch: int = prefetch_option(),
+    roots: int = roots_option(),
+    flood_threshold: int = flood_threshold_option(),
+    shadow_pages: int = shadow_pages_option(),
+    thp: str = thp_option(),
 ) -> None:
     """Replay a trace through the simulated MMU and report what translation cost."""
     _run_replay(
@@ -275,11 +266,7 @@ def compare_cmd(
     ),
     cpu: str = typer.Option("skylake", "--cpu", help="CPU preset."),
     host_page: str = typer.Option("4k", "--host-page", help="Default host page for nested modes."),
-    thp: str = typer.Option(
-        "madvise",
-        "--thp",
-        help="Guest transparent 2 MiB pages: never | madvise (mappings made with PROT_THP) | always.",
-    ),
+    thp: str = thp_option(),
     cost: list[str] = typer.Option([], "--cost", help="Override a cost parameter: NAME=CYCLES."),
     as_json: bool = typer.Option(False, "--json", help="Print the per-mode stats objects as a JSON list."),
     csv_out: Path = typer.Option(None, "--csv", help="Write one CSV row per mode."),

@@ -8,6 +8,7 @@ from pathlib import Path
 import typer
 
 from mmu.errors import MMUInputError
+from mmu.options import flood_threshold_option, prefetch_option, roots_option, shadow_pages_option, thp_option
 
 
 def _parse_args(items: list[str]) -> list[int]:
@@ -38,21 +39,11 @@ def register(app: typer.Typer) -> None:
         quantum: int = typer.Option(10_000, "--quantum", help="Scheduler slice in instructions."),
         host_page: str = typer.Option("4k", "--host-page", help="Nested/shadow: host page size, 4k|2m|1g."),
         no_unsync: bool = typer.Option(False, "--no-unsync", help="Shadow: emulate every store to a leaf table."),
-        prefetch: int = typer.Option(8, "--prefetch", help="Shadow: entries prefetched around a fill (0 = off)."),
-        roots: int = typer.Option(3, "--roots", help="Shadow: previous roots in the root cache (0..11)."),
-        flood_threshold: int = typer.Option(
-            3, "--flood-threshold", help="Shadow: emulated writes that zap an upper-level shadow page (0 = never)."
-        ),
-        shadow_pages: int = typer.Option(
-            0,
-            "--shadow-pages",
-            help="Shadow: most shadow pages kept, oldest reclaimed first (KVM's n_max_mmu_pages; 0 = no cap).",
-        ),
-        thp: str = typer.Option(
-            "madvise",
-            "--thp",
-            help="Guest transparent 2 MiB pages: never | madvise (mappings made with PROT_THP) | always.",
-        ),
+        prefetch: int = prefetch_option(),
+        roots: int = roots_option(),
+        flood_threshold: int = flood_threshold_option(),
+        shadow_pages: int = shadow_pages_option(),
+        thp: str = thp_option(),
     ) -> None:
         """Run PROGRAM.s in a fresh guest: print its console output and the stats."""
         from rich.console import Console
