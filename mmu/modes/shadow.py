@@ -15,8 +15,8 @@ them coherent with the guest's own tables in software:
 * **Write protection.** A guest frame with a (synchronised) shadow page is mapped read-only in
   every shadow entry; the guest kernel's stores to it trap (:func:`sh_guest_store`).
   Upper-level guest tables are always write-tracked and their stores emulated (tracing);
-  a leaf table may go **unsync** instead (writable until the guest's next INVLPG or
-  TLB-flushing CR3 load resynchronises it).
+  a leaf table may go **unsync** instead (writable until the guest's next INVLPG, or a
+  TLB-flushing CR3 load of a root it lies below, resynchronises it).
 * **Faults** on the shadow tables exit to :func:`sh_page_fault`, which walks the guest tables
   in software (setting guest A, and D on a write, as the hardware would), then either injects
   a true guest #PF or fills the shadow path (hidden fault), emulates a write to a tracked page
