@@ -19,8 +19,9 @@ import pytest
 
 import mmu
 from mmu.hw.ntlb import cold_host_cache
+from mmu.hw.walk2d import nested_walk_many
 from mmu.x86.ept import HT_COLS
-from mmu.x86.nested import GT_COLS, MAX_REFS, RF_COLS, nested_walk_many
+from mmu.x86.nested import GT_COLS, MAX_REFS, RF_COLS
 from mmu.x86.walk import MAX_LEVELS, TR_COLS, make_ctl, walk_many
 
 N_PAGES = 1 << 16  # 256 MiB of guest pages

@@ -81,3 +81,55 @@ def test_shipped_trace_replay(benchmark, path, mode):
 
     m = benchmark.pedantic(run, setup=setup, rounds=5, warmup_rounds=1)
     benchmark.extra_info["accesses_per_s"] = m.result()["accesses"] / benchmark.stats.stats.mean
+
+
+E2E_N = 20_000_000
+
+
+@pytest.fixture(scope="module")
+def l1_trace_20m(tmp_path_factory):
+    """A 20M-record trace file of the ``l1_hits`` kind (97% L1 DTLB hits), 320 MB."""
+    from mmu.trace.format import TraceWriter
+
+    path = tmp_path_factory.mktemp("e2e") / "l1-20m.trace"
+    rng = np.random.default_rng(11)
+    with TraceWriter(path) as w:
+        for _ in range(E2E_N // N):
+            pages = rng.integers(0, 32, N)
+            far = rng.random(N) < 0.03
+            pages[far] = rng.integers(32, 1024, int(far.sum()))
+            r = np.zeros(N, dtype=RECORD_DTYPE)
+            r["addr"] = BASE + pages * 4096 + rng.integers(0, 512, N) * 8
+            r["arg"] = 8
+            r["pid"] = 1
+            r["op"] = (rng.random(N) < 0.3).astype(np.uint8)
+            w.write(r)
+    return path
+
+
+def test_end_to_end_replay_process(benchmark, l1_trace_20m):
+    """``mmu replay FILE --json`` on a 20M-record file, the whole process (interpreter start,
+    imports, loading the cached kernels, reading and validating the file, the replay)."""
+    import subprocess
+    import sys
+
+    cmd = [sys.executable, "-m", "mmu", "replay", str(l1_trace_20m), "--json"]
+    subprocess.run(cmd, check=True, capture_output=True)  # the kernels are in the cache
+
+    def run():
+        return subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+
+    out = benchmark.pedantic(run, rounds=3, warmup_rounds=0)
+    stats = __import__("json").loads(out)
+    benchmark.extra_info["accesses_per_s"] = stats["accesses"] / benchmark.stats.stats.median
+    benchmark.extra_info["kernel_elapsed_s"] = stats["elapsed_s"]
+
+
+def test_end_to_end_replay_in_process(benchmark, l1_trace_20m):
+    """``mmu.replay(FILE)`` on the same file in a warm process (reading and validation included)."""
+    from mmu.engine import replay
+
+    replay(l1_trace_20m, MachineConfig(mode="native"))
+
+    stats = benchmark.pedantic(lambda: replay(l1_trace_20m, MachineConfig(mode="native")), rounds=3)
+    benchmark.extra_info["accesses_per_s"] = stats["accesses"] / benchmark.stats.stats.median

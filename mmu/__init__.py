@@ -11,8 +11,8 @@ and are cached on disk):
 from __future__ import annotations
 
 from mmu.errors import MMUInputError, TraceFormatError
+from mmu.hw.walk2d import NestedWalkResult, walk_nested
 from mmu.memory import FrameAllocator, PhysicalMemory
-from mmu.x86.nested import NestedWalkResult, walk_nested
 from mmu.x86.walk import WalkResult, walk
 
 __version__ = "0.1.0"

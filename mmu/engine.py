@@ -25,13 +25,13 @@ from mmu.guest.os import O_CUR, OS_OK, OS_OUT_OF_FRAMES, OS_TOO_MANY_PROCS, THP_
 from mmu.guest.osops import EV_PROT_GIVEN, EV_PROT_SHIFT, OS_NEED_ROOM, OS_UNSUPPORTED, os_event
 from mmu.hw.cache import make_line_cache
 from mmu.hw.cost import K_L2_LINES, K_L2_WAYS, K_LLC_LINES, K_LLC_WAYS, cost_array
-from mmu.hw.ntlb import make_host_cache
+from mmu.hw.ntlb import cold_host_cache, make_host_cache
 from mmu.hw.presets import get_preset
 from mmu.hw.pwc import make_psc
 from mmu.hw.tlb import make_tlb
 from mmu.memory import ALIGN_ROOM, FrameAllocator, PhysicalMemory, alloc_room, mem_read, mem_room
 from mmu.modes.cpuops import cpu_flush_tlb, cpu_invlpg, switch_to
-from mmu.modes.dispatch import FLOG_N, FLOG_ON, translate_access
+from mmu.modes.dispatch import FLOG_N, FLOG_ON, translate_access, translate_hit
 from mmu.modes.native import C_ASID, C_CTL, C_EMIT, C_LEN, C_MAXPHYADDR, C_PKRU
 from mmu.modes.shadow import dummy_shadow, grow_shadow, make_shadow, sh_budget, shadow_stats
 from mmu.modes.vmm import (
@@ -50,6 +50,7 @@ from mmu.modes.vmm import (
     vm_prepopulate,
     vm_room,
 )
+from mmu.state import MachineState, Scratch
 from mmu.stats import (
     S_ACCESSES,
     S_DATA_FRAMES,
@@ -83,31 +84,7 @@ ROOM_FRAMES = 256  # frames one record may need at most (guest tables, data, sha
 
 
 @jit
-def replay_kernel(
-    addr,
-    arg,
-    pid,
-    op,
-    flags,
-    start,
-    stop,
-    mem,
-    halloc,
-    galloc,
-    vm,
-    hcache,
-    sh,
-    osst,
-    tlb,
-    psc,
-    ptc,
-    cost,
-    stats,
-    cfg,
-    out,
-    pos,
-    scratch,
-):
+def replay_kernel(addr, arg, pid, op, flags, start, stop, m, out, pos):
     """Replay records ``[start, stop)`` of one chunk.
 
     Parameters
@@ -115,36 +92,20 @@ def replay_kernel(
     addr, arg, pid, op, flags : uint64[n], uint32[n], uint16[n], uint8[n], uint8[n]
         The record fields (strided views of a RECORD_DTYPE array); addresses are
         reinterpreted as int64. An mmap event's flags are its PROT_* bits.
-    mem : tuple
-        Memory holding guest-physical contents (native: the machine's; VM: the host's).
-    halloc, galloc : tuple
-        Host and guest frame allocators (the same allocator natively).
-    vm : tuple
-        VM state (:mod:`mmu.modes.vmm`; mode native natively).
-    osst, tlb, psc, ptc : tuple
-        Guest OS, TLBs, paging-structure caches, walk-line caches (mutated).
-    cost : int64[N_COST]
-    stats : int64[N_STATS]
-        Mutated.
-    cfg : int64[C_LEN]
+    m : mmu.state.MachineState
+        The machine (mutated).
     out : uint64[m]
         Guest-physical address of each access, written at ``pos[0]`` onward when cfg[C_EMIT].
     pos : int64[1]
         Next slot of ``out`` (mutated).
-    hcache : tuple or None
-        Nested TLB and host PSCs (nested mode; None otherwise).
-    sh : tuple
-        The shadow MMU (:mod:`mmu.modes.shadow`; a dummy outside shadow mode).
-    scratch : tuple
-        ``(trail, gtrail, htrail, refs, counts, flog)``: walk scratch arrays, the frames the
-        guest OS allocates, [page tables, data] (a view into ``stats``), and the guest page-fault
-        log (:data:`mmu.modes.dispatch.FLOG_ON`).
 
     Returns
     -------
     (status, index)
         ST_DONE with ``stop``; otherwise the status and the record to resume at (or that failed).
     """
+    mem, halloc, galloc, vm, hcache, sh, osst = m.mem, m.halloc, m.galloc, m.vm, m.hcache, m.sh, m.osst
+    tlb, psc, ptc, stats, cfg, scratch = m.tlb, m.psc, m.ptc, m.stats, m.cfg, m.scratch
     procs = osst[0]
     ometa = osst[2]
     emit = cfg[C_EMIT] != 0
@@ -208,9 +169,11 @@ def replay_kernel(
             stats[S_SPLIT] += 1
         tva = va
         for k in range(pages):
-            st, pa = translate_access(gm, galloc, hcache, osst, tlb, psc, ptc, stats, cfg, cur, tva, o, scratch)
-            if st != OS_OK:
-                return ST_OUT_OF_FRAMES, i
+            hit, pa = translate_hit(vm, sh, osst, tlb, cfg, cur, tva, o)
+            if not hit:
+                st, pa = translate_access(gm, galloc, hcache, osst, tlb, psc, ptc, stats, cfg, cur, tva, o, scratch)
+                if st != OS_OK:
+                    return ST_OUT_OF_FRAMES, i
             if k == 0 and emit:
                 out[pos[0]] = np.uint64(pa) if pa >= 0 else NO_TRANSLATION
                 pos[0] += 1
@@ -224,12 +187,14 @@ GOP_FLUSH = 2  # guest kernel CR3 reload without the no-flush bit
 
 
 @jit
-def guest_op_kernel(kind, a, b, mem, halloc, vm, sh, osst, tlb, psc, stats, cfg):
-    """One privileged operation of the guest kernel (tests and tools drive the guest with it).
+def guest_op_kernel(kind, a, b, m):
+    """One privileged operation of the guest kernel on machine ``m`` (a MachineState; tests and
+    tools drive the guest with it).
 
     Returns 0, or 1 if the guest ran out of frames.
     """
-    gm = (mem, halloc, vm, stats, sh)
+    osst, tlb, psc, stats, cfg = m.osst, m.tlb, m.psc, m.stats, m.cfg
+    gm = (m.mem, m.halloc, m.vm, stats, m.sh)
     if kind == GOP_STORE:
         return 0 if guest_store(gm, a, np.uint64(b)) else 1
     if kind == GOP_INVLPG:
@@ -368,15 +333,15 @@ class Machine:
         if config.mode == "native":
             self.vm = make_vm(MODE_NATIVE)
             self.galloc = self.mem.alloc
-            # None: the replay kernel is compiled without the nested path (numba prunes
-            # ``hcache is not None`` branches), which keeps the native hot loop lean.
-            self.hcache = None
+            # A disabled host cache (never used outside nested mode) keeps one signature per
+            # kernel: every mode shares one compiled translation path.
+            self.hcache = cold_host_cache()
         elif config.mode == "shadow":
             # Host memory holds the pages backing guest memory and the shadow tables; the VMM
             # keeps only the memslot view of guest memory (no EPT).
             self.vm = make_vm(MODE_SHADOW, host_shift=HOST_PAGES[config.host_page])
             self.galloc = FrameAllocator(1, 1 << 40)
-            self.hcache = None
+            self.hcache = cold_host_cache()
             self.sh = make_shadow(
                 unsync=config.unsync, prefetch=config.prefetch, roots=config.roots,
                 flood_threshold=config.flood_threshold, ctl=self._ctl(), levels=5 if config.la57 else 4,
@@ -417,7 +382,7 @@ class Machine:
         self.records_done = 0
         # The guest OS counts frames it allocates straight into the stats array.
         assert S_DATA_FRAMES == S_PT_FRAMES + 1
-        self._scratch = (
+        self._scratch = Scratch(
             np.zeros((MAX_LEVELS, TR_COLS), dtype=np.int64),
             np.zeros((MAX_LEVELS, GT_COLS), dtype=np.int64),
             np.zeros((MAX_LEVELS, HT_COLS), dtype=np.int64),
@@ -443,7 +408,7 @@ class Machine:
         """Record every guest page fault (address, error code) from now on; see :meth:`faults`."""
         self.flog = np.zeros((capacity + 1, 2), dtype=np.int64)
         self.flog[0, FLOG_ON] = 1
-        self._scratch = self._scratch[:5] + (self.flog,)
+        self._scratch = self._scratch._replace(flog=self.flog)
 
     def faults(self) -> list[tuple[int, int]]:
         """The guest page faults logged so far, in order, as (address, #PF error code)."""
@@ -464,10 +429,7 @@ class Machine:
 
     def _guest_op(self, kind: int, a: int = 0, b: int = 0) -> None:
         self._grow()
-        st = guest_op_kernel(
-            kind, np.int64(a), np.uint64(b), self.mem.state, self.mem.alloc.state, self.vm, self.sh, self.osst,
-            self.tlb, self.psc, self.stats, self.cfg,
-        )  # fmt: skip
+        st = guest_op_kernel(np.int64(kind), np.int64(a), np.uint64(b), self.state)
         if st != 0:
             raise MMUInputError("the guest ran out of physical frames")
 
@@ -508,12 +470,18 @@ class Machine:
         if vm_prepopulate(self.mem.state, self.mem.alloc.state, self.vm, np.int64(frames)) != VM_OK:
             raise MMUInputError("the host ran out of frames while prepopulating guest memory")
 
-    def _kernel(self, addr, arg, pid, op, flags, start, stop, out, pos):
-        return replay_kernel(
-            addr, arg, pid, op, flags, start, stop, self.mem.state, self.mem.alloc.state, self.galloc.state, self.vm,
-            self.hcache, self.sh, self.osst, self.tlb, self.psc, self.ptc, self.cost, self.stats, self.cfg, out, pos,
-            self._scratch,
+    @property
+    def state(self) -> MachineState:
+        """The machine as the kernels take it (the arrays themselves, not copies).
+
+        Build it again after anything grows (``_grow`` replaces arrays)."""
+        return MachineState(
+            self.mem.state, self.mem.alloc.state, self.galloc.state, self.vm, self.hcache, self.sh, self.osst,
+            self.tlb, self.psc, self.ptc, self.cost, self.stats, self.cfg, self._scratch,
         )  # fmt: skip
+
+    def _kernel(self, addr, arg, pid, op, flags, start, stop, out, pos):
+        return replay_kernel(addr, arg, pid, op, flags, start, stop, self.state, out, pos)
 
     def run(self, records: np.ndarray, out: np.ndarray | None = None, where: str = "trace") -> int:
         """Replay a chunk of ``RECORD_DTYPE`` records; returns how many translations were emitted.

@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from mmu._jit import jit
+from mmu._jit import inner, jit
 
 M_USED = 0
 M_SHIFT = 1
@@ -48,7 +48,7 @@ MAX_PHYS_BITS = 52
 FRAME_WORDS = 512
 
 
-@jit
+@inner
 def _hash_slot(pfn, shift):
     return np.int64((np.uint64(pfn) * _GOLDEN) >> np.uint64(shift))
 
@@ -69,7 +69,7 @@ def mem_find(mem, pfn):
         i = (i + 1) & mask
 
 
-@jit
+@inner
 def mem_frame(mem, pfn):
     """Row of ``data`` backing ``pfn``, creating a zeroed one if needed.
 
@@ -93,7 +93,7 @@ def mem_frame(mem, pfn):
         i = (i + 1) & mask
 
 
-@jit
+@inner
 def mem_room(mem, frames):
     """True if ``frames`` more frames can be backed without growing (load factor <= 1/2)."""
     used = mem[3][M_USED]

@@ -140,12 +140,7 @@ loop:   shli    t1, t0, 12
 def _event(m: Machine, op: int, pid: int, addr: int = 0, arg: int = 0) -> int:
     m._grow()
     m.galloc.reserve_frees(m.galloc.live + 1)
-    return int(
-        cpu_event(
-            m.mem.state, m.mem.alloc.state, m.galloc.state, m.vm, m.sh, m.osst, m.tlb, m.psc, m.stats, m.cfg,
-            np.int64(op), np.int64(pid), np.int64(addr), np.int64(arg),
-        )
-    )  # fmt: skip
+    return int(cpu_event(m.state, np.int64(op), np.int64(pid), np.int64(addr), np.int64(arg)))
 
 
 def _writes(pid: int, base: int, pages: int) -> np.ndarray:

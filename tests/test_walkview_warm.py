@@ -39,11 +39,11 @@ from typer.testing import CliRunner
 
 import mmu
 from mmu.cli import app
+from mmu.cli.report import enter_process, machine_view
 from mmu.engine import Machine, MachineConfig
 from mmu.guest.asm import assemble_file
 from mmu.guest.run import run_program
 from mmu.modes.shadow import SM_FLUSH, SM_RELOAD
-from mmu.report.cli import enter_process, machine_view
 from mmu.report.demo_guest import build_native
 from mmu.report.walkview import WarmRef, WarmWalk, capture_1d, hx, walk_renderable, warm_marks
 from mmu.report.warm import probe

@@ -41,7 +41,7 @@ from mmu.guest.os import OS_OK
 from mmu.guest.osops import os_event
 from mmu.memory import ALIGN_ROOM, alloc_room, mem_read, mem_room, mem_write
 from mmu.modes.cpuops import switch_to
-from mmu.modes.dispatch import translate_access
+from mmu.modes.dispatch import translate_access, translate_hit
 from mmu.modes.shadow import sh_budget
 from mmu.modes.vmm import MODE_NATIVE, MODE_SHADOW, V_MODE, vm_hpa, vm_room
 from mmu.stats import S_ACCESSES, S_EVENTS, S_READS
@@ -126,34 +126,13 @@ def _alu(fn, a, b):
 
 
 @jit
-def cpu_slice(
-    mem,
-    halloc,
-    galloc,
-    vm,
-    hcache,
-    sh,
-    osst,
-    tlb,
-    psc,
-    ptc,
-    stats,
-    cfg,
-    scratch,
-    regs,
-    cpu,
-    used_mask,
-    budget,
-    rec,
-    rpos,
-):
+def cpu_slice(m, regs, cpu, used_mask, budget, rec, rpos):
     """Run process ``cpu[X_ROW]`` from ``cpu[X_PC]`` for at most ``budget`` instructions.
 
     Parameters
     ----------
-    mem, halloc, galloc, vm, hcache, sh, osst, tlb, psc, ptc, stats, cfg, scratch
-        The machine, as :func:`mmu.engine.replay_kernel` takes it (mutated alike);
-        ``hcache`` is None outside nested mode.
+    m : mmu.state.MachineState
+        The machine, as :func:`mmu.engine.replay_kernel` takes it (mutated alike).
     regs : uint64[32]
         The process's registers (mutated; r0 stays 0).
     cpu : int64[X_LEN]
@@ -172,6 +151,8 @@ def cpu_slice(
     (outcome, retired)
         An ``EX_*`` outcome and the instructions retired (a syscall or halt counts).
     """
+    mem, halloc, galloc, vm, hcache, sh, osst = m.mem, m.halloc, m.galloc, m.vm, m.hcache, m.sh, m.osst
+    tlb, psc, ptc, stats, cfg, scratch = m.tlb, m.psc, m.ptc, m.stats, m.cfg, m.scratch
     gm = (mem, halloc, vm, stats, sh)
     raddr, rarg, rpid, rop = rec
     cap = raddr.shape[0] - 2
@@ -223,7 +204,10 @@ def cpu_slice(
         shb -= 1
         stats[S_ACCESSES] += 1
         stats[S_READS + access] += 1
-        st, gpa = translate_access(gm, galloc, hcache, osst, tlb, psc, ptc, stats, cfg, row, va, access, scratch)
+        hit, gpa = translate_hit(vm, sh, osst, tlb, cfg, row, va, access)
+        st = OS_OK
+        if not hit:
+            st, gpa = translate_access(gm, galloc, hcache, osst, tlb, psc, ptc, stats, cfg, row, va, access, scratch)
         if recording:
             k = rpos[0]
             raddr[k] = np.uint64(va)
@@ -353,13 +337,15 @@ def cpu_slice(
 
 
 @jit
-def cpu_event(mem, halloc, galloc, vm, sh, osst, tlb, psc, stats, cfg, op, pid, addr, arg):
-    """The guest kernel performs OS event ``op`` (OP_SWITCH or an :func:`~mmu.guest.osops.os_event`).
+def cpu_event(m, op, pid, addr, arg):
+    """The guest kernel performs OS event ``op`` (OP_SWITCH or an :func:`~mmu.guest.osops.os_event`)
+    on machine ``m`` (a MachineState).
 
     Counted in ``stats`` as the replay kernel counts an event record (only when it succeeds,
     since only then is it recorded). Returns an ``OS_*`` status.
     """
-    gm = (mem, halloc, vm, stats, sh)
+    galloc, osst, tlb, psc, stats, cfg = m.galloc, m.osst, m.tlb, m.psc, m.stats, m.cfg
+    gm = (m.mem, m.halloc, m.vm, stats, m.sh)
     if op == OP_SWITCH:
         st = switch_to(gm, galloc, osst, tlb, psc, stats, cfg, pid)
     else:

@@ -34,9 +34,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from mmu._jit import jit
-from mmu.memory import alloc_frame, mem_read, mem_write, mem_zero_frame
-from mmu.modes.shadow import sh_guest_store, sh_zero_frame
+from mmu._jit import inner, jit
+from mmu.memory import alloc_frame, mem_read, mem_write
+from mmu.modes.hooks import on_pt_store, zero_guest_frame
 from mmu.modes.vmm import MODE_NATIVE, MODE_SHADOW, V_MODE, VM_OK, vm_back, vm_hpa
 from mmu.stats import EXIT_EPT_VIOLATION, EXIT_HIDDEN_FAULT, S_EXIT_BASE, S_PROCESSES, S_PT_FRAMES, S_VM_EXITS
 from mmu.x86.bits import CTL_NXE, TA_PKEY_SHIFT, TA_RW, TA_US, TA_XD
@@ -114,7 +114,7 @@ def make_os(pcide: bool = True, la57: bool = False, thp: int = THP_NEVER) -> tup
 # violation exit after which the VMM backs the frame.
 
 
-@jit
+@inner
 def guest_hpa(gm, gpa):
     """Where guest-physical ``gpa`` lives in ``gm[0]``, backing it first if needed; -1 if impossible."""
     vm = gm[2]
@@ -132,7 +132,7 @@ def guest_hpa(gm, gpa):
     return vm_hpa(vm, gpa)
 
 
-@jit
+@inner
 def guest_read(gm, gpa):
     """A guest kernel load of the 64-bit word at guest-physical ``gpa`` (0 if it cannot be backed)."""
     hpa = guest_hpa(gm, gpa)
@@ -150,13 +150,12 @@ def guest_store(gm, gpa, value):
     hpa = guest_hpa(gm, gpa)
     if hpa < 0:
         return False
-    if gm[2][1][V_MODE] == MODE_SHADOW:
-        sh_guest_store(gm[0], gm[2], gm[4], gm[3], gpa, value)
+    on_pt_store(gm, gpa, value)  # the mode's hook: under shadow paging, a write-protected table traps
     mem_write(gm[0], hpa, value)
     return True
 
 
-@jit
+@inner
 def os_alloc_table(gm, galloc):
     """Allocate a guest frame for a page table and zero it (guest stores); its gpa, or -1."""
     gfn = alloc_frame(galloc)
@@ -165,14 +164,11 @@ def os_alloc_table(gm, galloc):
     hpa = guest_hpa(gm, gfn << 12)
     if hpa < 0:
         return np.int64(-1)
-    if gm[2][1][V_MODE] == MODE_SHADOW:
-        sh_zero_frame(gm[0], gm[2], gm[4], gm[3], gfn)  # a recycled, still shadowed table traps
-    else:
-        mem_zero_frame(gm[0], hpa >> 12)
+    zero_guest_frame(gm, gfn, hpa)  # under shadow paging, a recycled, still shadowed table traps
     return gfn << 12
 
 
-@jit
+@inner
 def os_free_row(osst):
     """A process row a new process can take, or -1 if every row holds a live process.
 
@@ -195,7 +191,7 @@ def os_free_row(osst):
     return np.int64(-1)
 
 
-@jit
+@inner
 def os_process(osst, gm, galloc, pid):
     """Row of process ``pid``, creating it (with an empty root table) on first sight; a new
     process and its root table are counted in the stats (``gm[3]``).
@@ -239,7 +235,7 @@ def os_cr3(osst, row):
     return procs[row, P_ROOT] | procs[row, P_PCID]
 
 
-@jit
+@inner
 def os_map_anon(gm, galloc, root, levels, va, counts):
     """Map ``va`` to a fresh zero-filled 4 KiB frame, building missing tables (demand paging).
 
@@ -281,7 +277,7 @@ def os_map_anon(gm, galloc, root, levels, va, counts):
     return OS_OK
 
 
-@jit
+@inner
 def os_walk_allows(gm, root, levels, va, access, ctl, pkru):
     """The guest kernel's software check: do its page tables allow ``access`` to ``va`` now?
 

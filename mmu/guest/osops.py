@@ -46,7 +46,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from mmu._jit import jit
+from mmu._jit import inner, jit
 from mmu.guest.isa import PROT_EXEC, PROT_THP, PROT_WRITE
 from mmu.guest.os import (
     MAX_VMAS,
@@ -90,12 +90,11 @@ from mmu.memory import (
     mem_frame,
     mem_read,
     mem_room,
-    mem_zero_frame,
 )
 from mmu.modes.cpuops import cpu_flush_tlb, cpu_invlpg, switch_to
+from mmu.modes.hooks import zero_guest_frame
 from mmu.modes.native import C_CTL, C_PKRU
-from mmu.modes.shadow import sh_zero_frame
-from mmu.modes.vmm import MODE_NATIVE, MODE_SHADOW, V_MODE, vm_hpa
+from mmu.modes.vmm import MODE_NATIVE, V_MODE, vm_hpa
 from mmu.stats import (
     S_BAD_ACCESSES,
     S_DATA_FRAMES,
@@ -144,7 +143,7 @@ _K_INDEX = 2
 _K_BASE = 3
 
 
-@jit
+@inner
 def _user_half(va, levels):
     return va >= 0 and va < (np.int64(1) << (47 if levels == 4 else 56))
 
@@ -152,7 +151,7 @@ def _user_half(va, levels):
 # --- reference counts of shared frames -----------------------------------------------------------
 
 
-@jit
+@inner
 def _rc_slot(rc, gfn):
     """Slot of ``gfn`` in the table, or of the empty slot that ends its probe sequence."""
     mask = rc.shape[0] - 1
@@ -170,7 +169,7 @@ def rc_count(osst, gfn):
     return rc[i, 1] if rc[i, 0] == gfn else np.int64(1)
 
 
-@jit
+@inner
 def _rc_inc(osst, gfn):
     rc = osst[4]
     i = _rc_slot(rc, gfn)
@@ -182,7 +181,7 @@ def _rc_inc(osst, gfn):
         osst[2][O_RC_USED] += 1
 
 
-@jit
+@inner
 def _rc_dec(osst, gfn):
     """Drop one owner of ``gfn``; returns the owners left (0: free the frame)."""
     rc = osst[4]
@@ -249,7 +248,7 @@ def _vma_copy(vmas, dst, src):
         vmas[dst, c] = vmas[src, c]
 
 
-@jit
+@inner
 def _vma_remove(osst, row, first, end):
     """Remove pages ``[first, end)`` from the mappings. False if a split finds no free slot."""
     vmas = osst[3][row]
@@ -290,7 +289,7 @@ def _vma_remove(osst, row, first, end):
     return True
 
 
-@jit
+@inner
 def _vma_add(osst, row, first, end, prot, image):
     """Map pages ``[first, end)`` (replacing what was there). False if the table is full."""
     if not _vma_remove(osst, row, first, end):
@@ -351,20 +350,17 @@ def os_mmap_place(osst, row, npages, base_vpn, top_vpn):
 # --- data frames ---------------------------------------------------------------------------------
 
 
-@jit
+@inner
 def _clear_frame(gm, gfn):
     """The kernel clears guest frame ``gfn`` (clear_page); its host address, or -1."""
     hpa = guest_hpa(gm, gfn << 12)
     if hpa < 0:
         return hpa
-    if gm[2][1][V_MODE] == MODE_SHADOW:
-        sh_zero_frame(gm[0], gm[2], gm[4], gm[3], gfn)  # a recycled, still shadowed table traps
-    else:
-        mem_zero_frame(gm[0], hpa >> 12)
+    zero_guest_frame(gm, gfn, hpa)  # under shadow paging, a recycled, still shadowed table traps
     return hpa
 
 
-@jit
+@inner
 def _new_data_frame(gm, galloc, osst, stats, src_gfn, image_row):
     """A fresh data frame holding a copy of ``src_gfn`` (if >= 0), image row ``image_row`` (if
     >= 0) or zeros. Returns its frame number, or -1 when out of frames."""
@@ -395,7 +391,7 @@ def _new_data_frame(gm, galloc, osst, stats, src_gfn, image_row):
     return gfn
 
 
-@jit
+@inner
 def _leaf_bits(prot, ctl):
     """Flag bits of a 4 KiB leaf entry for a mapping with PROT_* ``prot``."""
     bits = PTE_P | PTE_US
@@ -406,7 +402,7 @@ def _leaf_bits(prot, ctl):
     return bits
 
 
-@jit
+@inner
 def _slot(gm, galloc, stats, root, levels, va, build, at):
     """Guest-physical address of the level-``at`` entry of ``va`` (1: the 4 KiB leaf, 2: the PDE);
     builds missing tables above it if ``build``.
@@ -435,7 +431,7 @@ def _slot(gm, galloc, stats, root, levels, va, build, at):
     return table + ((va >> (12 + 9 * (at - 1))) & 511) * 8
 
 
-@jit
+@inner
 def _huge_shared(osst, head):
     """True if a 4 KiB frame of the 2 MiB page at frame ``head`` has another owner.
 
@@ -450,7 +446,7 @@ def _huge_shared(osst, head):
     return False
 
 
-@jit
+@inner
 def _drop_huge(galloc, osst, head):
     """A 2 MiB mapping of the page at frame ``head`` goes away: free what no one else maps."""
     if not _huge_shared(osst, head):
@@ -461,7 +457,7 @@ def _drop_huge(galloc, osst, head):
             free_frame(galloc, head + k)
 
 
-@jit
+@inner
 def _split_huge(gm, galloc, stats, epa, e):
     """Replace the 2 MiB leaf ``e`` at guest-physical ``epa`` by a table of 512 4 KiB leaves with
     the same frames and flags (Linux's ``__split_huge_pmd``). Returns the new table entry, or 0
@@ -482,7 +478,7 @@ def _split_huge(gm, galloc, stats, epa, e):
     return te
 
 
-@jit
+@inner
 def _thp_fault(gm, galloc, stats, root, levels, va, bits):
     """Map the 2 MiB-aligned page around ``va`` to a fresh, zeroed huge page (leaf flags
     ``bits | PS``) if its PDE is empty, as Linux's ``do_huge_pmd_anonymous_page``.
@@ -512,7 +508,7 @@ def _thp_fault(gm, galloc, stats, root, levels, va, bits):
 # --- the page-fault handler ----------------------------------------------------------------------
 
 
-@jit
+@inner
 def _fault_vma(gm, galloc, osst, stats, cfg, row, va, access):
     """Not-present fault in a process with mappings: map the page if its mapping allows ``access``."""
     vpn = va >> 12
@@ -560,7 +556,7 @@ def _fault_vma(gm, galloc, osst, stats, cfg, row, va, access):
     return OS_OK, PF_FIXED
 
 
-@jit
+@inner
 def _cow(gm, galloc, osst, tlb, psc, stats, cfg, row, va):
     """Write fault on a copy-on-write page: copy it (or reuse it when last owner) and INVLPG.
 
@@ -610,7 +606,7 @@ def _cow(gm, galloc, osst, tlb, psc, stats, cfg, row, va):
     return OS_OK, PF_FIXED
 
 
-@jit
+@inner
 def os_page_fault(gm, galloc, osst, tlb, psc, stats, cfg, row, va, access, code, ctl, counts):
     """The guest kernel's #PF handler for user access ``va`` of process ``row``.
 
@@ -660,7 +656,7 @@ def os_page_fault(gm, galloc, osst, tlb, psc, stats, cfg, row, va, access, code,
 # --- page-table tree walks (munmap, exit, fork) ---------------------------------------------------
 
 
-@jit
+@inner
 def _table_empty(gm, table):
     """True if no entry of the guest table at ``table`` is present."""
     for k in range(512):
@@ -669,7 +665,7 @@ def _table_empty(gm, table):
     return True
 
 
-@jit
+@inner
 def _walk_tree(gm, galloc, osst, tlb, psc, stats, cfg, kind, root, levels, lo, hi, croot, floor, ceiling, out):
     """Visit the present entries of the tree at ``root`` that map ``[lo, hi)``.
 
@@ -783,7 +779,7 @@ def _walk_tree(gm, galloc, osst, tlb, psc, stats, cfg, kind, root, levels, lo, h
     return OS_OK
 
 
-@jit
+@inner
 def _ensure_current(gm, galloc, osst, tlb, psc, stats, cfg, pid):
     """(status, row) of live process ``pid``, switched to if it is not the current one: OS_OK,
     OS_UNSUPPORTED for an unknown or exited pid, OS_OUT_OF_FRAMES if the switch failed."""
@@ -796,7 +792,7 @@ def _ensure_current(gm, galloc, osst, tlb, psc, stats, cfg, pid):
     return OS_OK, row
 
 
-@jit
+@inner
 def _ev_mmap(gm, galloc, osst, stats, pid, addr, arg):
     st, row, _created = os_process(osst, gm, galloc, pid)
     if st != OS_OK:
@@ -814,7 +810,7 @@ def _ev_mmap(gm, galloc, osst, stats, pid, addr, arg):
     return OS_OK
 
 
-@jit
+@inner
 def _gap(osst, row, lo, hi, top):
     """(floor, ceiling) of the unmapped gap around ``[lo, hi)`` of process ``row``: the end of
     the mapping below and the start of the mapping above (Linux's ``free_pgtables`` bounds). A
@@ -835,7 +831,7 @@ def _gap(osst, row, lo, hi, top):
     return floor, ceiling
 
 
-@jit
+@inner
 def _ev_munmap(gm, galloc, osst, tlb, psc, stats, cfg, pid, addr, arg, out):
     st, row = _ensure_current(gm, galloc, osst, tlb, psc, stats, cfg, pid)
     if st != OS_OK:
@@ -847,18 +843,18 @@ def _ev_munmap(gm, galloc, osst, tlb, psc, stats, cfg, pid, addr, arg, out):
     lo = addr
     hi = addr + ((arg & EV_PAGES_MASK) << 12)
     z = np.int64(0)
-    _walk_tree(gm, galloc, osst, tlb, psc, stats, cfg, _W_COUNT, root, levels, lo, hi, z, z, top, out)
+    _walk_tree(gm, galloc, osst, tlb, psc, stats, cfg, np.int64(_W_COUNT), root, levels, lo, hi, z, z, top, out)
     if not alloc_room(galloc, out[0] + out[1]):
         return OS_NEED_ROOM
     if procs[row, P_VMAS] != 0 and not _vma_remove(osst, row, lo >> 12, hi >> 12):
         return OS_UNSUPPORTED
-    st = _walk_tree(gm, galloc, osst, tlb, psc, stats, cfg, _W_UNMAP, root, levels, lo, hi, z, z, top, out)
+    st = _walk_tree(gm, galloc, osst, tlb, psc, stats, cfg, np.int64(_W_UNMAP), root, levels, lo, hi, z, z, top, out)
     if st != OS_OK:
         return st
     first, end, small = out[2], out[3], osst[6][6][0]
     # Free the page tables the gap no longer needs (Linux: free_pgtables).
     floor, ceiling = _gap(osst, row, lo, hi, top)
-    _walk_tree(gm, galloc, osst, tlb, psc, stats, cfg, _W_FREE, root, levels, lo, hi, z, floor, ceiling, out)
+    _walk_tree(gm, galloc, osst, tlb, psc, stats, cfg, np.int64(_W_FREE), root, levels, lo, hi, z, floor, ceiling, out)
     if out[2] >= 0:
         first = out[2] if first < 0 else min(first, out[2])
         end = max(end, out[3])
@@ -876,7 +872,7 @@ def _ev_munmap(gm, galloc, osst, tlb, psc, stats, cfg, pid, addr, arg, out):
     return OS_OK
 
 
-@jit
+@inner
 def _ev_fork(gm, galloc, osst, tlb, psc, stats, cfg, pid, child_pid, out):
     st, prow = _ensure_current(gm, galloc, osst, tlb, psc, stats, cfg, pid)
     if st != OS_OK:
@@ -888,7 +884,9 @@ def _ev_fork(gm, galloc, osst, tlb, psc, stats, cfg, pid, child_pid, out):
     levels = ometa[O_LEVELS]
     top = np.int64(1) << (12 + 9 * levels)
     z = np.int64(0)
-    _walk_tree(gm, galloc, osst, tlb, psc, stats, cfg, _W_COUNT, procs[prow, P_ROOT], levels, z, top, z, z, top, out)
+    _walk_tree(
+        gm, galloc, osst, tlb, psc, stats, cfg, np.int64(_W_COUNT), procs[prow, P_ROOT], levels, z, top, z, z, top, out
+    )
     # Room first, so a fork either happens whole or not at all.
     if 4 * (ometa[O_RC_USED] + out[1]) > 3 * osst[4].shape[0]:
         return OS_OUT_OF_FRAMES  # the copy-on-write counts are full: a limit of the model
@@ -906,8 +904,8 @@ def _ev_fork(gm, galloc, osst, tlb, psc, stats, cfg, pid, child_pid, out):
         for c in range(VMA_COLS):
             vmas[crow, i, c] = vmas[prow, i, c]
     st = _walk_tree(
-        gm, galloc, osst, tlb, psc, stats, cfg, _W_FORK, procs[prow, P_ROOT], levels, z, top, procs[crow, P_ROOT], z,
-        top, out,
+        gm, galloc, osst, tlb, psc, stats, cfg, np.int64(_W_FORK), procs[prow, P_ROOT], levels, z, top,
+        procs[crow, P_ROOT], z, top, out,
     )  # fmt: skip
     if st != OS_OK:
         return st
@@ -917,7 +915,7 @@ def _ev_fork(gm, galloc, osst, tlb, psc, stats, cfg, pid, child_pid, out):
     return OS_OK
 
 
-@jit
+@inner
 def _ev_exit(gm, galloc, osst, tlb, psc, stats, cfg, pid, out):
     st, row = _ensure_current(gm, galloc, osst, tlb, psc, stats, cfg, pid)
     if st != OS_OK:
@@ -927,13 +925,13 @@ def _ev_exit(gm, galloc, osst, tlb, psc, stats, cfg, pid, out):
     top = np.int64(1) << (12 + 9 * levels)
     root = procs[row, P_ROOT]
     z = np.int64(0)
-    _walk_tree(gm, galloc, osst, tlb, psc, stats, cfg, _W_COUNT, root, levels, z, top, z, z, top, out)
+    _walk_tree(gm, galloc, osst, tlb, psc, stats, cfg, np.int64(_W_COUNT), root, levels, z, top, z, z, top, out)
     if not alloc_room(galloc, out[0] + out[1] + 1):
         return OS_NEED_ROOM
     # Flush while the tables are still whole (Linux flushes the mm in tlb_finish_mmu).
     if not cpu_flush_tlb(gm, osst, tlb, psc, stats, cfg):
         return OS_OUT_OF_FRAMES
-    _walk_tree(gm, galloc, osst, tlb, psc, stats, cfg, _W_TEARDOWN, root, levels, z, top, z, z, top, out)
+    _walk_tree(gm, galloc, osst, tlb, psc, stats, cfg, np.int64(_W_TEARDOWN), root, levels, z, top, z, z, top, out)
     free_frame(galloc, root >> 12)
     procs[row, P_ALIVE] = 0
     procs[row, P_NVMAS] = 0
@@ -941,7 +939,7 @@ def _ev_exit(gm, galloc, osst, tlb, psc, stats, cfg, pid, out):
     return OS_OK
 
 
-@jit
+@inner
 def os_event(gm, galloc, osst, tlb, psc, stats, cfg, op, pid, addr, arg):
     """An OS event record of a trace (OP_MMAP .. OP_EXIT; OP_SWITCH is the engine's).
 

@@ -227,10 +227,7 @@ class _Executor:
         karg = arg | ((flags | EV_PROT_GIVEN) << EV_PROT_SHIFT) if op == OP_MMAP else arg
         for _attempt in range(2):
             st = int(
-                cpu_event(
-                    m.mem.state, m.mem.alloc.state, m.galloc.state, m.vm, m.sh, m.osst, m.tlb, m.psc, m.stats,
-                    m.cfg, np.int64(op), np.int64(pid), np.int64(addr), np.int64(karg),
-                )
+                cpu_event(m.state, np.int64(op), np.int64(pid), np.int64(addr), np.int64(karg))
             )  # fmt: skip
             if st != OS_NEED_ROOM:
                 break
@@ -301,10 +298,7 @@ class _Executor:
         done = 0
         while True:
             t0 = time.perf_counter()
-            ex, n = cpu_slice(
-                m.mem.state, m.mem.alloc.state, m.galloc.state, m.vm, m.hcache, m.sh, m.osst, m.tlb, m.psc, m.ptc,
-                m.stats, m.cfg, m._scratch, p.regs, cpu, self.used_mask, np.int64(budget - done), self.rec, self.rpos,
-            )  # fmt: skip
+            ex, n = cpu_slice(m.state, p.regs, cpu, self.used_mask, np.int64(budget - done), self.rec, self.rpos)
             m.elapsed += time.perf_counter() - t0
             done += int(n)
             p.pc = int(cpu[X_PC]) & MASK64

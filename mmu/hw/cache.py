@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from mmu._jit import jit
+from mmu._jit import inner
 
 C_CLOCK = 0
 C_HITS = 1
@@ -38,7 +38,7 @@ def make_line_cache(lines: int, ways: int) -> tuple[np.ndarray, np.ndarray, np.n
     return tags, stamps, np.zeros(4, dtype=np.int64)
 
 
-@jit
+@inner
 def line_access(ptc, pa):
     """Touch the line holding ``pa``; return True on a hit. Fills on a miss (LRU victim)."""
     tags = ptc[0]

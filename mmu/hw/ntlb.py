@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from mmu._jit import jit
+from mmu._jit import inner, jit
 from mmu.hw.presets import SIDE_UNIFIED, PSCCache, TLBStructure
 from mmu.hw.pwc import make_psc, psc_fill, psc_flush_all, psc_flush_asid, psc_lookup
 from mmu.hw.tlb import (
@@ -108,20 +108,20 @@ def cold_host_cache():
     return _COLD[0]
 
 
-@jit
+@inner
 def host_cache_flush(hcache):
     """INVEPT (single-context or global: one VM here): drop every NTLB and host-PSC entry."""
     tlb_flush_all(hcache[0], False)
     psc_flush_all(hcache[1])
 
 
-@jit
+@inner
 def host_cache_drop(hcache, gpa):
     """Drop the NTLB entries that translate ``gpa`` (an EPT violation invalidates them)."""
     tlb_invlpg(hcache[0], gpa, 0, 0)
 
 
-@jit
+@inner
 def _need_bit(access, mbec, user_mode):
     if access == ACC_READ:
         return PERM_R
@@ -215,7 +215,7 @@ INVVPID_ALL = 2
 INVVPID_SINGLE_KEEP_GLOBALS = 3
 
 
-@jit
+@inner
 def _flush_nonzero_asids(tlb, psc):
     """Drop every TLB and PSC entry tagged with a VPID other than 0 (the guests')."""
     geom = tlb[0]

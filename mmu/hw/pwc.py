@@ -42,7 +42,7 @@ from collections.abc import Iterable
 
 import numpy as np
 
-from mmu._jit import jit
+from mmu._jit import inner, jit
 from mmu.errors import MMUInputError
 from mmu.hw.presets import PSC_NAMES, CPUPreset, PSCCache
 
@@ -105,7 +105,7 @@ def make_psc(spec: CPUPreset | Iterable[PSCCache]) -> tuple:
     return (geom, tag, ctx, table, attrs, stamp, stats, clock)
 
 
-@jit
+@inner
 def _psc_set_base(geom, c, t):
     m = geom[c, G_MASK]
     if m >= 0:

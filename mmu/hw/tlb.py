@@ -91,7 +91,7 @@ from collections.abc import Iterable
 
 import numpy as np
 
-from mmu._jit import jit
+from mmu._jit import inner, jit
 from mmu.errors import MMUInputError
 from mmu.hw.presets import SIDE_NAMES, SIDE_UNIFIED, CPUPreset, TLBStructure, sizes_str
 from mmu.hw.pwc import psc_flush_asid, psc_invalidate_pcid
@@ -229,7 +229,7 @@ def make_tlb(spec: CPUPreset | Iterable[TLBStructure]) -> tuple:
 # --- kernels ------------------------------------------------------------------------------------
 
 
-@jit
+@inner
 def _set_base(geom, s, vpn):
     m = geom[s, G_MASK]
     if m >= 0:
@@ -282,7 +282,7 @@ def _probe(geom, tag, ctx, attrs, hidx, s, vpn, key, ck, a):
     return -1
 
 
-@jit
+@inner
 def _link(geom, tag, hidx, s, i):
     """Add slot ``i`` (its tag already written) to the hash index of ``s``, if it has one."""
     hm = geom[s, G_HMASK]
@@ -327,13 +327,13 @@ def _unlink(geom, tag, hidx, s, i):
     hidx[hb + hole] = -1
 
 
-@jit
+@inner
 def _kill(geom, tag, hidx, s, i):
     _unlink(geom, tag, hidx, s, i)
     tag[i] = -1
 
 
-@jit
+@inner
 def _insert(tlb, s, q, v, ck, frame_pa, attr, orig_shift):
     """Store page-size-index ``q`` entry for masked address ``v`` in structure ``s``."""
     geom, plan, route, tag, ctx, frame, attrs, stamp, orig, hidx, stats, clock = tlb
@@ -393,7 +393,7 @@ def _fill_group(tlb, side, lv, v, ck, frame_pa, k, attr):
     _insert(tlb, s, q, v, ck, sub, attr, ps)
 
 
-@jit
+@inner
 def _promote(tlb, side, v, i, vpn, shift):
     """Re-install the original translation of L2 slot ``i`` in the L1 group of ``side``."""
     ctx = tlb[4]
@@ -432,7 +432,20 @@ def tlb_lookup(tlb, va, asid, pcid, side):
         (``pa = frame_pa + (va & ((1 << page_shift) - 1))``), ``page_shift`` 12/21/30 is the
         stored (possibly smashed) size, ``attrs`` the ``TA_*`` bits stored at fill time.
     """
-    geom, plan, route, tag, ctx, frame, attrs, stamp, orig, hidx, stats, clock = tlb
+    level, i, s, shift = tlb_peek(tlb, va, asid, pcid, side)
+    return tlb_commit(tlb, va, side, level, i, s, shift)
+
+
+@jit(inline="always")
+def tlb_peek(tlb, va, asid, pcid, side):
+    """Where :func:`tlb_lookup` would find ``va``, without changing anything.
+
+    Returns ``(level, slot, structure, page_shift)``: level 0 = miss, 1 = L1 hit, 2 = L2 hit
+    (probes in the lookup's order; the first hit wins). A caller that decides from the entry's
+    attributes (``tlb[6][slot]``) whether the hit is all it needs then applies it with
+    :func:`tlb_commit`, which makes the pair exactly one :func:`tlb_lookup`.
+    """
+    geom, plan, tag, ctx, attrs, hidx = tlb[0], tlb[1], tlb[3], tlb[4], tlb[6], tlb[9]
     v = np.int64(va) & VA_MASK
     a = asid & 0xFFFF
     ck = (a << 12) | (pcid & 0xFFF)
@@ -445,18 +458,32 @@ def tlb_lookup(tlb, va, asid, pcid, side):
             vpn = v >> shift
             i = _probe(geom, tag, ctx, attrs, hidx, s, vpn, (vpn << 2) | q, ck, a)
             if i >= 0:
-                now = clock[0] + 1
-                clock[0] = now
-                stamp[i] = now
-                stats[s, 0] += 1
-                fr = frame[i]
-                at = attrs[i]
-                if lv == 1:
-                    _promote(tlb, side, v, i, vpn, shift)
-                return lv + 1, fr, shift, at
+                return np.int64(lv + 1), i, s, np.int64(shift)
+    return np.int64(0), np.int64(-1), np.int64(0), np.int64(0)
+
+
+@jit(inline="always")
+def tlb_commit(tlb, va, side, level, i, s, shift):
+    """Apply the outcome :func:`tlb_peek` found: the miss counters of the structures probed in
+    vain, the hit's LRU stamp and counter, and an L2 hit's copy into the L1 group. Returns
+    what :func:`tlb_lookup` returns."""
+    plan, frame, attrs, stamp, stats, clock = tlb[1], tlb[5], tlb[6], tlb[7], tlb[10], tlb[11]
+    missed = 2 if level == 0 else level - 1  # levels whose structures all missed
+    for lv in range(missed):
         for j in range(P_STRUCTS, P_STRUCTS + plan[side, lv, P_NSTRUCT]):
             stats[plan[side, lv, j], 1] += 1
-    return np.int64(0), np.int64(0), np.int64(0), np.int64(0)
+    if level == 0:
+        return np.int64(0), np.int64(0), np.int64(0), np.int64(0)
+    now = clock[0] + 1
+    clock[0] = now
+    stamp[i] = now
+    stats[s, 0] += 1
+    fr = frame[i]
+    at = attrs[i]
+    if level == 2:
+        v = np.int64(va) & VA_MASK
+        _promote(tlb, side, v, i, v >> shift, shift)
+    return level, fr, shift, at
 
 
 @jit
@@ -502,7 +529,7 @@ def tlb_fill(tlb, va, asid, pcid, side, frame_pa, page_shift, attrs):
     return np.int64(0)
 
 
-@jit
+@inner
 def _doomed(c, at, a, ck, mode):
     """Does an invalidation remove an entry with context ``c`` and attrs ``at``?
 
@@ -526,7 +553,7 @@ def _doomed(c, at, a, ck, mode):
     return not g
 
 
-@jit
+@inner
 def _inv_addr(tlb, va, asid, pcid, mode):
     """Remove the entries selected by ``mode`` (see :func:`_doomed`) whose original page
     contains ``va``: every smashed piece of a large page, as the SDM's INVLPG/INVPCID
@@ -562,7 +589,7 @@ def _inv_addr(tlb, va, asid, pcid, mode):
     return n
 
 
-@jit
+@inner
 def _inv_all(tlb, asid, pcid, mode):
     """Remove every entry selected by ``mode`` (see :func:`_doomed`). Returns the number."""
     geom = tlb[0]
@@ -653,7 +680,7 @@ def tlb_count_valid(tlb, structure_index):
     return n
 
 
-@jit
+@inner
 def tlb_reset_stats(tlb):
     """Zero the hit/miss counters (mutates ``tlb[T_STATS]``)."""
     tlb[10][:, :] = 0
@@ -677,7 +704,7 @@ def tlb_lookup_chunk(tlb, vas, asid, pcid, side, out_level):
 # --- CR3 / CR4 / INVLPG / INVPCID semantics over TLB + PSC (SDM 4.10.4.1) ---------------------------
 
 
-@jit
+@inner
 def _canonical(va, la57):
     top = np.int64(va) >> (56 if la57 else 47)
     return top == 0 or top == -1

@@ -7,7 +7,7 @@ its part (root switch, resynchronisation of unsync shadow pages) before the hard
 
 from __future__ import annotations
 
-from mmu._jit import jit
+from mmu._jit import inner
 from mmu.guest.os import O_CUR, O_PCIDE, OS_OK, OS_OUT_OF_FRAMES, P_LOADS, P_PCID, P_ROOT, os_process
 from mmu.hw.tlb import hw_invlpg, hw_mov_cr3
 from mmu.modes.native import C_ASID, C_CTL
@@ -17,7 +17,7 @@ from mmu.stats import S_CR3_LOADS
 from mmu.x86.bits import CTL_LA57, CTL_USER
 
 
-@jit
+@inner
 def load_cr3(gm, osst, tlb, psc, stats, cfg, row, no_flush):
     """MOV CR3 to process ``row``'s root and PCID (bit 63 = ``no_flush``). False if out of frames."""
     procs = osst[0]
@@ -32,7 +32,7 @@ def load_cr3(gm, osst, tlb, psc, stats, cfg, row, no_flush):
     return True
 
 
-@jit
+@inner
 def switch_to(gm, galloc, osst, tlb, psc, stats, cfg, pid):
     """Make ``pid`` the current process (creating it on first sight) and load its CR3."""
     st, row, _created = os_process(osst, gm, galloc, pid)
@@ -49,7 +49,7 @@ def switch_to(gm, galloc, osst, tlb, psc, stats, cfg, pid):
     return OS_OK
 
 
-@jit
+@inner
 def cpu_invlpg(gm, osst, tlb, psc, stats, cfg, va):
     """The guest kernel's INVLPG ``va`` in the current process (shadow: trapped)."""
     procs = osst[0]
@@ -63,7 +63,7 @@ def cpu_invlpg(gm, osst, tlb, psc, stats, cfg, va):
         hw_invlpg(tlb, psc, va, cfg[C_ASID], procs[row, P_PCID], (ctl & CTL_LA57) != 0)
 
 
-@jit
+@inner
 def cpu_flush_tlb(gm, osst, tlb, psc, stats, cfg):
     """The guest kernel reloads CR3 (bit 63 clear): flush the current PCID's translations."""
     return load_cr3(gm, osst, tlb, psc, stats, cfg, osst[2][O_CUR], False)

@@ -11,15 +11,15 @@ translation path serves every input:
 The guest kernel's privileged instructions (MOV CR3, INVLPG) are in :mod:`mmu.modes.cpuops`.
 
 ``gm = (mem, halloc, vm, stats, sh)`` is the guest-memory context of :mod:`mmu.guest.os`.
-``hcache`` is None outside nested mode, so numba compiles the native and shadow kernels
-without the 2D path.
+``hcache`` is the nested TLB and host PSCs; outside nested mode it is a disabled one that is
+never touched (one signature for every mode, so the path compiles once).
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from mmu._jit import jit
+from mmu._jit import inner, jit
 from mmu.guest.os import (
     OS_OK,
     OS_OUT_OF_FRAMES,
@@ -29,6 +29,7 @@ from mmu.guest.os import (
 )
 from mmu.guest.osops import PF_FIXED, os_page_fault
 from mmu.hw.ntlb import host_cache_drop
+from mmu.hw.tlb import tlb_commit, tlb_peek
 from mmu.modes.native import C_ASID, C_CTL, C_MAXPHYADDR, C_PKRU, hw_translate
 from mmu.modes.nested import HW_EPT_MISCONFIG, HW_EPT_VIOLATION, hw_translate_nested
 from mmu.modes.shadow import (
@@ -41,7 +42,7 @@ from mmu.modes.shadow import (
     sh_pending,
     sh_root_hpa,
 )
-from mmu.modes.vmm import MODE_SHADOW, V_MODE, VM_OK, vm_back, vm_gpa_of, vm_hpa
+from mmu.modes.vmm import MODE_NATIVE, MODE_NESTED, MODE_SHADOW, V_MODE, VM_OK, vm_back, vm_gpa_of, vm_hpa
 from mmu.stats import (
     EXIT_EPT_MISCONFIG,
     EXIT_EPT_VIOLATION,
@@ -50,13 +51,48 @@ from mmu.stats import (
     S_GUEST_PF,
     S_VM_EXITS,
 )
-from mmu.x86.bits import CTL_USER, CTL_WP, WALK_GP, WALK_OK, WALK_PF
+from mmu.x86.bits import ACC_FETCH, ACC_WRITE, CTL_LA57, CTL_USER, CTL_WP, TA_D, WALK_GP, WALK_OK, WALK_PF
+from mmu.x86.walk import access_fault, is_canonical
 
 FLOG_ON = 0  # flog[0, FLOG_ON]: 1 to record guest page faults
 FLOG_N = 1  # flog[0, FLOG_N]: faults recorded; rows 1.. hold (va, error code)
 
 
 @jit(inline="always")
+def translate_hit(vm, sh, osst, tlb, cfg, row, va, access):
+    """The TLB-hit fast path of :func:`translate_access`, inlined into the loops that call it.
+
+    When the access is an L1 or L2 TLB hit that translate_access would complete without a walk
+    or a fault (rights allow it; a write finds D set; shadow: no VMM flush pending), it applies
+    the lookup (:func:`mmu.hw.tlb.tlb_commit`: counters, LRU, an L2 hit's copy into L1) and
+    returns ``(True, gpa)``: what translate_access would have returned. Otherwise it changes
+    nothing and returns ``(False, 0)``, and the caller calls translate_access. (A call passes
+    the whole machine state by value, which costs several times the hit itself.)
+    """
+    mode = vm[1][V_MODE]
+    z = np.int64(0)
+    if mode == MODE_SHADOW and sh_pending(sh):
+        return False, z
+    ctl = cfg[C_CTL] | CTL_USER
+    if mode == MODE_SHADOW:
+        ctl |= CTL_WP  # the hardware walks the shadow tables with CR0.WP forced on
+    if not is_canonical(va, (ctl & CTL_LA57) != 0):
+        return False, z
+    side = 1 if access == ACC_FETCH else 0
+    level, i, s, shift = tlb_peek(tlb, va, cfg[C_ASID], osst[0][row, P_PCID], side)
+    if level == 0:
+        return False, z
+    at = tlb[6][i]
+    if access_fault(at, access, ctl, cfg[C_PKRU]) != 0 or (access == ACC_WRITE and (at & TA_D) == 0):
+        return False, z
+    level, frame, shift, at = tlb_commit(tlb, va, side, level, i, s, shift)
+    pa = frame | (va & ((np.int64(1) << shift) - 1))
+    if mode == MODE_NATIVE:
+        return True, pa
+    return True, vm_gpa_of(vm, pa)
+
+
+@inner
 def translate_access(gm, galloc, hcache, osst, tlb, psc, ptc, stats, cfg, row, va, access, scratch):
     """Translate one user access of process ``row``, running the VMM's exit handlers and the
     guest's #PF handler as needed.
@@ -73,8 +109,9 @@ def translate_access(gm, galloc, hcache, osst, tlb, psc, ptc, stats, cfg, row, v
     pcid = procs[row, P_PCID]
     ctl = cfg[C_CTL] | CTL_USER
     shadow = vm[1][V_MODE] == MODE_SHADOW
+    nested = vm[1][V_MODE] == MODE_NESTED
     for _attempt in range(8):
-        if hcache is not None:
+        if nested:
             status, code, _hpa, pa = hw_translate_nested(
                 mem, vm, hcache, tlb, psc, ptc, stats, cfg, cr3, pcid, va, access, ctl, gtrail, htrail, refs
             )

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from mmu._jit import jit
+from mmu._jit import inner
 from mmu.hw.cache import line_access
 from mmu.hw.pwc import psc_fill, psc_lookup
 from mmu.hw.tlb import tlb_fill, tlb_invlpg, tlb_lookup
@@ -43,7 +43,7 @@ C_EMIT = 4  # 1: record the guest-physical address of every access
 C_LEN = 8
 
 
-@jit
+@inner
 def count_walk_ref(ptc, stats, pa):
     """Classify one page-walk reference at ``pa`` by where its line is (walk-line caches L2, LLC)."""
     if line_access(ptc[0], pa):
@@ -59,7 +59,7 @@ FRONT_FAULT = 1  # the TLB entry's rights forbid it: value = #PF error code (ent
 FRONT_WALK = 2  # a walk is needed, from (next_level, table, pattrs)
 
 
-@jit(inline="always")
+@inner
 def tlb_then_psc(tlb, psc, stats, cfg, cr3, pcid, va, access, ctl):
     """The front of every hardware translation: the TLB, then where a walk would start.
 
@@ -94,7 +94,7 @@ def tlb_then_psc(tlb, psc, stats, cfg, cr3, pcid, va, access, ctl):
     return FRONT_WALK, z, next_level, table, pattrs
 
 
-@jit(inline="always")
+@inner
 def hw_translate(mem, tlb, psc, ptc, stats, cfg, cr3, pcid, va, access, ctl, trail):
     """Translate ``va`` as the hardware does: TLB, then PSC, then a (partial) walk.
 
@@ -135,7 +135,7 @@ def hw_translate(mem, tlb, psc, ptc, stats, cfg, cr3, pcid, va, access, ctl, tra
         return WALK_PF, value, 0
     maxphy = cfg[C_MAXPHYADDR]
     status, code, pa, shift, attrs, n = walk_core(
-        mem, table, next_level, pattrs, va, access, ctl, cfg[C_PKRU], maxphy, trail, True
+        mem, table, next_level, pattrs, va, access, ctl, cfg[C_PKRU], maxphy, trail, True, trail[0, :0], False
     )
     stats[S_WALKS] += 1
     stats[S_WALK_REFS] += n

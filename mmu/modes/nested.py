@@ -4,7 +4,7 @@
 
     TLB (combined gva -> hpa, tagged VPID + PCID)
       -> guest paging-structure caches (gva bits -> gpa of the next guest table)
-      -> 2D walk (:func:`mmu.x86.nested.nested_walk_core`) whose every host translation
+      -> 2D walk (:func:`mmu.hw.walk2d.nested_walk_core`) whose every host translation
          goes through the nested TLB and the host paging-structure caches (:mod:`mmu.hw.ntlb`)
 
 The TLB is filled with the page size ``min(guest page, host page)``. A TLB hit is used by the
@@ -19,6 +19,7 @@ import numpy as np
 from mmu._jit import jit
 from mmu.hw.pwc import psc_fill
 from mmu.hw.tlb import tlb_fill, tlb_invlpg
+from mmu.hw.walk2d import nested_walk_core
 from mmu.modes.native import (
     C_ASID,
     C_MAXPHYADDR,
@@ -45,7 +46,6 @@ from mmu.x86.nested import (
     NESTED_PF,
     RF_DIM,
     RF_HPA,
-    nested_walk_core,
 )
 from mmu.x86.walk import TR_ATTRS, TR_LEVEL, TR_NEXT, is_canonical
 
@@ -54,7 +54,7 @@ HW_EPT_VIOLATION = 3  # (or AMD NPF) the VMM must handle it: gpa in the result
 HW_EPT_MISCONFIG = 4
 
 
-@jit(inline="always")
+@jit
 def hw_translate_nested(hmem, vm, hcache, tlb, psc, ptc, stats, cfg, gcr3, pcid, va, access, ctl, gtrail, htrail, refs):
     """Translate guest-virtual ``va`` on a vCPU with nested paging.
 

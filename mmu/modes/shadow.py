@@ -50,7 +50,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from mmu._jit import jit
+from mmu._jit import inner, jit
 from mmu.hw.cost import (
     K_SP_ALLOC,
     K_SPTE_WRITE,
@@ -287,7 +287,7 @@ def grow_shadow(sh, guest_frames: int, host_frames: int):
     return spt, rl, gfs_new, hfn2sp, sph, rt, ulist, smeta, cost
 
 
-@jit
+@inner
 def sh_budget(sh, galloc, halloc):
     """How many records can run before the shadow state's arrays might need to grow (0: now)."""
     a = (sh[0].shape[0] - sh[7][SM_NEXT]) // SP_PER_RECORD
@@ -299,32 +299,32 @@ def sh_budget(sh, galloc, halloc):
 # --- small helpers -------------------------------------------------------------------------------
 
 
-@jit
+@inner
 def _charge(sh, stats, key, n):
     """Charge ``n`` units of handler work ``cost[key]`` to the exit reason being handled."""
     stats[S_EXIT_CYCLES_BASE + sh[7][SM_REASON]] += sh[8][key] * n
 
 
-@jit
+@inner
 def _request_flush(sh, stats):
     if sh[7][SM_FLUSH] == 0:
         sh[7][SM_FLUSH] = 1
         _charge(sh, stats, K_VMM_FLUSH, 1)
 
 
-@jit
+@inner
 def _bucket(gfn):
     return np.int64((np.uint64(gfn) * _GOLDEN) >> np.uint64(64 - HBITS))
 
 
-@jit
+@inner
 def _head(sh, owner):
     if owner & 1:
         return sh[0][owner >> 1, SP_PHEAD]
     return sh[2][owner >> 1, G_RHEAD]
 
 
-@jit
+@inner
 def _set_head(sh, owner, slot):
     if owner & 1:
         sh[0][owner >> 1, SP_PHEAD] = slot
@@ -332,7 +332,7 @@ def _set_head(sh, owner, slot):
         sh[2][owner >> 1, G_RHEAD] = slot
 
 
-@jit
+@inner
 def _rl_add(sh, slot, owner):
     rl = sh[1]
     h = _head(sh, owner)
@@ -344,7 +344,7 @@ def _rl_add(sh, slot, owner):
     _set_head(sh, owner, slot)
 
 
-@jit
+@inner
 def _rl_del(sh, slot):
     rl = sh[1]
     owner = rl[slot, RL_OWNER]
@@ -363,12 +363,12 @@ def _rl_del(sh, slot):
     rl[slot, RL_OWNER] = -1
 
 
-@jit
+@inner
 def _slot_pa(sh, slot):
     return sh[0][slot >> 9, SP_HPA] + (slot & 511) * 8
 
 
-@jit
+@inner
 def sh_find(sh, gfn, role):
     """The live shadow page of (``gfn``, ``role``), or -1."""
     spt = sh[0]
@@ -380,7 +380,7 @@ def sh_find(sh, gfn, role):
     return np.int64(-1)
 
 
-@jit
+@inner
 def _hash_remove(sh, sp):
     spt = sh[0]
     sph = sh[4]
@@ -399,7 +399,7 @@ def _hash_remove(sh, sp):
         s = spt[s, SP_HNEXT]
 
 
-@jit
+@inner
 def _ulist_add(sh, sp):
     smeta = sh[7]
     k = smeta[SM_NUNSYNC]
@@ -408,7 +408,7 @@ def _ulist_add(sh, sp):
     smeta[SM_NUNSYNC] = k + 1
 
 
-@jit
+@inner
 def _ulist_remove(sh, sp):
     smeta = sh[7]
     ulist = sh[6]
@@ -422,7 +422,7 @@ def _ulist_remove(sh, sp):
     smeta[SM_NUNSYNC] = last
 
 
-@jit
+@inner
 def _write_protect_gfn(mem, sh, stats, gfn):
     """Clear R/W in every leaf shadow entry that maps guest frame ``gfn``; True if any was writable."""
     rl = sh[1]
@@ -439,7 +439,7 @@ def _write_protect_gfn(mem, sh, stats, gfn):
     return changed
 
 
-@jit
+@inner
 def _drop_spte(mem, sh, stats, sp, idx):
     """Zap one shadow entry (unlinking it from its reverse map); True if it was present."""
     pa = sh[0][sp, SP_HPA] + idx * 8
@@ -452,7 +452,7 @@ def _drop_spte(mem, sh, stats, sp, idx):
     return True
 
 
-@jit
+@inner
 def _release_root(mem, sh, stats, sp):
     """Drop one root-cache reference; a zapped (invalid) page is freed with its last one."""
     if sp < 0:
@@ -463,7 +463,7 @@ def _release_root(mem, sh, stats, sp):
         _free_slot(sh, stats, sp)
 
 
-@jit
+@inner
 def _free_slot(sh, stats, sp):
     spt = sh[0]
     smeta = sh[7]
@@ -473,7 +473,7 @@ def _free_slot(sh, stats, sp):
     stats[S_SH_LIVE] -= 1
 
 
-@jit
+@inner
 def sh_zap(mem, sh, stats, sp):
     """Unshadow one shadow page (``kvm_mmu_prepare_zap_page``): clear its entries and the parent
     entries pointing to it, stop write-protecting its guest frame, free it (or mark it invalid
@@ -523,7 +523,7 @@ def sh_zap(mem, sh, stats, sp):
         _free_slot(sh, stats, sp)
 
 
-@jit
+@inner
 def _drop_large(mem, sh, stats, base):
     """Zap the large shadow entries that map the region starting at guest frame ``base``."""
     spt = sh[0]
@@ -537,7 +537,7 @@ def _drop_large(mem, sh, stats, base):
         s = nxt
 
 
-@jit
+@inner
 def _account_frame(mem, sh, stats, gfn, delta):
     """Guest frame ``gfn`` starts (+1) or stops (-1) holding a shadowed guest table: KVM's
     ``disallow_lpage`` counters. No large shadow entry may map a region holding one, so those
@@ -552,7 +552,7 @@ def _account_frame(mem, sh, stats, gfn, delta):
         _drop_large(mem, sh, stats, b3)
 
 
-@jit
+@inner
 def _sh_alloc(mem, halloc, sh, stats, gfn, role):
     """A new shadow page for (``gfn``, ``role``) (``kvm_mmu_alloc_shadow_page`` +
     ``account_shadowed``); -1 if the host is out of frames."""
@@ -609,7 +609,7 @@ def _sh_alloc(mem, halloc, sh, stats, gfn, role):
     return sp
 
 
-@jit
+@inner
 def _make_room(mem, sh, stats):
     """Keep the shadow pages under the cap (``make_mmu_pages_available``): when fewer than
     :data:`MIN_FREE_PAGES` are left, zap the oldest pages not in use as roots until
@@ -631,7 +631,7 @@ def _make_room(mem, sh, stats):
         stats[S_SH_RECLAIMED] += 1
 
 
-@jit
+@inner
 def _get_sp(mem, halloc, vm, sh, stats, ctl, gfn, role):
     """Find or create the shadow page of (gfn, role), synchronising a found unsync one."""
     sp = sh_find(sh, gfn, role)
@@ -642,7 +642,7 @@ def _get_sp(mem, halloc, vm, sh, stats, ctl, gfn, role):
     return _sh_alloc(mem, halloc, sh, stats, gfn, role)
 
 
-@jit
+@inner
 def _gwp(sh, gfn):
     """Shadow pages keeping guest frame ``gfn`` write-protected (0 beyond the tracked range)."""
     gfs = sh[2]
@@ -651,14 +651,14 @@ def _gwp(sh, gfn):
     return gfs[gfn, G_WP]
 
 
-@jit
+@inner
 def _tracked(sh, gfn):
     """True if writes to guest frame ``gfn`` must be emulated (it cannot go unsync)."""
     gfs = sh[2]
     return gfs[gfn, G_UPPER] > 0 or (sh[7][SM_UNSYNC] == 0 and gfs[gfn, G_SPS] > 0)
 
 
-@jit
+@inner
 def _unsync_gfn(sh, stats, gfn):
     """Let the guest write leaf table ``gfn`` freely (``mmu_try_to_unsync_pages``)."""
     spt = sh[0]
@@ -673,7 +673,7 @@ def _unsync_gfn(sh, stats, gfn):
         s = spt[s, SP_HNEXT]
 
 
-@jit
+@inner
 def _leaf_spte(hpa, attrs, writable, accessed):
     """A leaf shadow entry mapping host frame ``hpa`` with the rights in TA_* ``attrs``."""
     e = np.uint64(hpa) | PTE_P
@@ -689,7 +689,7 @@ def _leaf_spte(hpa, attrs, writable, accessed):
     return e
 
 
-@jit
+@inner
 def _install_leaf(mem, sh, stats, sp, idx, new, gfn):
     """Write leaf entry ``new`` (mapping guest frame ``gfn``) at ``sp[idx]``; True if rights shrank."""
     pa = sh[0][sp, SP_HPA] + idx * 8
@@ -711,7 +711,7 @@ def _install_leaf(mem, sh, stats, sp, idx, new, gfn):
     return lost_w or lost_u or gained_xd or (old & ADDR_MASK_52) != (new & ADDR_MASK_52)
 
 
-@jit
+@inner
 def _link_child(mem, sh, stats, sp, idx, child):
     pa = sh[0][sp, SP_HPA] + idx * 8
     mem_write(mem, pa, np.uint64(sh[0][child, SP_HPA]) | _NONLEAF)
@@ -723,7 +723,7 @@ def _link_child(mem, sh, stats, sp, idx, child):
 # --- synchronisation -------------------------------------------------------------------------------
 
 
-@jit
+@inner
 def _gpte_attrs(sh, ctl, sp, gpte):
     """(ok, attrs) of leaf guest entry ``gpte`` in non-direct shadow page ``sp`` (rights inherited
     from its role); ok is False for an entry a fill may not use (not present, reserved bits, or
@@ -739,7 +739,7 @@ def _gpte_attrs(sh, ctl, sp, gpte):
     return True, attrs
 
 
-@jit
+@inner
 def _sync_spte(mem, vm, sh, stats, ctl, sp, idx):
     """Bring shadow entry ``sp[idx]`` in line with its guest entry (``FNAME(sync_spte)``): drop it
     if the guest entry no longer maps the same frame, else recompute its rights. True if a flush
@@ -762,7 +762,7 @@ def _sync_spte(mem, vm, sh, stats, ctl, sp, idx):
     return _install_leaf(mem, sh, stats, sp, idx, new, tgfn)
 
 
-@jit
+@inner
 def sh_sync_page(mem, vm, sh, stats, ctl, sp):
     """Resynchronise unsync shadow page ``sp`` (``mmu_sync_children``/``kvm_sync_page``):
     write-protect its guest frame again, then compare all 512 entries with the guest's."""
@@ -782,7 +782,7 @@ def sh_sync_page(mem, vm, sh, stats, ctl, sp):
         _request_flush(sh, stats)
 
 
-@jit
+@inner
 def _reaches(sh, sp, root):
     """True if shadow page ``sp`` is linked below shadow page ``root`` (its parent lists lead
     there within four steps: a leaf page under a 4- or 5-level root)."""
@@ -814,7 +814,7 @@ def _reaches(sh, sp, root):
     return False
 
 
-@jit
+@inner
 def sh_sync_root(mem, vm, sh, stats, ctl, root):
     """Resynchronise the unsync shadow pages reachable from shadow page ``root`` (KVM's
     ``kvm_mmu_sync_roots``: ``mmu_sync_children`` follows ``unsync_child_bitmap`` down from the
@@ -833,12 +833,12 @@ def sh_sync_root(mem, vm, sh, stats, ctl, root):
 # --- roots ------------------------------------------------------------------------------------------
 
 
-@jit
+@inner
 def _root_role(sh, levels):
     return np.int64(levels) | np.int64((TA_RW | TA_US) << R_ACC_SHIFT) | sh[7][SM_ROLE_FLAGS]
 
 
-@jit
+@inner
 def _new_root(mem, halloc, vm, sh, stats, ctl, root_gpa):
     _make_room(mem, sh, stats)
     sp = _get_sp(mem, halloc, vm, sh, stats, ctl, root_gpa >> 12, _root_role(sh, sh[7][SM_LEVELS]))
@@ -853,7 +853,7 @@ def sh_root_hpa(sh):
     return sh[0][sh[5][0, 1], SP_HPA]
 
 
-@jit
+@inner
 def sh_load_cr3(mem, halloc, vm, sh, stats, ctl, root_gpa, pcid, no_flush):
     """The VMM's handling of a trapped guest MOV CR3 (``kvm_mmu_new_pgd``): find the shadow root
     in the root cache (current + previous roots, LRU), else take (or build) the root shadow
@@ -906,7 +906,7 @@ def sh_pending(sh):
     return sh[7][SM_FLUSH] != 0 or sh[7][SM_RELOAD] != 0
 
 
-@jit
+@inner
 def sh_before_entry(mem, halloc, vm, sh, tlb, psc, stats, ctl, asid):
     """Pending VMM requests, done before the guest resumes: reload a zapped current root, flush
     the VM's TLB entries and paging-structure caches. False if out of frames."""
@@ -933,7 +933,7 @@ def sh_before_entry(mem, halloc, vm, sh, tlb, psc, stats, ctl, asid):
 # --- traps --------------------------------------------------------------------------------------------
 
 
-@jit
+@inner
 def _track_write(mem, sh, stats, gpa):
     """``kvm_mmu_track_write``: a write to a write-tracked guest table at ``gpa`` was emulated.
     Upper-level shadows count towards write flooding (and are zapped at the threshold); the
@@ -961,7 +961,7 @@ def _track_write(mem, sh, stats, gpa):
         s = nxt
 
 
-@jit
+@inner
 def sh_guest_store(mem, vm, sh, stats, gpa, value):
     """A guest kernel store of 64-bit ``value`` to guest-physical ``gpa`` is about to happen: trap
     it if the frame is write-protected (tracing write: emulate and update the shadows; or
@@ -986,7 +986,7 @@ def sh_guest_store(mem, vm, sh, stats, gpa, value):
         _unsync_gfn(sh, stats, gfn)
 
 
-@jit
+@inner
 def sh_invlpg(mem, vm, sh, tlb, psc, stats, ctl, asid, va):
     """The VMM's handling of a trapped guest INVLPG (``kvm_mmu_invalidate_addr`` over every cached
     root): resynchronise the entry for ``va`` in unsync shadow pages, then INVVPID the address."""
@@ -1022,7 +1022,7 @@ def sh_invlpg(mem, vm, sh, tlb, psc, stats, ctl, asid, va):
 # --- the shadow page-fault handler -------------------------------------------------------------------
 
 
-@jit
+@inner
 def _prefetch(mem, vm, sh, stats, ctl, sp, idx):
     """Fill the not-present entries of the aligned group around ``sp[idx]`` (``FNAME(pte_prefetch)``,
     ``__direct_pte_prefetch``): only from accessed guest entries to frames already backed, never
@@ -1061,7 +1061,7 @@ def _prefetch(mem, vm, sh, stats, ctl, sp, idx):
         stats[S_SH_PREFETCHED] += 1
 
 
-@jit
+@inner
 def _child(mem, halloc, vm, sh, stats, ctl, sp, idx, gfn, role):
     """The shadow page below ``sp[idx]`` for (``gfn``, ``role``), one step of ``FNAME(fetch)``:
     the linked one if it matches, else found or created and linked (a mismatching entry is
@@ -1085,7 +1085,7 @@ def _child(mem, halloc, vm, sh, stats, ctl, sp, idx, gfn, role):
     return SHF_RETRY, child
 
 
-@jit
+@inner
 def sh_page_fault(mem, halloc, vm, sh, stats, pkru, maxphy, root_gpa, va, access, ctl, trail):
     """A #PF on the shadow tables exits to the VMM (``FNAME(page_fault)``).
 
@@ -1104,7 +1104,7 @@ def sh_page_fault(mem, halloc, vm, sh, stats, pkru, maxphy, root_gpa, va, access
     stats[S_VM_EXITS] += 1
     smeta[SM_REASON] = EXIT_HIDDEN_FAULT
     st, code, gpa, shift, attrs, n = walk_core(
-        mem, root_gpa, levels, TA_RW | TA_US, va, access, ctl, pkru, maxphy, trail, True, vm
+        mem, root_gpa, levels, TA_RW | TA_US, va, access, ctl, pkru, maxphy, trail, True, vm[0], True
     )
     if st != WALK_OK:
         smeta[SM_REASON] = EXIT_PF_INJECT
@@ -1202,7 +1202,7 @@ def sh_page_fault(mem, halloc, vm, sh, stats, pkru, maxphy, root_gpa, va, access
     return SHF_RETRY, np.int64(0)
 
 
-@jit
+@inner
 def sh_zero_frame(mem, vm, sh, stats, gfn):
     """The guest kernel clears guest frame ``gfn`` (clear_page: 512 stores). If the frame still
     holds a shadowed guest table (a recycled one), the stores trap like any other -- a leaf
@@ -1268,3 +1268,66 @@ __all__ = [
     "sh_zero_frame",
     "shadow_stats",
 ]
+
+
+# --- what the views ask of the shadow MMU (plain Python, read-only) ------------------------------
+
+
+def shadow_page_at(sh: tuple, table_hpa: int) -> dict | None:
+    """The shadow page whose table lives at host address ``table_hpa``, as plain values (sp,
+    gfn, level, direct, access, cr0_wp, nxe, unsync, invalid), or None."""
+    spt, hfn2sp = sh[0], sh[3]
+    hfn = table_hpa >> 12
+    sp = int(hfn2sp[hfn]) if 0 <= hfn < hfn2sp.shape[0] else -1
+    if sp < 0:
+        return None
+    role, flags = int(spt[sp, SP_ROLE]), int(spt[sp, SP_FLAGS])
+    return {
+        "sp": sp,
+        "gfn": int(spt[sp, SP_GFN]),
+        "level": role & 7,
+        "direct": bool(flags & F_DIRECT),
+        "access": (role >> R_ACC_SHIFT) & R_ACC_MASK,
+        "cr0_wp": bool(role & R_WP),
+        "nxe": bool(role & R_NXE),
+        "unsync": bool(flags & F_UNSYNC),
+        "invalid": bool(flags & F_INVALID),
+    }
+
+
+def frame_protection(sh: tuple, gfn: int) -> tuple[bool, bool]:
+    """(write-protected, write-tracked) of guest frame ``gfn`` in the shadow MMU ``sh``."""
+    gfs = sh[2]
+    if not 0 <= gfn < gfs.shape[0]:
+        return False, False
+    tracked = gfs[gfn, G_UPPER] > 0 or (sh[7][SM_UNSYNC] == 0 and gfs[gfn, G_SPS] > 0)
+    return bool(gfs[gfn, G_WP] > 0), bool(tracked)
+
+
+def predict_exit(
+    sh: tuple, access: str, guest_ok: bool, shadow_ok: bool, shadow: dict[int, tuple[int, int]], gpa: int
+) -> str | None:
+    """The VM exit an access takes on a TLB miss, as :func:`sh_page_fault` classifies it; None if
+    the hardware completes it from the shadow tables.
+
+    ``guest_ok`` / ``shadow_ok``: whether the VMM's walk of the guest tables and the hardware's
+    walk of the shadow tables allow the access; ``shadow``: level -> (hpa, value) of the shadow
+    entries read; ``gpa``: the guest-physical address of the guest's leaf entry.
+    """
+    if shadow_ok:
+        return None
+    if not guest_ok:
+        return "pf_inject"
+    leaf_hpa, last = shadow[min(shadow)]
+    if access == "w" and last & 1 and not last & 2:
+        # a read-only shadow leaf under a guest translation that allows the write
+        page = shadow_page_at(sh, leaf_hpa & ~0xFFF)
+        if page is not None and page["direct"] and not page["access"] & TA_RW:
+            # a clean guest large page: the write dirties it, which changes the direct page's role,
+            # so the VMM fills a new direct page
+            return "hidden_fault"
+        wp, tracked = frame_protection(sh, gpa >> 12)
+        if wp:
+            return "tracing_write" if tracked else "wp_unsync"
+        return "ad_dirty"
+    return "hidden_fault"

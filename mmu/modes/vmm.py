@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from mmu._jit import jit
+from mmu._jit import inner, jit
 from mmu.memory import alloc_frame, mem_read, mem_write, mem_zero_frame
 
 MODE_NATIVE = 0
@@ -109,7 +109,7 @@ def grow_vm(vm, guest_frames: int, host_frames: int):
     )
 
 
-@jit
+@inner
 def vm_room(vm, galloc, halloc):
     """True if the maps have room for every frame the allocators may hand out during one record."""
     vmeta = vm[1]
@@ -122,7 +122,7 @@ def vm_room(vm, galloc, halloc):
     )
 
 
-@jit
+@inner
 def host_table_map(hmem, halloc, vmeta, gpa, hpa, shift):
     """Map guest page ``gpa`` -> host page ``hpa`` of size ``1 << shift`` in the EPT/NPT.
 
@@ -154,7 +154,7 @@ def host_table_map(hmem, halloc, vmeta, gpa, hpa, shift):
     return VM_OK
 
 
-@jit
+@inner
 def vm_back(hmem, halloc, vm, gfn):
     """Back guest frame ``gfn`` (and the rest of its aligned host page): the VMM's EPT-violation work.
 

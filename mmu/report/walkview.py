@@ -1157,47 +1157,10 @@ class WalkViewShadow:
 
 
 def _shadow_page(sh: tuple, table_hpa: int) -> ShadowPage | None:
-    from mmu.modes.shadow import (
-        F_DIRECT,
-        F_INVALID,
-        F_UNSYNC,
-        R_ACC_MASK,
-        R_ACC_SHIFT,
-        R_NXE,
-        R_WP,
-        SP_FLAGS,
-        SP_GFN,
-        SP_ROLE,
-    )
+    from mmu.modes.shadow import shadow_page_at
 
-    spt, hfn2sp = sh[0], sh[3]
-    hfn = table_hpa >> 12
-    sp = int(hfn2sp[hfn]) if 0 <= hfn < hfn2sp.shape[0] else -1
-    if sp < 0:
-        return None
-    role, flags = int(spt[sp, SP_ROLE]), int(spt[sp, SP_FLAGS])
-    return ShadowPage(
-        sp=sp,
-        gfn=int(spt[sp, SP_GFN]),
-        level=role & 7,
-        direct=bool(flags & F_DIRECT),
-        access=(role >> R_ACC_SHIFT) & R_ACC_MASK,
-        cr0_wp=bool(role & R_WP),
-        nxe=bool(role & R_NXE),
-        unsync=bool(flags & F_UNSYNC),
-        invalid=bool(flags & F_INVALID),
-    )
-
-
-def _frame_protection(sh: tuple, gfn: int) -> tuple[bool, bool]:
-    """(write-protected, write-tracked) of guest frame ``gfn`` in the shadow MMU ``sh``."""
-    from mmu.modes.shadow import G_SPS, G_UPPER, G_WP, SM_UNSYNC
-
-    gfs = sh[2]
-    if not 0 <= gfn < gfs.shape[0]:
-        return False, False
-    tracked = gfs[gfn, G_UPPER] > 0 or (sh[7][SM_UNSYNC] == 0 and gfs[gfn, G_SPS] > 0)
-    return bool(gfs[gfn, G_WP] > 0), bool(tracked)
+    info = shadow_page_at(sh, table_hpa)
+    return ShadowPage(**info) if info is not None else None
 
 
 def capture_shadow(machine: Any, va: int, access: str = "r", user: bool = True, context: str = "") -> WalkViewShadow:
@@ -1214,7 +1177,7 @@ def capture_shadow(machine: Any, va: int, access: str = "r", user: bool = True, 
     from mmu.guest.os import O_CUR, P_PCID, P_ROOT
     from mmu.memory import mem_read
     from mmu.modes.native import C_CTL, C_MAXPHYADDR, C_PKRU
-    from mmu.modes.shadow import SM_LEVELS, sh_root_hpa
+    from mmu.modes.shadow import SM_LEVELS, frame_protection, predict_exit, sh_root_hpa
     from mmu.modes.vmm import vm_gpa_of, vm_hpa
     from mmu.x86.bits import CTL_USER, WALK_OK
     from mmu.x86.walk import MAX_LEVELS, TR_COLS, TR_ENTRY_PA, TR_NEXT, check_walk_args, to_int64, walk_core
@@ -1242,7 +1205,8 @@ def capture_shadow(machine: Any, va: int, access: str = "r", user: bool = True, 
             np.int64(int(cfg[C_CTL]) | (CTL_USER if user else 0)), np.int64(cfg[C_PKRU]),
             np.int64(cfg[C_MAXPHYADDR]), trail, False,
         )  # fmt: skip
-        st, code, pa, shift, attrs, n = walk_core(*args, xlate) if xlate is not None else walk_core(*args)
+        fmap = xlate[0] if xlate is not None else trail[0, :0]  # the memslot map (gfn -> hfn)
+        st, code, pa, shift, attrs, n = walk_core(*args, fmap, xlate is not None)
         return int(st), int(code), int(pa), int(shift), int(attrs), trail[: int(n)]
 
     rows: list[ShadowRow] = []
@@ -1267,7 +1231,7 @@ def capture_shadow(machine: Any, va: int, access: str = "r", user: bool = True, 
         for level in range(levels, levels - max(len(gtrail), len(strail)), -1):
             g = guest.get(level)
             s = shadow.get(level)
-            wp, tracked = _frame_protection(sh, g[0] >> 12) if g else (False, False)
+            wp, tracked = frame_protection(sh, g[0] >> 12) if g else (False, False)
             rows.append(
                 ShadowRow(
                     level=level,
@@ -1295,7 +1259,7 @@ def capture_shadow(machine: Any, va: int, access: str = "r", user: bool = True, 
             "shadow_page_size": 1 << sshift if shadow_ok else 0,
             "backing_hpa": backing if backing >= 0 else None,
             "shadow_gpa": shadow_gpa if shadow_ok and shadow_gpa >= 0 else None,
-            "exit_reason": _exit_reason(sh, access, guest_ok, shadow_ok, shadow, gpa),
+            "exit_reason": predict_exit(sh, access, guest_ok, shadow_ok, shadow, gpa),
         }
     return WalkViewShadow(
         gva=int(va) & ((1 << 64) - 1),
@@ -1308,30 +1272,6 @@ def capture_shadow(machine: Any, va: int, access: str = "r", user: bool = True, 
         context=context,
         **outcome,
     )
-
-
-def _exit_reason(
-    sh: tuple, access: str, guest_ok: bool, shadow_ok: bool, shadow: dict[int, tuple[int, int]], gpa: int
-) -> str | None:
-    """The VM exit an access takes on a TLB miss, as the VMM's fault handler classifies it; None if
-    the hardware completes it from the shadow tables. ``shadow``: level -> (hpa, value) read."""
-    if shadow_ok:
-        return None
-    if not guest_ok:
-        return "pf_inject"
-    leaf_hpa, last = shadow[min(shadow)]
-    if access == "w" and last & 1 and not last & 2:
-        # a read-only shadow leaf under a guest translation that allows the write
-        page = _shadow_page(sh, leaf_hpa & ~0xFFF)
-        if page is not None and page.direct and not page.access & TA_RW:
-            # a clean guest large page: the write dirties it, which changes the direct page's role,
-            # so the VMM fills a new direct page
-            return "hidden_fault"
-        wp, tracked = _frame_protection(sh, gpa >> 12)
-        if wp:
-            return "tracing_write" if tracked else "wp_unsync"
-        return "ad_dirty"
-    return "hidden_fault"
 
 
 WP_STYLE = "bold yellow"

@@ -23,7 +23,7 @@ import time
 
 import numpy as np
 
-from mmu._jit import jit
+from mmu._jit import inner, jit
 from mmu.trace.format import ImportSummary, TraceWriter, base_header
 from mmu.trace.lackey import (
     BLOCK_SIZE,
@@ -52,7 +52,7 @@ S_PREV_IP = 1  # ip of the previous data line (for fetch_ip)
 S_DATA_AFTER_EOF = 2  # data lines after the last '#eof'
 
 
-@jit
+@inner
 def _pin_token(buf, pos, hexv):
     """Parse ``0x<hex>`` or ``(nil)`` at ``buf[pos]``: returns (status, value, new_pos)."""
     if buf[pos] == 40:  # '(nil)'

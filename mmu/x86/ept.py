@@ -56,7 +56,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from mmu._jit import jit
+from mmu._jit import inner, jit
 from mmu.memory import PhysicalMemory, mem_find
 from mmu.x86.bits import (
     ACC_FETCH,
@@ -186,7 +186,7 @@ def set_host_ad(hmem, trail, n, memo, a_bit, d_bit, write):
             data[row_i, (pa_i >> 3) & 511] = nv
 
 
-@jit
+@inner
 def ept_walk_core(hmem, table_hpa, level, gpa, access, ad, mbec, user_mode, maxphyaddr, trail, set_ad, xonly=True):
     """Translate ``gpa`` through the EPT from the table at ``table_hpa`` of ``level``.
 
@@ -303,7 +303,7 @@ def perm_qual(perms):
     return ((perms & 7) << 3) | (((perms >> 10) & 1) << 6)
 
 
-@jit
+@inner
 def npt_walk_core(hmem, table_hpa, level, gpa, access, maxphyaddr, trail, set_ad):
     """Translate ``gpa`` through AMD nested page tables from the table at ``table_hpa`` of ``level``.
 

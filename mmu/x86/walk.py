@@ -23,9 +23,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from mmu._jit import jit
+from mmu._jit import inner, jit
 from mmu.memory import PhysicalMemory, mem_read, mem_write
-from mmu.modes.vmm import vm_hpa
 from mmu.x86.bits import (
     ACC_FETCH,
     ACC_READ,
@@ -145,7 +144,7 @@ def access_fault(attrs, access, ctl, pkru):
     return error_code_bits(PF_P, access, ctl) | (PF_PK if pk else 0)
 
 
-@jit
+@inner
 def error_code_bits(base, access, ctl):
     """#PF error code: ``base`` (P and/or RSVD) plus W, U and I/D for this access (SDM 4.7)."""
     code = base
@@ -206,7 +205,7 @@ def entry_step(e, level, rsvd, nxe, ctl, attrs):
 
 
 @jit
-def walk_core(mem, table_pa, level, attrs_in, va, access, ctl, pkru, maxphyaddr, trail, set_ad, xlate=None):
+def walk_core(mem, table_pa, level, attrs_in, va, access, ctl, pkru, maxphyaddr, trail, set_ad, fmap, mapped):
     """Walk ``va`` from the table at ``table_pa`` of ``level`` down to a leaf.
 
     Parameters
@@ -229,12 +228,15 @@ def walk_core(mem, table_pa, level, attrs_in, va, access, ctl, pkru, maxphyaddr,
         Out: one row per entry read (entry pa, level, pointed-to address, combined attrs).
     set_ad : bool
         Write A (and D) bits on success; False for a side-effect-free probe.
-    xlate : tuple, optional
-        A VM state (:mod:`mmu.modes.vmm`): the tables are guest-physical and ``mem`` is host
-        memory, so each entry is read at the host address its guest frame is backed by (an
-        unbacked guest frame reads as zeros). This is the shadow-paging VMM's software walk of
-        the guest's tables; ``trail`` then holds the entries' host addresses in TR_ENTRY_PA and
-        guest-physical addresses in TR_NEXT.
+    fmap : int64[:]
+        A frame map, read when ``mapped``: the tables' addresses are in another physical space
+        and ``mem`` holds them at frame ``fmap[frame]`` (-1 or beyond the map: not present, the
+        entry reads as zeros). The shadow-paging VMM's software walk of the guest's tables
+        passes its memslot map (guest frame -> host frame); ``trail`` then holds the entries'
+        mapped addresses in TR_ENTRY_PA and unmapped ones in TR_NEXT. Unmapped walks pass an
+        empty array.
+    mapped : bool
+        Whether to translate table addresses through ``fmap``.
 
     Returns
     -------
@@ -254,8 +256,9 @@ def walk_core(mem, table_pa, level, attrs_in, va, access, ctl, pkru, maxphyaddr,
     while True:
         shift = 12 + 9 * (level - 1)
         entry_pa = np.int64(base) + ((va >> shift) & 511) * 8
-        if xlate is not None:
-            entry_pa = vm_hpa(xlate, entry_pa)
+        if mapped:
+            f = entry_pa >> 12
+            entry_pa = np.int64(-1) if f >= fmap.shape[0] or fmap[f] < 0 else (fmap[f] << 12) | (entry_pa & 0xFFF)
             e = _U0 if entry_pa < 0 else mem_read(mem, entry_pa)
         else:
             e = mem_read(mem, entry_pa)
@@ -304,7 +307,10 @@ def walk_va(mem, cr3, va, access, ctl, pkru, maxphyaddr, trail):
     if not is_canonical(va, la57):
         return WALK_GP, 0, 0, 0, 0, 0
     root = cr3 & (((np.int64(1) << maxphyaddr) - 1) & ~np.int64(0xFFF))
-    return walk_core(mem, root, 5 if la57 else 4, TA_RW | TA_US, va, access, ctl, pkru, maxphyaddr, trail, True)
+    levels = 5 if la57 else 4
+    return walk_core(
+        mem, root, levels, TA_RW | TA_US, va, access, ctl, pkru, maxphyaddr, trail, True, trail[0, :0], False
+    )
 
 
 _ACCESS = {"r": ACC_READ, "w": ACC_WRITE, "x": ACC_FETCH}

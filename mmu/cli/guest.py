@@ -12,7 +12,7 @@ from mmu.options import flood_threshold_option, prefetch_option, roots_option, s
 
 
 def _parse_args(items: list[str]) -> list[int]:
-    from mmu.cli import fail
+    from mmu.cli.common import fail
 
     out = []
     for item in items:
@@ -48,7 +48,7 @@ def register(app: typer.Typer) -> None:
         """Run PROGRAM.s in a fresh guest: print its console output and the stats."""
         from rich.console import Console
 
-        from mmu.cli import fail
+        from mmu.cli.common import fail
         from mmu.engine import MODES, MachineConfig
         from mmu.guest.asm import assemble_file
         from mmu.guest.run import run_program

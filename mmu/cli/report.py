@@ -20,7 +20,7 @@ ACCESS_KINDS = ("r", "w", "x")
 
 
 def _fail(message: str) -> None:
-    from mmu.cli import fail
+    from mmu.cli.common import fail
 
     fail(message)
 
@@ -298,7 +298,7 @@ def walk_cmd(
     host = (mode, host_page, ept_levels, ept_ad, npt)
     try:
         if program is not None:
-            from mmu.guest.cli import _parse_args
+            from mmu.cli.guest import _parse_args
 
             assert index is not None
             view = _program_view(program, _parse_args(words), index, access, user, *host, cold)

@@ -15,6 +15,7 @@ from typing import Any
 
 import typer
 
+from mmu.cli.common import fail
 from mmu.errors import MMUInputError
 from mmu.options import flood_threshold_option, prefetch_option, roots_option, shadow_pages_option, thp_option
 
@@ -25,12 +26,6 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-
-
-def fail(message: str) -> None:
-    """Print a one-line error and exit with status 2."""
-    sys.stderr.write(f"mmu: error: {message}\n")
-    raise typer.Exit(2)
 
 
 def main() -> None:
@@ -279,7 +274,7 @@ def compare_cmd(
     costs in each."""
     from rich.console import Console
 
-    from mmu.guest.cli import _parse_args
+    from mmu.cli.guest import _parse_args
     from mmu.report.compare import compare_renderable
     from mmu.stats import to_csv_row, to_json
 
@@ -347,6 +342,7 @@ def demo_cmd(
 
     modes = [("native", "4k", "madvise"), ("shadow", "4k", "madvise"), ("nested", "4k", "madvise")]
     modes.append(("nested", "2m", "madvise"))
+    warm_kernels()  # a cold cache compiles on every core first
     everything = []
     console = Console()
     for name in DEMO_TRACES:
@@ -374,7 +370,7 @@ def demo_cmd(
             f"(mmu walk --trace traces/{trace} --index {index} --mode nested)"
         )
     )
-    from mmu.report.cli import _trace_view
+    from mmu.cli.report import _trace_view
     from mmu.report.walkview import walk_renderable
 
     try:
@@ -405,7 +401,12 @@ def presets_cmd() -> None:
 
 @app.command("cache")
 def cache_cmd(
-    action: str = typer.Argument(..., help="'clear' removes numba's compiled kernels of mmu; 'path' prints where."),
+    action: str = typer.Argument(
+        ...,
+        help="'warm' compiles every kernel into the cache (in parallel); 'clear' removes mmu's compiled "
+        "kernels; 'path' prints where they are.",
+    ),
+    workers: int = typer.Option(0, "--workers", help="warm: processes to compile in (0: one per core)."),
 ) -> None:
     """Manage numba's on-disk cache of compiled kernels."""
     import shutil
@@ -416,9 +417,15 @@ def cache_cmd(
     if action == "path":
         typer.echo(str(where))
         return
+    if action == "warm":
+        if workers < 0:
+            fail(f"--workers must be >= 0, not {workers}")
+        seconds = warm_kernels(workers or None, force=True)
+        typer.echo(f"compiled or loaded every kernel in {seconds:.1f} s (cache: {where})")
+        return
     if action != "clear":
-        fail(f"unknown cache action {action!r}; use 'clear' or 'path'")
-    root = cache_root()  # every digest's folder, and only mmu's kernels
+        fail(f"unknown cache action {action!r}; use 'warm', 'clear' or 'path'")
+    root = cache_root()  # every kernel's folder, and only mmu's kernels
     removed = 0
     if root.exists():
         removed = sum(1 for _ in root.rglob("*.nb[ic]"))
@@ -426,12 +433,34 @@ def cache_cmd(
     typer.echo(f"removed {removed} cached kernel files")
 
 
-from mmu.trace.cli import register  # noqa: E402
+def warm_kernels(workers: int | None = None, force: bool = False) -> float:
+    """Compile every kernel into the cache on all cores, with a progress bar on a terminal
+    (nothing to do, and no output, when the cache is already warm unless ``force``)."""
+    from rich.console import Console
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from mmu.kernels import is_warm, kernel_names, warm
+
+    if not force and is_warm():
+        return 0.0
+    err = Console(stderr=True)
+    if not err.is_terminal:
+        return warm(workers)
+    names = kernel_names()
+    with Progress(
+        TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+        TimeElapsedColumn(), console=err, transient=True,
+    ) as bar:  # fmt: skip
+        task = bar.add_task("compiling the kernels (first run only)", total=len(names))
+        return warm(workers, on_done=lambda _name, _sec: bar.advance(task))
+
+
+from mmu.cli.trace import register  # noqa: E402
 
 register(app)
-from mmu.report.cli import register as _register_report  # noqa: E402
+from mmu.cli.report import register as _register_report  # noqa: E402
 
 _register_report(app)
-from mmu.guest.cli import register as _register_guest  # noqa: E402
+from mmu.cli.guest import register as _register_guest  # noqa: E402
 
 _register_guest(app)

@@ -19,7 +19,7 @@ KINDS = ("lackey", "pin", "champsim", "npy")
 
 
 def _fail(message: str) -> None:
-    from mmu.cli import fail
+    from mmu.cli.common import fail
 
     fail(message)
 
