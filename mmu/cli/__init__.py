@@ -164,7 +164,7 @@ def find_shipped_trace(name: str) -> Path:
     env = os.environ.get("MMU_TRACES")
     if env:
         candidates.append(Path(env))
-    candidates.append(Path(__file__).resolve().parent.parent / "traces")
+    candidates.append(Path(__file__).resolve().parents[2] / "traces")  # the repository root
     for folder in candidates:
         p = folder / name
         if p.is_file():
