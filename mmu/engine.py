@@ -106,11 +106,11 @@ def replay_kernel(addr, arg, pid, op, flags, start, stop, m, out, pos):
     """
     mem, halloc, galloc, vm, hcache, sh, osst = m.mem, m.halloc, m.galloc, m.vm, m.hcache, m.sh, m.osst
     tlb, psc, ptc, stats, cfg, scratch = m.tlb, m.psc, m.ptc, m.stats, m.cfg, m.scratch
-    procs = osst[0]
-    ometa = osst[2]
+    procs = osst.procs
+    ometa = osst.ometa
     emit = cfg[C_EMIT] != 0
-    virt = vm[1][V_MODE] != MODE_NATIVE
-    shadow = vm[1][V_MODE] == MODE_SHADOW
+    virt = vm.vmeta[V_MODE] != MODE_NATIVE
+    shadow = vm.vmeta[V_MODE] == MODE_SHADOW
     gm = (mem, halloc, vm, stats, sh)
     budget = np.int64(0)  # records the shadow state has room for (checked in batches: it is big)
     for i in range(start, stop):
@@ -205,13 +205,13 @@ def guest_op_kernel(kind, a, b, m):
 
 def tlb_levels_dict(tlb: tuple, preset) -> dict[str, dict[str, int]]:
     """Hits and misses of each TLB structure, by the preset's structure names."""
-    counters = tlb[-2]
+    counters = tlb.stats
     return {st.name: {"hits": int(counters[i, 0]), "misses": int(counters[i, 1])} for i, st in enumerate(preset.tlbs)}
 
 
 def psc_levels_dict(psc: tuple, preset) -> dict[str, dict[str, int]]:
     """Hits and misses of each paging-structure cache that exists in the preset."""
-    counters = psc[-2]
+    counters = psc.stats
     return {
         c.name: {"hits": int(counters[c.entry_level - 2, 0]), "misses": int(counters[c.entry_level - 2, 1])}
         for c in preset.pscs
@@ -444,13 +444,13 @@ class Machine:
 
     def invlpg(self, va: int) -> None:
         """The guest kernel executes INVLPG ``va`` in the current process."""
-        if int(self.osst[2][O_CUR]) < 0:
+        if int(self.osst.ometa[O_CUR]) < 0:
             raise MMUInputError("INVLPG before any process ran")
         self._guest_op(GOP_INVLPG, to_int64(va))
 
     def flush_tlb(self) -> None:
         """The guest kernel reloads CR3 with bit 63 clear (flushes the current PCID)."""
-        if int(self.osst[2][O_CUR]) < 0:
+        if int(self.osst.ometa[O_CUR]) < 0:
             raise MMUInputError("CR3 reload before any process ran")
         self._guest_op(GOP_FLUSH)
 
@@ -460,7 +460,7 @@ class Machine:
         return 0 if pa < 0 else int(mem_read(self.mem.state, np.int64(pa)))
 
     def _prepopulate(self, frames: int) -> None:
-        host_shift = int(self.vm[1][V_HOST_SHIFT])
+        host_shift = int(self.vm.vmeta[V_HOST_SHIFT])
         span = 1 << (host_shift - 12)
         frames = -(-frames // span) * span
         # room: the maps, plus host frames for the EPT tables (one leaf table per 512 entries)
@@ -546,15 +546,15 @@ class Machine:
 
     def result(self, extra: dict[str, Any] | None = None) -> dict[str, Any]:
         """The stats object (common schema) of everything replayed so far."""
-        counters = self.tlb[-2]
+        counters = self.tlb.stats
         levels = np.array([st.level for st in self.preset.tlbs])
         l1 = int(counters[levels == 1, 0].sum())
         l2 = int(counters[levels == 2, 0].sum())
         mode_stats: dict[str, Any] = {}
         if self.config.mode == "nested":
-            vmeta = self.vm[1]
-            ntlb = self.hcache[0][-2]
-            npsc = self.hcache[1][-2]
+            vmeta = self.vm.vmeta
+            ntlb = self.hcache.ntlb.stats
+            npsc = self.hcache.npsc.stats
             c = self.config
             mode_stats = {
                 "host": "npt" if c.npt else "ept",
@@ -577,7 +577,7 @@ class Machine:
             policy = {"unsync": c.unsync, "prefetch": c.prefetch, "roots": c.roots}
             policy["flood_threshold"] = c.flood_threshold
             policy["max_pages"] = c.shadow_pages
-            mode_stats = shadow_stats(self.stats, policy, c.host_page, int(self.vm[1][V_BACKED_FRAMES]))
+            mode_stats = shadow_stats(self.stats, policy, c.host_page, int(self.vm.vmeta[V_BACKED_FRAMES]))
         return stats_dict(
             self.config.mode,
             derive_cycles(self.stats, self.cost, l1, l2),

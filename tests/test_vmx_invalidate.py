@@ -78,7 +78,7 @@ def test_invept_removes_stale_gpa_mappings():
     assert _translate(m, va)[0] == hpa
     assert hw_invept(m.tlb, m.psc, m.hcache, 1) == HW_OK
     assert _translate(m, va)[0] == new_hpa
-    ntlb_valid = int((m.hcache[0][3] != -1).sum())
+    ntlb_valid = int((m.hcache.ntlb.tag != -1).sum())
     assert ntlb_valid >= 1  # refilled by the walk after INVEPT
 
 
@@ -88,10 +88,10 @@ def test_invvpid_drops_combined_not_guest_physical():
     vpid = int(m.cfg[C_ASID])
     _, _, pcid = _translate(m, va)
     assert tlb_lookup(m.tlb, np.int64(va), vpid, pcid, 0)[0] > 0
-    ntlb_before = int((m.hcache[0][3] != -1).sum())
+    ntlb_before = int((m.hcache.ntlb.tag != -1).sum())
     assert hw_invvpid(m.tlb, m.psc, 0, vpid, np.int64(va)) == HW_OK
     assert tlb_lookup(m.tlb, np.int64(va), vpid, pcid, 0)[0] == 0
-    assert int((m.hcache[0][3] != -1).sum()) == ntlb_before  # guest-physical mappings stay
+    assert int((m.hcache.ntlb.tag != -1).sum()) == ntlb_before  # guest-physical mappings stay
 
 
 @pytest.mark.parametrize("kind, global_survives", [(1, False), (3, True)])

@@ -149,8 +149,8 @@ def enter_process(machine: Any, pid: int, where: str = "trace") -> None:
     from mmu.guest.os import O_CUR, P_PID
     from mmu.trace.format import OP_SWITCH, RECORD_DTYPE
 
-    cur = int(machine.osst[2][O_CUR])
-    if cur < 0 or int(machine.osst[0][cur, P_PID]) != pid:
+    cur = int(machine.osst.ometa[O_CUR])
+    if cur < 0 or int(machine.osst.procs[cur, P_PID]) != pid:
         switch = np.zeros(1, dtype=RECORD_DTYPE)
         switch["op"] = OP_SWITCH
         switch["pid"] = pid
@@ -171,8 +171,8 @@ def machine_view(machine: Any, va: int, access: str, user: bool, context: str, r
 
     m = machine
     config = m.config
-    row = int(m.osst[2][O_CUR])
-    root, pcid = int(m.osst[0][row, P_ROOT]), int(m.osst[0][row, P_PCID])
+    row = int(m.osst.ometa[O_CUR])
+    root, pcid = int(m.osst.procs[row, P_ROOT]), int(m.osst.procs[row, P_PCID])
     kw = {"wp": config.wp, "nxe": config.nxe, "la57": config.la57, "maxphyaddr": config.maxphyaddr}
     if config.mode == "native":
         view = _walk_native(m.mem, root | pcid, va, access, user, context, **kw)
@@ -181,7 +181,7 @@ def machine_view(machine: Any, va: int, access: str, user: bool, context: str, r
 
         view = capture_shadow(m, va, access, user, context)
     else:
-        vmeta = m.vm[1]
+        vmeta = m.vm.vmeta
         hroot, hlevels = int(vmeta[V_ROOT]), int(vmeta[V_LEVELS])
         is_npt, is_ad = bool(vmeta[V_NPT]), bool(vmeta[V_EPT_AD])
         eptp = hroot if is_npt else make_eptp(hroot, hlevels, is_ad)

@@ -159,8 +159,8 @@ def cpu_slice(m, regs, cpu, used_mask, budget, rec, rpos):
     recording = cpu[X_RECORD] != 0
     row = cpu[X_ROW]
     pid = np.uint16(cpu[X_PID])
-    virt = vm[1][V_MODE] != MODE_NATIVE
-    shadow = vm[1][V_MODE] == MODE_SHADOW
+    virt = vm.vmeta[V_MODE] != MODE_NATIVE
+    shadow = vm.vmeta[V_MODE] == MODE_SHADOW
     pc = cpu[X_PC]
     n = np.int64(0)
     shb = np.int64(0)  # translations the shadow state has room for

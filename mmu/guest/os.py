@@ -6,7 +6,8 @@ so each virtualization mode sees the edit the way its hardware would (native:
 a plain store; nested: a store to the host page backing the guest frame, with an
 EPT-violation exit on the frame's first touch; shadow: a write-protection trap).
 
-State ``osst = (procs, pid2slot, ometa, vmas, rc, image, oscratch)``:
+State ``osst = OSState(procs, pid2slot, ometa, vmas, rc, image, oscratch)`` (a NamedTuple; other
+modules read its fields by name, e.g. ``osst.ometa[O_CUR]``):
 
 ``procs``     int64[MAX_PROCS, P_COLS]  one row per process: pid, root table gpa, PCID,
                                           alive flag, times loaded into CR3
@@ -31,6 +32,8 @@ storage in :class:`~mmu.memory.PhysicalMemory`.
 """
 
 from __future__ import annotations
+
+from typing import NamedTuple
 
 import numpy as np
 
@@ -86,7 +89,19 @@ OS_BAD_ADDRESS = 2  # no mapping can be made (not a user-half canonical address)
 OS_TOO_MANY_PROCS = 3
 
 
-def make_os(pcide: bool = True, la57: bool = False, thp: int = THP_NEVER) -> tuple[np.ndarray, ...]:
+class OSState(NamedTuple):
+    """The guest OS model's state (layouts in the module docstring)."""
+
+    procs: np.ndarray
+    pid2slot: np.ndarray
+    ometa: np.ndarray
+    vmas: np.ndarray
+    rc: np.ndarray
+    image: np.ndarray
+    oscratch: np.ndarray
+
+
+def make_os(pcide: bool = True, la57: bool = False, thp: int = THP_NEVER) -> OSState:
     """An empty guest OS state (no processes yet, no program image); ``thp``: a THP_* policy."""
     procs = np.zeros((MAX_PROCS, P_COLS), dtype=np.int64)
     pid2slot = np.full(1 << 16, -1, dtype=np.int64)
@@ -100,7 +115,7 @@ def make_os(pcide: bool = True, la57: bool = False, thp: int = THP_NEVER) -> tup
     rc = np.zeros((RC_SLOTS, 2), dtype=np.int64)
     image = np.zeros((1, 512), dtype=np.uint64)
     oscratch = np.zeros((8, 4), dtype=np.int64)
-    return procs, pid2slot, ometa, vmas, rc, image, oscratch
+    return OSState(procs, pid2slot, ometa, vmas, rc, image, oscratch)
 
 
 # --- guest-physical memory as the guest kernel sees it ------------------------------------------
@@ -118,7 +133,7 @@ def make_os(pcide: bool = True, la57: bool = False, thp: int = THP_NEVER) -> tup
 def guest_hpa(gm, gpa):
     """Where guest-physical ``gpa`` lives in ``gm[0]``, backing it first if needed; -1 if impossible."""
     vm = gm[2]
-    if vm[1][V_MODE] == MODE_NATIVE:
+    if vm.vmeta[V_MODE] == MODE_NATIVE:
         return gpa
     hpa = vm_hpa(vm, gpa)
     if hpa >= 0:
@@ -126,7 +141,7 @@ def guest_hpa(gm, gpa):
     stats = gm[3]
     stats[S_VM_EXITS] += 1
     # nested: an EPT violation; shadow: a hidden fault on the kernel's mapping of the frame
-    stats[S_EXIT_BASE + (EXIT_HIDDEN_FAULT if vm[1][V_MODE] == MODE_SHADOW else EXIT_EPT_VIOLATION)] += 1
+    stats[S_EXIT_BASE + (EXIT_HIDDEN_FAULT if vm.vmeta[V_MODE] == MODE_SHADOW else EXIT_EPT_VIOLATION)] += 1
     if vm_back(gm[0], gm[1], vm, gpa >> 12) != VM_OK:
         return np.int64(-1)
     return vm_hpa(vm, gpa)

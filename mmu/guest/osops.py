@@ -994,7 +994,7 @@ def os_peek_user(mem, vm, osst, row, va, out):
     write() costs the same in every mode and a recorded trace replays to the same stats.
     Pages not faulted in read as their program-image page, or zero.
     """
-    native = vm[1][V_MODE] == MODE_NATIVE
+    native = vm.vmeta[V_MODE] == MODE_NATIVE
     levels = osst[2][O_LEVELS]
     root = osst[0][row, P_ROOT]
     n = out.shape[0]

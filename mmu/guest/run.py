@@ -11,7 +11,7 @@ those of :mod:`mmu.guest.refcpu`, so the console output, exit statuses and instr
 agree with it in every mode.
 
 The program's text and data are not copied in up front: process 1's text and data mappings
-name rows of the program image (``osst[5]``), and a demand fault fills the new frame from
+name rows of the program image (``osst.image``), and a demand fault fills the new frame from
 the image instead of clearing it, as a kernel reads a page of an executable in. So loading
 costs the same work as mapping anonymous memory, and a trace recorded with ``record_path``
 (every translated access and every OS event, in order) replays to identical stats.
@@ -196,13 +196,13 @@ class _Executor:
             rows[seg.start] = at
             at += len(words)
         m = self.m
-        m.osst = m.osst[:5] + (image,) + m.osst[6:]
+        m.osst = m.osst._replace(image=image)
         for seg in segs:
             self._event(OP_MMAP, INIT_PID, seg.start, seg.size >> PAGE_SHIFT, seg.prot)
             if seg.start in rows:
-                row = int(m.osst[1][INIT_PID])
+                row = int(m.osst.pid2slot[INIT_PID])
                 i = int(vma_index(m.osst, np.int64(row), np.int64(seg.start >> PAGE_SHIFT)))
-                m.osst[3][row, i, VMA_IMAGE] = rows[seg.start]
+                m.osst.vmas[row, i, VMA_IMAGE] = rows[seg.start]
         regs = np.zeros(32, dtype=np.uint64)
         regs[REG_SP] = STACK_TOP
         p = _Proc(INIT_PID, 0, regs, self.program.entry, seed)
@@ -291,7 +291,7 @@ class _Executor:
         m = self.m
         cpu = self.cpu
         cpu[X_PC] = np.int64(to_signed64(p.pc))
-        cpu[X_ROW] = int(m.osst[1][p.pid])
+        cpu[X_ROW] = int(m.osst.pid2slot[p.pid])
         cpu[X_PID] = p.pid
         cpu[X_RECORD] = 1 if self.recording else 0
         cpu[X_RAND] = np.int64(to_signed64(p.rand))
@@ -353,7 +353,7 @@ class _Executor:
     def _prot(self, pid: int, addr: int) -> int:
         if addr >= USER_TOP:
             return 0
-        return int(os_prot_of(self.m.osst, np.int64(self.m.osst[1][pid]), np.int64(addr >> PAGE_SHIFT)))
+        return int(os_prot_of(self.m.osst, np.int64(self.m.osst.pid2slot[pid]), np.int64(addr >> PAGE_SHIFT)))
 
     # -- system calls (refcpu.Machine._syscall) ---------------------------------------------------
     def _syscall(self, p: _Proc, number: int) -> str | None:
@@ -399,7 +399,7 @@ class _Executor:
         if length > USER_TOP or ptr + length > USER_TOP:
             return SYS_ERROR
         osst = self.m.osst
-        row = np.int64(osst[1][p.pid])
+        row = np.int64(osst.pid2slot[p.pid])
         first, last = ptr >> PAGE_SHIFT, (ptr + length - 1) >> PAGE_SHIFT
         if not os_range_mapped(osst, row, np.int64(first), np.int64(last)):
             return SYS_ERROR
@@ -415,7 +415,7 @@ class _Executor:
         osst = self.m.osst
         vpn = int(
             os_mmap_place(
-                osst, np.int64(osst[1][p.pid]), np.int64(npages), np.int64(MMAP_BASE >> PAGE_SHIFT),
+                osst, np.int64(osst.pid2slot[p.pid]), np.int64(npages), np.int64(MMAP_BASE >> PAGE_SHIFT),
                 np.int64(MMAP_END >> PAGE_SHIFT),
             )
         )  # fmt: skip

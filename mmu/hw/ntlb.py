@@ -21,16 +21,19 @@ behaves exactly like the cold :func:`mmu.x86.ept.host_translate`).
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import numpy as np
 
 from mmu._jit import inner, jit
 from mmu.hw.presets import SIDE_UNIFIED, PSCCache, TLBStructure
-from mmu.hw.pwc import make_psc, psc_fill, psc_flush_all, psc_flush_asid, psc_lookup
+from mmu.hw.pwc import PSCState, make_psc, psc_fill, psc_flush_all, psc_flush_asid, psc_lookup
 from mmu.hw.tlb import (
     G_BASE,
     G_ENTRIES,
     HW_GP,
     HW_OK,
+    TLBState,
     _inv_addr,
     _kill,
     make_tlb,
@@ -73,6 +76,14 @@ SRC_NTLB = (
 SRC_NPSC = "assumption: the host-dimension PSCs mirror the guest-dimension sizes of the preset"
 
 
+class HostCache(NamedTuple):
+    """A VM's nested TLB and host paging-structure caches."""
+
+    ntlb: TLBState  # gpa -> hpa of whole host pages (mmu.hw.tlb layout)
+    npsc: PSCState  # gpa bits -> next EPT/NPT table (mmu.hw.pwc layout)
+    meta: np.ndarray  # int64[H_LEN]: H_ENABLED, H_NTLB_ON, H_NPSC_ON
+
+
 def make_host_cache(
     preset,
     ntlb_entries: int = 16,
@@ -93,7 +104,7 @@ def make_host_cache(
     hmeta[H_ENABLED] = 1 if enabled else 0
     hmeta[H_NTLB_ON] = 1 if (enabled and ntlb_entries > 0) else 0
     hmeta[H_NPSC_ON] = 1 if (enabled and npsc) else 0
-    return ntlb, make_psc(caches), hmeta
+    return HostCache(ntlb, make_psc(caches), hmeta)
 
 
 _COLD: list = []

@@ -39,6 +39,7 @@ Kernels mutate the arrays in place and never raise.
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import NamedTuple
 
 import numpy as np
 
@@ -61,7 +62,20 @@ _VA_MASK_48 = (1 << 48) - 1
 _VA_MASK_57 = (1 << 57) - 1
 
 
-def make_psc(spec: CPUPreset | Iterable[PSCCache]) -> tuple:
+class PSCState(NamedTuple):
+    """The paging-structure caches' state (see :func:`make_psc`)."""
+
+    geom: np.ndarray
+    tag: np.ndarray
+    ctx: np.ndarray
+    table: np.ndarray
+    attrs: np.ndarray
+    stamp: np.ndarray
+    stats: np.ndarray  # int64[NCACHES, 2]: hits, misses per cache
+    clock: np.ndarray
+
+
+def make_psc(spec: CPUPreset | Iterable[PSCCache]) -> PSCState:
     """Allocate empty paging-structure caches.
 
     Parameters
@@ -102,7 +116,7 @@ def make_psc(spec: CPUPreset | Iterable[PSCCache]) -> tuple:
     stamp = np.zeros(total, dtype=np.int64)
     stats = np.zeros((NCACHES, 2), dtype=np.int64)
     clock = np.zeros(1, dtype=np.int64)
-    return (geom, tag, ctx, table, attrs, stamp, stats, clock)
+    return PSCState(geom, tag, ctx, table, attrs, stamp, stats, clock)
 
 
 @inner

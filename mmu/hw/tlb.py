@@ -37,9 +37,9 @@ Semantics
 
 State
 -----
-``tlb = (geom, plan, route, tag, ctx, frame, attrs, stamp, orig, hidx, stats, clock)``, built
-by :func:`make_tlb`; all arrays int64, mutated in place by the kernels. ``stats`` and
-``clock`` stay the last two (``tlb[-2]`` is the counter table).
+``tlb = TLBState(geom, plan, route, tag, ctx, frame, attrs, stamp, orig, hidx, stats, clock)``
+(a NamedTuple: other modules read its fields by name, e.g. ``tlb.stats``), built by
+:func:`make_tlb`; all arrays int64, mutated in place by the kernels.
 
 ``geom``  int64[nstruct, G_LEN]
     Per structure: ``G_LEVEL`` (1, 2), ``G_SIDE`` (0 data, 1 instr, 2 unified), ``G_SIZES``
@@ -88,6 +88,7 @@ is a negative int64; only bits 56:0 take part in tags).
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import NamedTuple
 
 import numpy as np
 
@@ -137,7 +138,24 @@ INDEX_MIN_WAYS = 17  # sets at least this wide get a hash index over their tags
 _HMUL = 0x7F4A7C159E3779B9  # odd multiplier < 2**63 (stays int64 in numba)
 
 
-def make_tlb(spec: CPUPreset | Iterable[TLBStructure]) -> tuple:
+class TLBState(NamedTuple):
+    """A TLB hierarchy's state (see the module docstring for each array's layout)."""
+
+    geom: np.ndarray
+    plan: np.ndarray
+    route: np.ndarray
+    tag: np.ndarray
+    ctx: np.ndarray
+    frame: np.ndarray
+    attrs: np.ndarray
+    stamp: np.ndarray
+    orig: np.ndarray
+    hidx: np.ndarray
+    stats: np.ndarray  # int64[nstruct, 2]: hits, misses per structure
+    clock: np.ndarray
+
+
+def make_tlb(spec: CPUPreset | Iterable[TLBStructure]) -> TLBState:
     """Allocate an empty TLB hierarchy.
 
     Parameters
@@ -223,7 +241,7 @@ def make_tlb(spec: CPUPreset | Iterable[TLBStructure]) -> tuple:
     hidx = np.full(max(hbase, 1), -1, dtype=np.int64)
     stats = np.zeros((n, 2), dtype=np.int64)
     clock = np.zeros(1, dtype=np.int64)
-    return (geom, plan, route, tag, ctx, frame, attrs, stamp, orig, hidx, stats, clock)
+    return TLBState(geom, plan, route, tag, ctx, frame, attrs, stamp, orig, hidx, stats, clock)
 
 
 # --- kernels ------------------------------------------------------------------------------------

@@ -20,11 +20,11 @@ from mmu.x86.bits import CTL_LA57, CTL_USER
 @inner
 def load_cr3(gm, osst, tlb, psc, stats, cfg, row, no_flush):
     """MOV CR3 to process ``row``'s root and PCID (bit 63 = ``no_flush``). False if out of frames."""
-    procs = osst[0]
-    ometa = osst[2]
+    procs = osst.procs
+    ometa = osst.ometa
     stats[S_CR3_LOADS] += 1
     vm = gm[2]
-    if vm[1][V_MODE] == MODE_SHADOW:
+    if vm.vmeta[V_MODE] == MODE_SHADOW:
         # CR3 loads trap: the VMM switches shadow roots (and flushes on its own terms).
         ctl = cfg[C_CTL] | CTL_USER
         return sh_load_cr3(gm[0], gm[1], vm, gm[4], stats, ctl, procs[row, P_ROOT], procs[row, P_PCID], no_flush)
@@ -38,8 +38,8 @@ def switch_to(gm, galloc, osst, tlb, psc, stats, cfg, pid):
     st, row, _created = os_process(osst, gm, galloc, pid)
     if st != OS_OK:
         return st
-    procs = osst[0]
-    ometa = osst[2]
+    procs = osst.procs
+    ometa = osst.ometa
     ometa[O_CUR] = row
     # Linux keeps a PCID's translations across switches (CR3 bit 63 set) once it has run.
     no_flush = ometa[O_PCIDE] != 0 and procs[row, P_LOADS] > 0
@@ -52,12 +52,12 @@ def switch_to(gm, galloc, osst, tlb, psc, stats, cfg, pid):
 @inner
 def cpu_invlpg(gm, osst, tlb, psc, stats, cfg, va):
     """The guest kernel's INVLPG ``va`` in the current process (shadow: trapped)."""
-    procs = osst[0]
-    ometa = osst[2]
+    procs = osst.procs
+    ometa = osst.ometa
     row = ometa[O_CUR]
     vm = gm[2]
     ctl = cfg[C_CTL] | CTL_USER
-    if vm[1][V_MODE] == MODE_SHADOW:
+    if vm.vmeta[V_MODE] == MODE_SHADOW:
         sh_invlpg(gm[0], vm, gm[4], tlb, psc, stats, ctl, cfg[C_ASID], va)
     else:
         hw_invlpg(tlb, psc, va, cfg[C_ASID], procs[row, P_PCID], (ctl & CTL_LA57) != 0)
@@ -66,4 +66,4 @@ def cpu_invlpg(gm, osst, tlb, psc, stats, cfg, va):
 @inner
 def cpu_flush_tlb(gm, osst, tlb, psc, stats, cfg):
     """The guest kernel reloads CR3 (bit 63 clear): flush the current PCID's translations."""
-    return load_cr3(gm, osst, tlb, psc, stats, cfg, osst[2][O_CUR], False)
+    return load_cr3(gm, osst, tlb, psc, stats, cfg, osst.ometa[O_CUR], False)

@@ -69,7 +69,7 @@ def translate_hit(vm, sh, osst, tlb, cfg, row, va, access):
     nothing and returns ``(False, 0)``, and the caller calls translate_access. (A call passes
     the whole machine state by value, which costs several times the hit itself.)
     """
-    mode = vm[1][V_MODE]
+    mode = vm.vmeta[V_MODE]
     z = np.int64(0)
     if mode == MODE_SHADOW and sh_pending(sh):
         return False, z
@@ -79,7 +79,7 @@ def translate_hit(vm, sh, osst, tlb, cfg, row, va, access):
     if not is_canonical(va, (ctl & CTL_LA57) != 0):
         return False, z
     side = 1 if access == ACC_FETCH else 0
-    level, i, s, shift = tlb_peek(tlb, va, cfg[C_ASID], osst[0][row, P_PCID], side)
+    level, i, s, shift = tlb_peek(tlb, va, cfg[C_ASID], osst.procs[row, P_PCID], side)
     if level == 0:
         return False, z
     at = tlb[6][i]
@@ -104,12 +104,12 @@ def translate_access(gm, galloc, hcache, osst, tlb, psc, ptc, stats, cfg, row, v
     vm = gm[2]
     sh = gm[4]
     trail, gtrail, htrail, refs, counts, flog = scratch
-    procs = osst[0]
+    procs = osst.procs
     cr3 = os_cr3(osst, row)
     pcid = procs[row, P_PCID]
     ctl = cfg[C_CTL] | CTL_USER
-    shadow = vm[1][V_MODE] == MODE_SHADOW
-    nested = vm[1][V_MODE] == MODE_NESTED
+    shadow = vm.vmeta[V_MODE] == MODE_SHADOW
+    nested = vm.vmeta[V_MODE] == MODE_NESTED
     for _attempt in range(8):
         if nested:
             status, code, _hpa, pa = hw_translate_nested(

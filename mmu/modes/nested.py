@@ -96,7 +96,7 @@ def hw_translate_nested(hmem, vm, hcache, tlb, psc, ptc, stats, cfg, gcr3, pcid,
     if outcome == FRONT_FAULT:
         return WALK_PF, value, z, z
     maxphy = cfg[C_MAXPHYADDR]
-    vmeta = vm[1]
+    vmeta = vm.vmeta
     npt = vmeta[V_NPT] != 0
     st, code, qual, gpa, hpa, pshift, nr, ng, attrs, _perms = nested_walk_core(
         hmem, vmeta[V_ROOT], vmeta[V_LEVELS], vmeta[V_EPT_AD] != 0, npt, table, next_level, pattrs, va,

@@ -97,7 +97,7 @@ def warm_translate(c, lines, sstats, cr3, pcid, va, access, ctl, out):
     z = np.int64(0)
     n0 = stats[S_WALK_REFS]
     gpa = z
-    if vm[1][V_MODE] == MODE_NESTED:
+    if vm.vmeta[V_MODE] == MODE_NESTED:
         status, code, addr, gpa = hw_translate_nested(
             mem, vm, hcache, tlb, psc, ptc, stats, cfg, cr3, pcid, va, access, ctl, gtrail, htrail, refs
         )
@@ -109,9 +109,9 @@ def warm_translate(c, lines, sstats, cr3, pcid, va, access, ctl, out):
     else:
         hcr3 = cr3
         hctl = ctl
-        shadow = vm[1][V_MODE] == MODE_SHADOW
+        shadow = vm.vmeta[V_MODE] == MODE_SHADOW
         if shadow:
-            if sh[7][SM_RELOAD] != 0:
+            if sh.smeta[SM_RELOAD] != 0:
                 return np.int64(PROBE_RELOAD), z, z, z, z, z
             if sh_pending(sh):
                 # a flush the VMM requested: done before the guest resumes (allocates nothing
@@ -184,14 +184,14 @@ def probe_machine(machine: Any, va: int, access: str, user: bool) -> Probe:
     """
     m = machine
     mode = m.config.mode
-    row = int(m.osst[2][O_CUR])
+    row = int(m.osst.ometa[O_CUR])
     if row < 0:
         raise MMUInputError("no process has run yet: nothing to probe")
     acc = check_walk_args(access, m.config.maxphyaddr, 0)
     ctl = int(m.cfg[C_CTL]) | (CTL_USER if user else 0)
     cr3 = int(os_cr3(m.osst, np.int64(row)))
-    pcid = int(m.osst[0][row, P_PCID])
-    top = int(m.sh[7][SM_LEVELS]) if mode == "shadow" else (5 if ctl & CTL_LA57 else 4)
+    pcid = int(m.osst.procs[row, P_PCID])
+    top = int(m.sh.smeta[SM_LEVELS]) if mode == "shadow" else (5 if ctl & CTL_LA57 else 4)
     c = _clone(m.state)
     # The walk scratch is fresh (nothing in it outlives a translation).
     c = c._replace(scratch=Scratch(*(np.zeros_like(a) for a in c.scratch)))
@@ -204,9 +204,9 @@ def probe_machine(machine: Any, va: int, access: str, user: bool) -> Probe:
     probe_st, status, code, addr, gpa, n = (int(x) for x in res)
     if probe_st == PROBE_RELOAD:
         return Probe(probe_st, top, status, code, addr, gpa, out[:0], None, None, False, False, mem, False)
-    hit = _hit_index(m.tlb[-2], tlb[-2])
+    hit = _hit_index(m.tlb.stats, tlb.stats)
     walked = int(stats[S_WALKS] - m.stats[S_WALKS]) > 0
-    c = _hit_index(m.psc[-2], psc[-2]) if walked else None
+    c = _hit_index(m.psc.stats, psc.stats) if walked else None
     dirty = int(stats[S_DIRTY_REWALKS] - m.stats[S_DIRTY_REWALKS]) > 0
     pending = mode == "shadow" and bool(sh_pending(m.sh))
     return Probe(probe_st, top, status, code, addr, gpa, out[:n].copy(), hit, c, walked, dirty, mem, pending)

@@ -30,7 +30,8 @@ What the VMM changes in shadow entries reaches the hardware through flushes, as 
 change that removes rights requests a flush of the VM's TLB entries and paging-structure
 caches (INVVPID single context), done before the guest resumes.
 
-State ``sh = (spt, rl, gfs, hfn2sp, sph, roots, ulist, smeta, cost)``:
+State ``sh = ShadowState(spt, rl, gfs, hfn2sp, sph, roots, ulist, smeta, cost)`` (a NamedTuple;
+other modules read its fields by name, e.g. ``sh.smeta[SM_LEVELS]``):
 
 ``spt``     int64[cap, SP_COLS]      shadow pages (guest frame, role, host table address,
                                      flags, flood count, root count, hash link, parent list,
@@ -47,6 +48,8 @@ State ``sh = (spt, rl, gfs, hfn2sp, sph, roots, ulist, smeta, cost)``:
 """
 
 from __future__ import annotations
+
+from typing import NamedTuple
 
 import numpy as np
 
@@ -194,6 +197,20 @@ _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 _ACC = np.int64(R_ACC_MASK)
 
 
+class ShadowState(NamedTuple):
+    """The shadow MMU's state (layouts in the module docstring)."""
+
+    spt: np.ndarray
+    rl: np.ndarray
+    gfs: np.ndarray
+    hfn2sp: np.ndarray
+    sph: np.ndarray
+    roots: np.ndarray
+    ulist: np.ndarray
+    smeta: np.ndarray
+    cost: np.ndarray
+
+
 def make_shadow(
     capacity: int = 256,
     guest_frames: int = 1024,
@@ -239,7 +256,7 @@ def make_shadow(
         from mmu.hw.cost import cost_array
 
         cost = cost_array()
-    return spt, rl, gfs, hfn2sp, sph, rt, ulist, smeta, cost
+    return ShadowState(spt, rl, gfs, hfn2sp, sph, rt, ulist, smeta, cost)
 
 
 def dummy_shadow():
@@ -284,7 +301,7 @@ def grow_shadow(sh, guest_frames: int, host_frames: int):
     if gfs_new is not gfs:
         gfs_new[gfs.shape[0] :, G_RHEAD] = -1
     hfn2sp = _grown_rows(hfn2sp, int(host_frames) + FRAME_ROOM, -1)
-    return spt, rl, gfs_new, hfn2sp, sph, rt, ulist, smeta, cost
+    return ShadowState(spt, rl, gfs_new, hfn2sp, sph, rt, ulist, smeta, cost)
 
 
 @inner
@@ -1104,7 +1121,7 @@ def sh_page_fault(mem, halloc, vm, sh, stats, pkru, maxphy, root_gpa, va, access
     stats[S_VM_EXITS] += 1
     smeta[SM_REASON] = EXIT_HIDDEN_FAULT
     st, code, gpa, shift, attrs, n = walk_core(
-        mem, root_gpa, levels, TA_RW | TA_US, va, access, ctl, pkru, maxphy, trail, True, vm[0], True
+        mem, root_gpa, levels, TA_RW | TA_US, va, access, ctl, pkru, maxphy, trail, True, vm.gfn2hfn, True
     )
     if st != WALK_OK:
         smeta[SM_REASON] = EXIT_PF_INJECT
@@ -1276,7 +1293,7 @@ __all__ = [
 def shadow_page_at(sh: tuple, table_hpa: int) -> dict | None:
     """The shadow page whose table lives at host address ``table_hpa``, as plain values (sp,
     gfn, level, direct, access, cr0_wp, nxe, unsync, invalid), or None."""
-    spt, hfn2sp = sh[0], sh[3]
+    spt, hfn2sp = sh.spt, sh.hfn2sp
     hfn = table_hpa >> 12
     sp = int(hfn2sp[hfn]) if 0 <= hfn < hfn2sp.shape[0] else -1
     if sp < 0:
@@ -1297,10 +1314,10 @@ def shadow_page_at(sh: tuple, table_hpa: int) -> dict | None:
 
 def frame_protection(sh: tuple, gfn: int) -> tuple[bool, bool]:
     """(write-protected, write-tracked) of guest frame ``gfn`` in the shadow MMU ``sh``."""
-    gfs = sh[2]
+    gfs = sh.gfs
     if not 0 <= gfn < gfs.shape[0]:
         return False, False
-    tracked = gfs[gfn, G_UPPER] > 0 or (sh[7][SM_UNSYNC] == 0 and gfs[gfn, G_SPS] > 0)
+    tracked = gfs[gfn, G_UPPER] > 0 or (sh.smeta[SM_UNSYNC] == 0 and gfs[gfn, G_SPS] > 0)
     return bool(gfs[gfn, G_WP] > 0), bool(tracked)
 
 

@@ -11,7 +11,8 @@ or by a hardware access that ends in an EPT violation -- is a VM exit after whic
 allocates a host page (4 KiB, 2 MiB or 1 GiB, ``host_shift``) and maps the whole aligned host
 page in both views. With ``prepopulate`` the Python layer maps guest memory up front instead.
 
-State ``vm = (gfn2hfn, vmeta, hfn2gfn, large2gfn)``:
+State ``vm = VMState(gfn2hfn, vmeta, hfn2gfn, large2gfn)`` (a NamedTuple; other modules read its
+fields by name, e.g. ``vm.vmeta[V_MODE]``):
 
 ``gfn2hfn``   int64[cap]   host frame of guest frame ``gfn``, or -1 (grows; the kernels ask)
 ``vmeta``     int64[V_LEN] mode, host root, levels, host page shift, npt flag, EPT A/D flag,
@@ -27,6 +28,8 @@ Host frames: 4 KiB backing pages and table frames come from the host memory's al
 """
 
 from __future__ import annotations
+
+from typing import NamedTuple
 
 import numpy as np
 
@@ -64,6 +67,15 @@ _NPT_LEAF = np.uint64(0x7)
 _LARGE = np.uint64(1 << 7)  # EPT large page / PS
 
 
+class VMState(NamedTuple):
+    """The hypervisor's view of guest memory (layouts in the module docstring)."""
+
+    gfn2hfn: np.ndarray
+    vmeta: np.ndarray
+    hfn2gfn: np.ndarray
+    large2gfn: np.ndarray
+
+
 def make_vm(mode: int, root: int = 0, levels: int = 4, host_shift: int = 12, npt: bool = False, ept_ad: bool = False):
     """An empty VM state (no guest frame backed)."""
     if host_shift not in (12, 21, 30):
@@ -77,7 +89,7 @@ def make_vm(mode: int, root: int = 0, levels: int = 4, host_shift: int = 12, npt
     vmeta[V_EPT_AD] = 1 if ept_ad else 0
     vmeta[V_LARGE_NEXT] = LARGE_BASE
     empty = lambda: np.full(1024, -1, dtype=np.int64)  # noqa: E731
-    return empty(), vmeta, empty(), empty()
+    return VMState(empty(), vmeta, empty(), empty())
 
 
 ROOM = 1 << 16  # frames of slack every map keeps (one record needs far fewer)
@@ -101,7 +113,7 @@ def grow_vm(vm, guest_frames: int, host_frames: int):
     span_shift = int(vmeta[V_HOST_SHIFT]) - 12
     large_used = (int(vmeta[V_LARGE_NEXT]) - LARGE_BASE) >> span_shift
     span = 1 << span_shift  # backing a frame fills its whole aligned host page
-    return (
+    return VMState(
         _grown(gfn2hfn, int(guest_frames) + 2 * ROOM + span),
         vmeta,
         _grown(hfn2gfn, int(host_frames) + 2 * ROOM),

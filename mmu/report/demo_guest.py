@@ -225,7 +225,7 @@ def build_shadow(host_page: str = "4k") -> Any:
         m.run(recs, where="shadow demo guest")
 
     def entry_gpa(va: int, level: int) -> int:
-        table = int(m.osst[0][int(m.osst[2][O_CUR]), P_ROOT])
+        table = int(m.osst.procs[int(m.osst.ometa[O_CUR]), P_ROOT])
         for lv in range(4, level, -1):
             table = m.read_guest(table + 8 * _index(va, lv)) & 0x000F_FFFF_FFFF_F000
         return table + 8 * _index(va, level)

@@ -1186,13 +1186,13 @@ def capture_shadow(machine: Any, va: int, access: str = "r", user: bool = True, 
         raise MMUInputError(f"the shadow walk view needs a machine in shadow mode, not {machine.config.mode!r}")
     acc = check_walk_args(access, machine.config.maxphyaddr, 0)
     sh, mem, cfg = machine.sh, machine.mem.state, machine.cfg
-    row = int(machine.osst[2][O_CUR])
+    row = int(machine.osst.ometa[O_CUR])
     if row < 0 or sh[5][0, 1] < 0:
         raise MMUInputError("no shadow root yet: the guest has not run a process")
-    groot = int(machine.osst[0][row, P_ROOT])
-    pcid = int(machine.osst[0][row, P_PCID])
+    groot = int(machine.osst.procs[row, P_ROOT])
+    pcid = int(machine.osst.procs[row, P_PCID])
     root_hpa = int(sh_root_hpa(sh))
-    levels = int(sh[7][SM_LEVELS])
+    levels = int(sh.smeta[SM_LEVELS])
     va64 = to_int64(va)
 
     def read(hpa: int) -> int:
