@@ -7,10 +7,11 @@ compiled once per process for one signature: every mode passes the same state ty
 functions, and it splits into independent parts that separate processes can compile at the
 same time, each writing numba's on-disk cache:
 
-1. the *roots* below the entry points, in groups that share little code (the translation path;
-   the guest kernel's events and context switch), one process per group;
-2. the entry points themselves (replay, executor, guest operations, walk probe), which then
-   load those roots from the cache instead of compiling them.
+1. the *roots* below the entry points, in groups that share little code (the translation path,
+   with the walk probe that needs only its hardware part; the guest kernel's events, context
+   switch and privileged operations), one process per group;
+2. the two entry points that need both (replay, executor), which then load those roots from
+   the cache instead of compiling them.
 
 :func:`warm` runs both phases on a process pool; :func:`entry_signatures` is what the tests
 use to check that no entry point gains a second signature.
@@ -31,14 +32,15 @@ import numpy as np
 # Phase 1: groups of internal roots compiled in parallel (each is typed from a real machine's
 # state, exactly as its callers pass it). Phase 2: the entry points.
 ROOT_GROUPS: tuple[tuple[str, ...], ...] = (
-    ("translate_access",),
-    ("os_event", "switch_to"),
+    ("translate_access", "warm_translate"),  # the probe needs only the hardware paths
+    ("os_event", "switch_to", "guest_op_kernel"),  # guest stores and flushes: the guest kernel's side
 )
 ENTRY_GROUPS: tuple[tuple[str, ...], ...] = (
     ("replay_kernel",),
     ("cpu_slice", "cpu_event"),
-    ("guest_op_kernel", "warm_translate"),
 )
+# What Python calls (compiled in one of the phases above).
+ENTRY_POINTS = ("replay_kernel", "cpu_slice", "cpu_event", "guest_op_kernel", "warm_translate")
 
 
 def _specs() -> dict[str, tuple[Any, tuple]]:
@@ -136,7 +138,7 @@ def is_warm() -> bool:
     compiles: an entry point loaded from the cache carries its callees)."""
     try:
         specs = _specs()
-        for name in (n for g in ENTRY_GROUPS for n in g):
+        for name in ENTRY_POINTS:
             disp, _args = specs[name]
             if not os.path.exists(disp._cache._cache_file._index_path):
                 return False

@@ -122,7 +122,7 @@ def test_every_entry_point_has_one_signature_after_a_standard_run():
         m.invlpg(0x400000)
         probe(m, 0x400000, "r", True, 0)
     specs = kernels._specs()
-    for name in ("replay_kernel", "cpu_slice", "cpu_event", "guest_op_kernel", "warm_translate"):
+    for name in kernels.ENTRY_POINTS:
         disp, args = specs[name]
         assert disp.signatures == [kernels.signature_of(args)], name
 
