@@ -451,7 +451,8 @@ def warm_kernels(workers: int | None = None, force: bool = False) -> float:
         TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
         TimeElapsedColumn(), console=err, transient=True,
     ) as bar:  # fmt: skip
-        task = bar.add_task("compiling the kernels (first run only)", total=len(names))
+        what = "compiling the kernels" if force else "compiling the kernels (first run only)"
+        task = bar.add_task(what, total=len(names))
         return warm(workers, on_done=lambda _name, _sec: bar.advance(task))
 
 
