@@ -101,15 +101,11 @@ def kernel_digest(path: Path) -> str:
 
 
 def cache_root() -> Path:
-    """The folder holding every cached kernel of this package (and nothing else)."""
+    """The folder holding every cached kernel of this package, one subfolder per source file and
+    digest (and nothing else)."""
     if os.environ.get("NUMBA_CACHE_DIR"):
         return Path(os.environ["NUMBA_CACHE_DIR"]) / "mmu"
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "mmu" / "numba"
-
-
-def cache_dir() -> Path:
-    """Where numba caches this package's compiled kernels (one folder per source file and digest)."""
-    return cache_root()
 
 
 class _DependencyLocator(caching._CacheLocator):

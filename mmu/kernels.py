@@ -13,8 +13,8 @@ same time, each writing numba's on-disk cache:
 2. the two entry points that need both (replay, executor), which then load those roots from
    the cache instead of compiling them.
 
-:func:`warm` runs both phases on a process pool; :func:`entry_signatures` is what the tests
-use to check that no entry point gains a second signature.
+:func:`warm` runs both phases on a process pool; :func:`is_warm` tells whether there is anything
+to do.
 """
 
 from __future__ import annotations
@@ -43,18 +43,36 @@ ENTRY_GROUPS: tuple[tuple[str, ...], ...] = (
 ENTRY_POINTS = ("replay_kernel", "cpu_slice", "cpu_event", "guest_op_kernel", "warm_translate")
 
 
-def _specs() -> dict[str, tuple[Any, tuple]]:
-    """name -> (dispatcher, example arguments) for every root and entry point."""
-    from mmu.engine import GOP_FLUSH, Machine, MachineConfig, guest_op_kernel, replay_kernel
+def _dispatchers() -> dict[str, Any]:
+    """name -> dispatcher of every root and entry point (imports only)."""
+    from mmu.engine import guest_op_kernel, replay_kernel
     from mmu.guest.cpu import cpu_event, cpu_slice
-    from mmu.guest.isa import USED_MASK_TABLE
     from mmu.guest.osops import os_event
     from mmu.modes.cpuops import switch_to
     from mmu.modes.dispatch import translate_access
-    from mmu.modes.probe import MAX_REFS, W_COLS, warm_translate
+    from mmu.modes.probe import warm_translate
+
+    return {
+        "translate_access": translate_access,
+        "os_event": os_event,
+        "switch_to": switch_to,
+        "replay_kernel": replay_kernel,
+        "cpu_slice": cpu_slice,
+        "cpu_event": cpu_event,
+        "guest_op_kernel": guest_op_kernel,
+        "warm_translate": warm_translate,
+    }
+
+
+def _specs() -> dict[str, tuple[Any, tuple]]:
+    """name -> (dispatcher, example arguments) for every root and entry point."""
+    from mmu.engine import GOP_FLUSH, Machine, MachineConfig
+    from mmu.guest.isa import USED_MASK_TABLE
+    from mmu.modes.probe import MAX_REFS, W_COLS
     from mmu.stats import new_stats
     from mmu.trace.format import RECORD_DTYPE
 
+    d = _dispatchers()
     m = Machine(MachineConfig(mode="nested"))
     s = m.state
     gm = (s.mem, s.halloc, s.vm, s.stats, s.sh)
@@ -65,23 +83,23 @@ def _specs() -> dict[str, tuple[Any, tuple]]:
     used = np.ascontiguousarray(USED_MASK_TABLE, dtype=np.uint64)
     return {
         "translate_access": (
-            translate_access,
+            d["translate_access"],
             (gm, s.galloc, s.hcache, s.osst, s.tlb, s.psc, s.ptc, s.stats, s.cfg, i, i, i, s.scratch),
         ),
-        "os_event": (os_event, (gm, s.galloc, s.osst, s.tlb, s.psc, s.stats, s.cfg, i, i, i, i)),
-        "switch_to": (switch_to, (gm, s.galloc, s.osst, s.tlb, s.psc, s.stats, s.cfg, i)),
+        "os_event": (d["os_event"], (gm, s.galloc, s.osst, s.tlb, s.psc, s.stats, s.cfg, i, i, i, i)),
+        "switch_to": (d["switch_to"], (gm, s.galloc, s.osst, s.tlb, s.psc, s.stats, s.cfg, i)),
         "replay_kernel": (
-            replay_kernel,
+            d["replay_kernel"],
             (*fields, i, i, s, np.zeros(0, np.uint64), np.zeros(1, np.int64)),
         ),
         "cpu_slice": (
-            cpu_slice,
+            d["cpu_slice"],
             (s, np.zeros(32, np.uint64), np.zeros(16, np.int64), used, i, rec, np.zeros(1, np.int64)),
         ),
-        "cpu_event": (cpu_event, (s, i, i, i, i)),
-        "guest_op_kernel": (guest_op_kernel, (np.int64(GOP_FLUSH), i, np.uint64(0), s)),
+        "cpu_event": (d["cpu_event"], (s, i, i, i, i)),
+        "guest_op_kernel": (d["guest_op_kernel"], (np.int64(GOP_FLUSH), i, np.uint64(0), s)),
         "warm_translate": (
-            warm_translate,
+            d["warm_translate"],
             (s, s.ptc, new_stats(), i, i, i, i, i, np.zeros((MAX_REFS, W_COLS), np.int64)),
         ),
     }
@@ -102,11 +120,6 @@ def compile_group(names: Iterable[str]) -> list[tuple[str, float]]:
         disp.compile(signature_of(args))
         out.append((name, time.perf_counter() - t0))
     return out
-
-
-def entry_signatures() -> dict[str, list]:
-    """Signatures each root and entry point has compiled in this process so far."""
-    return {name: list(disp.signatures) for name, (disp, _args) in _specs().items()}
 
 
 def warm(workers: int | None = None, on_done: Callable[[str, float], None] | None = None) -> float:
@@ -137,10 +150,9 @@ def is_warm() -> bool:
     """Whether numba's cache already holds every entry point for this source tree (then nothing
     compiles: an entry point loaded from the cache carries its callees)."""
     try:
-        specs = _specs()
+        dispatchers = _dispatchers()
         for name in ENTRY_POINTS:
-            disp, _args = specs[name]
-            if not os.path.exists(disp._cache._cache_file._index_path):
+            if not os.path.exists(dispatchers[name]._cache._cache_file._index_path):
                 return False
         return True
     except (AttributeError, OSError):

@@ -411,9 +411,9 @@ def cache_cmd(
     """Manage numba's on-disk cache of compiled kernels."""
     import shutil
 
-    from mmu._jit import cache_dir, cache_root
+    from mmu._jit import cache_root
 
-    where = cache_dir()
+    where = cache_root()
     if action == "path":
         typer.echo(str(where))
         return

@@ -843,18 +843,18 @@ def _ev_munmap(gm, galloc, osst, tlb, psc, stats, cfg, pid, addr, arg, out):
     lo = addr
     hi = addr + ((arg & EV_PAGES_MASK) << 12)
     z = np.int64(0)
-    _walk_tree(gm, galloc, osst, tlb, psc, stats, cfg, np.int64(_W_COUNT), root, levels, lo, hi, z, z, top, out)
+    _walk_tree(gm, galloc, osst, tlb, psc, stats, cfg, _W_COUNT, root, levels, lo, hi, z, z, top, out)
     if not alloc_room(galloc, out[0] + out[1]):
         return OS_NEED_ROOM
     if procs[row, P_VMAS] != 0 and not _vma_remove(osst, row, lo >> 12, hi >> 12):
         return OS_UNSUPPORTED
-    st = _walk_tree(gm, galloc, osst, tlb, psc, stats, cfg, np.int64(_W_UNMAP), root, levels, lo, hi, z, z, top, out)
+    st = _walk_tree(gm, galloc, osst, tlb, psc, stats, cfg, _W_UNMAP, root, levels, lo, hi, z, z, top, out)
     if st != OS_OK:
         return st
     first, end, small = out[2], out[3], osst[6][6][0]
     # Free the page tables the gap no longer needs (Linux: free_pgtables).
     floor, ceiling = _gap(osst, row, lo, hi, top)
-    _walk_tree(gm, galloc, osst, tlb, psc, stats, cfg, np.int64(_W_FREE), root, levels, lo, hi, z, floor, ceiling, out)
+    _walk_tree(gm, galloc, osst, tlb, psc, stats, cfg, _W_FREE, root, levels, lo, hi, z, floor, ceiling, out)
     if out[2] >= 0:
         first = out[2] if first < 0 else min(first, out[2])
         end = max(end, out[3])
@@ -884,9 +884,7 @@ def _ev_fork(gm, galloc, osst, tlb, psc, stats, cfg, pid, child_pid, out):
     levels = ometa[O_LEVELS]
     top = np.int64(1) << (12 + 9 * levels)
     z = np.int64(0)
-    _walk_tree(
-        gm, galloc, osst, tlb, psc, stats, cfg, np.int64(_W_COUNT), procs[prow, P_ROOT], levels, z, top, z, z, top, out
-    )
+    _walk_tree(gm, galloc, osst, tlb, psc, stats, cfg, _W_COUNT, procs[prow, P_ROOT], levels, z, top, z, z, top, out)
     # Room first, so a fork either happens whole or not at all.
     if 4 * (ometa[O_RC_USED] + out[1]) > 3 * osst[4].shape[0]:
         return OS_OUT_OF_FRAMES  # the copy-on-write counts are full: a limit of the model
@@ -904,7 +902,7 @@ def _ev_fork(gm, galloc, osst, tlb, psc, stats, cfg, pid, child_pid, out):
         for c in range(VMA_COLS):
             vmas[crow, i, c] = vmas[prow, i, c]
     st = _walk_tree(
-        gm, galloc, osst, tlb, psc, stats, cfg, np.int64(_W_FORK), procs[prow, P_ROOT], levels, z, top,
+        gm, galloc, osst, tlb, psc, stats, cfg, _W_FORK, procs[prow, P_ROOT], levels, z, top,
         procs[crow, P_ROOT], z, top, out,
     )  # fmt: skip
     if st != OS_OK:
@@ -925,13 +923,13 @@ def _ev_exit(gm, galloc, osst, tlb, psc, stats, cfg, pid, out):
     top = np.int64(1) << (12 + 9 * levels)
     root = procs[row, P_ROOT]
     z = np.int64(0)
-    _walk_tree(gm, galloc, osst, tlb, psc, stats, cfg, np.int64(_W_COUNT), root, levels, z, top, z, z, top, out)
+    _walk_tree(gm, galloc, osst, tlb, psc, stats, cfg, _W_COUNT, root, levels, z, top, z, z, top, out)
     if not alloc_room(galloc, out[0] + out[1] + 1):
         return OS_NEED_ROOM
     # Flush while the tables are still whole (Linux flushes the mm in tlb_finish_mmu).
     if not cpu_flush_tlb(gm, osst, tlb, psc, stats, cfg):
         return OS_OUT_OF_FRAMES
-    _walk_tree(gm, galloc, osst, tlb, psc, stats, cfg, np.int64(_W_TEARDOWN), root, levels, z, top, z, z, top, out)
+    _walk_tree(gm, galloc, osst, tlb, psc, stats, cfg, _W_TEARDOWN, root, levels, z, top, z, z, top, out)
     free_frame(galloc, root >> 12)
     procs[row, P_ALIVE] = 0
     procs[row, P_NVMAS] = 0

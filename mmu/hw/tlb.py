@@ -460,10 +460,10 @@ def tlb_peek(tlb, va, asid, pcid, side):
 
     Returns ``(level, slot, structure, page_shift)``: level 0 = miss, 1 = L1 hit, 2 = L2 hit
     (probes in the lookup's order; the first hit wins). A caller that decides from the entry's
-    attributes (``tlb[6][slot]``) whether the hit is all it needs then applies it with
+    attributes (``tlb.attrs[slot]``) whether the hit is all it needs then applies it with
     :func:`tlb_commit`, which makes the pair exactly one :func:`tlb_lookup`.
     """
-    geom, plan, tag, ctx, attrs, hidx = tlb[0], tlb[1], tlb[3], tlb[4], tlb[6], tlb[9]
+    geom, plan, tag, ctx, attrs, hidx = tlb.geom, tlb.plan, tlb.tag, tlb.ctx, tlb.attrs, tlb.hidx
     v = np.int64(va) & VA_MASK
     a = asid & 0xFFFF
     ck = (a << 12) | (pcid & 0xFFF)
@@ -485,7 +485,7 @@ def tlb_commit(tlb, va, side, level, i, s, shift):
     """Apply the outcome :func:`tlb_peek` found: the miss counters of the structures probed in
     vain, the hit's LRU stamp and counter, and an L2 hit's copy into the L1 group. Returns
     what :func:`tlb_lookup` returns."""
-    plan, frame, attrs, stamp, stats, clock = tlb[1], tlb[5], tlb[6], tlb[7], tlb[10], tlb[11]
+    plan, frame, attrs, stamp, stats, clock = tlb.plan, tlb.frame, tlb.attrs, tlb.stamp, tlb.stats, tlb.clock
     missed = 2 if level == 0 else level - 1  # levels whose structures all missed
     for lv in range(missed):
         for j in range(P_STRUCTS, P_STRUCTS + plan[side, lv, P_NSTRUCT]):

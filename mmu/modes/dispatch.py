@@ -82,7 +82,7 @@ def translate_hit(vm, sh, osst, tlb, cfg, row, va, access):
     level, i, s, shift = tlb_peek(tlb, va, cfg[C_ASID], osst.procs[row, P_PCID], side)
     if level == 0:
         return False, z
-    at = tlb[6][i]
+    at = tlb.attrs[i]
     if access_fault(at, access, ctl, cfg[C_PKRU]) != 0 or (access == ACC_WRITE and (at & TA_D) == 0):
         return False, z
     level, frame, shift, at = tlb_commit(tlb, va, side, level, i, s, shift)

@@ -206,7 +206,7 @@ def probe_machine(machine: Any, va: int, access: str, user: bool) -> Probe:
         return Probe(probe_st, top, status, code, addr, gpa, out[:0], None, None, False, False, mem, False)
     hit = _hit_index(m.tlb.stats, tlb.stats)
     walked = int(stats[S_WALKS] - m.stats[S_WALKS]) > 0
-    c = _hit_index(m.psc.stats, psc.stats) if walked else None
+    psc_hit = _hit_index(m.psc.stats, psc.stats) if walked else None
     dirty = int(stats[S_DIRTY_REWALKS] - m.stats[S_DIRTY_REWALKS]) > 0
     pending = mode == "shadow" and bool(sh_pending(m.sh))
-    return Probe(probe_st, top, status, code, addr, gpa, out[:n].copy(), hit, c, walked, dirty, mem, pending)
+    return Probe(probe_st, top, status, code, addr, gpa, out[:n].copy(), hit, psc_hit, walked, dirty, mem, pending)
