@@ -24,7 +24,7 @@ from mmu.errors import MMUInputError
 from mmu.guest.os import O_CUR, OS_OK, OS_OUT_OF_FRAMES, OS_TOO_MANY_PROCS, THP_POLICIES, guest_store, make_os
 from mmu.guest.osops import EV_PROT_GIVEN, EV_PROT_SHIFT, OS_NEED_ROOM, OS_UNSUPPORTED, os_event
 from mmu.hw.cache import make_line_cache
-from mmu.hw.cost import K_L2_LINES, K_L2_WAYS, K_LLC_LINES, K_LLC_WAYS, cost_array
+from mmu.hw.cost import K_L2_LINES, K_L2_WAYS, K_LLC_LINES, K_LLC_WAYS, cost_array, cost_dict
 from mmu.hw.ntlb import cold_host_cache, make_host_cache
 from mmu.hw.presets import get_preset
 from mmu.hw.pwc import make_psc
@@ -60,9 +60,9 @@ from mmu.stats import (
     S_SPLIT,
     S_WALK_REFS_GUEST,
     S_WALK_REFS_HOST,
-    derive_cycles,
     new_stats,
     stats_dict,
+    with_tlb_hits,
 )
 from mmu.trace.format import OP_MMAP, OP_NAMES, OP_SWITCH, TraceReader
 from mmu.x86.bits import CTL_LA57, CTL_NXE, CTL_PGE, CTL_WP
@@ -345,7 +345,7 @@ class Machine:
             self.sh = make_shadow(
                 unsync=config.unsync, prefetch=config.prefetch, roots=config.roots,
                 flood_threshold=config.flood_threshold, ctl=self._ctl(), levels=5 if config.la57 else 4,
-                host_shift=HOST_PAGES[config.host_page], max_pages=config.shadow_pages, cost=self.cost,
+                host_shift=HOST_PAGES[config.host_page], max_pages=config.shadow_pages,
             )  # fmt: skip
         else:
             # Host memory holds the EPT/NPT and the pages backing guest memory; guest frame
@@ -580,11 +580,12 @@ class Machine:
             mode_stats = shadow_stats(self.stats, policy, c.host_page, int(self.vm.vmeta[V_BACKED_FRAMES]))
         return stats_dict(
             self.config.mode,
-            derive_cycles(self.stats, self.cost, l1, l2),
+            with_tlb_hits(self.stats, l1, l2),
             elapsed_s=self.elapsed,
             tlb_levels=tlb_levels_dict(self.tlb, self.preset),
             psc_levels=psc_levels_dict(self.psc, self.preset),
             mode_stats=mode_stats or None,
+            cost=cost_dict(self.cost),
             extra={
                 "cpu": self.config.cpu,
                 "compile_s": round(self.compile_s, 3),

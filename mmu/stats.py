@@ -15,12 +15,14 @@ from typing import Any
 
 import numpy as np
 
+from mmu.errors import MMUInputError
+
 S_ACCESSES = 0  # access records replayed
 S_READS = 1
 S_WRITES = 2
 S_FETCHES = 3
 S_TRANSLATIONS = 4  # page translations (an access that crosses a page needs two)
-S_CYCLES = 5
+S_CYCLES = 5  # unused: cycles are priced after the run (price())
 S_TLB_L1_HITS = 6
 S_TLB_L2_HITS = 7
 S_TLB_MISSES = 8
@@ -40,17 +42,16 @@ S_PROCESSES = 21
 S_CR3_LOADS = 22
 S_DIRTY_REWALKS = 23  # writes through a TLB entry with D=0 (re-walk to set D)
 S_SPLIT = 24  # accesses that cross a 4 KiB boundary
-S_TRANSLATION_CYCLES = 25  # TLB, walk and fault cycles (cycles minus base work)
-S_PF_CYCLES = 26
-S_WALK_CYCLES = 27
-S_TLB_CYCLES = 28
+S_TRANSLATION_CYCLES = 25  # unused: cycles are priced after the run (price())
+S_PF_CYCLES = 26  # unused: cycles are priced after the run (price())
+S_WALK_CYCLES = 27  # unused: cycles are priced after the run (price())
+S_TLB_CYCLES = 28  # unused: cycles are priced after the run (price())
 S_EVENTS = 29  # OS event records (switch, mmap, ...)
 S_VM_EXITS = 30
-S_EXIT_CYCLES = 31
+S_EXIT_CYCLES = 31  # unused: cycles are priced after the run (price())
 S_EXIT_BASE = 32  # S_EXIT_BASE + reason: exits by reason
 N_EXIT_REASONS = 16
-S_EXIT_CYCLES_BASE = S_EXIT_BASE + N_EXIT_REASONS  # cycles by exit reason
-S_MODE_BASE = S_EXIT_CYCLES_BASE + N_EXIT_REASONS  # mode-specific counters
+S_MODE_BASE = S_EXIT_BASE + N_EXIT_REASONS  # mode-specific counters
 N_MODE_STATS = 32
 S_OS_BASE = S_MODE_BASE + N_MODE_STATS  # guest OS counters beyond the frame counts
 S_THP_MAPPED = S_OS_BASE + 0  # 2 MiB pages the guest kernel mapped (transparent huge pages)
@@ -58,7 +59,25 @@ S_THP_FALLBACKS = S_OS_BASE + 1  # huge-page faults that found no free aligned b
 S_THP_SPLITS = S_OS_BASE + 2  # huge mappings split into 512 entries (partial munmap, shared COW)
 S_PT_FREED = S_OS_BASE + 3  # page-table frames freed by munmap (exit frees the rest)
 N_OS_STATS = 8
-N_STATS = S_OS_BASE + N_OS_STATS
+# Handler work whose amount varies per exit (a resync compares N entries, a fill allocates
+# shadow pages ...), counted in units by exit reason: S_WORK_BASE + reason * N_WORK + W_*.
+# Kernels count units only; cycles are units times the cost parameter of the same name, so a
+# run can be re-priced under other costs without running it again (:func:`price`).
+S_WORK_BASE = S_OS_BASE + N_OS_STATS
+W_SW_WALK_STEP = 0  # a guest or shadow entry the VMM reads walking in software
+W_SP_ALLOC = 1  # a shadow page allocated, zeroed and hashed
+W_SPTE_WRITE = 2  # a shadow entry written or zapped, with its reverse map
+W_SYNC_ENTRY = 3  # a guest entry compared with its shadow during a resync
+W_VMM_FLUSH = 4  # a VM-wide TLB flush the VMM requests
+N_WORK = 8
+WORK_NAMES: dict[int, str] = {  # each is also the name of the cost parameter that prices it
+    W_SW_WALK_STEP: "sw_walk_step",
+    W_SP_ALLOC: "sp_alloc",
+    W_SPTE_WRITE: "spte_write",
+    W_SYNC_ENTRY: "sync_entry",
+    W_VMM_FLUSH: "vmm_flush",
+}
+N_STATS = S_WORK_BASE + N_EXIT_REASONS * N_WORK
 # nested mode
 S_WALK_REFS_GUEST = S_MODE_BASE + 0  # guest-dimension entries read by 2D walks
 S_WALK_REFS_HOST = S_MODE_BASE + 1  # host-dimension (EPT/NPT) entries read by 2D walks
@@ -112,61 +131,62 @@ def new_stats() -> np.ndarray:
     return np.zeros(N_STATS, dtype=np.int64)
 
 
-def derive_cycles(stats: np.ndarray, cost: np.ndarray, l1_hits: int, l2_hits: int) -> np.ndarray:
-    """Fill the derived counters of ``stats`` (a copy is returned) from event counts and ``cost``.
+# The cost parameter of each exit reason's fixed handler work (beyond the exit round trip).
+EXIT_HANDLER_COST: dict[str, str] = {
+    "ept_violation": "ept_fault",
+    "hidden_fault": "shadow_fault",
+    "tracing_write": "emulate",
+    "cr3_load": "cr3_exit",
+    "invlpg": "invlpg_exit",
+    "pf_inject": "pf_inject",
+    "ad_dirty": "shadow_fault",
+    "wp_unsync": "shadow_fault",
+}
 
-    Kernels count events only; cycles are a linear function of the counts (docs/cost-model.md):
-    ``cycles = base*accesses + tlb + walk + guest #PF + exits``. An exit costs the round trip
-    plus its reason's handler work; kernels may add per-event handler cycles that vary (e.g. a
-    resync of N entries) into ``S_EXIT_CYCLES_BASE + reason``.
-    """
-    from mmu.hw.cost import (
-        K_BASE,
-        K_CR3_EXIT,
-        K_EMULATE,
-        K_EPT_FAULT,
-        K_EXIT,
-        K_GUEST_PF,
-        K_INVLPG_EXIT,
-        K_PF_INJECT,
-        K_REF_DRAM,
-        K_REF_L2,
-        K_REF_LLC,
-        K_SHADOW_FAULT,
-        K_TLB_L1,
-        K_TLB_L2,
-    )
 
+def with_tlb_hits(stats: np.ndarray, l1_hits: int, l2_hits: int) -> np.ndarray:
+    """A copy of ``stats`` with the TLB hit counts (kept by the TLB itself) and translations filled."""
     s = stats.copy()
-    c = [int(x) for x in cost]
     s[S_TLB_L1_HITS] = l1_hits
     s[S_TLB_L2_HITS] = l2_hits
     s[S_TRANSLATIONS] = l1_hits + l2_hits + int(s[S_TLB_MISSES])
-    s[S_TLB_CYCLES] = l1_hits * c[K_TLB_L1] + (l2_hits + int(s[S_TLB_MISSES])) * c[K_TLB_L2]
-    s[S_WALK_CYCLES] = (
-        int(s[S_REF_L2_HITS]) * c[K_REF_L2] + int(s[S_REF_LLC_HITS]) * c[K_REF_LLC] + int(s[S_REF_DRAM]) * c[K_REF_DRAM]
-    )
-    s[S_PF_CYCLES] = int(s[S_GUEST_PF]) * c[K_GUEST_PF]
-    handler = {
-        EXIT_EPT_VIOLATION: c[K_EPT_FAULT],
-        EXIT_HIDDEN_FAULT: c[K_SHADOW_FAULT],
-        EXIT_TRACING_WRITE: c[K_EMULATE],
-        EXIT_CR3_LOAD: c[K_CR3_EXIT],
-        EXIT_INVLPG: c[K_INVLPG_EXIT],
-        EXIT_PF_INJECT: c[K_PF_INJECT],
-        EXIT_AD_DIRTY: c[K_SHADOW_FAULT],
-        EXIT_WP_UNSYNC: c[K_SHADOW_FAULT],
-    }
-    total_exit = 0
-    for reason in range(N_EXIT_REASONS):
-        n = int(s[S_EXIT_BASE + reason])
-        cyc = n * (c[K_EXIT] + handler.get(reason, 0)) + int(stats[S_EXIT_CYCLES_BASE + reason])
-        s[S_EXIT_CYCLES_BASE + reason] = cyc
-        total_exit += cyc
-    s[S_EXIT_CYCLES] = total_exit
-    s[S_TRANSLATION_CYCLES] = int(s[S_TLB_CYCLES] + s[S_WALK_CYCLES] + s[S_PF_CYCLES] + s[S_EXIT_CYCLES])
-    s[S_CYCLES] = int(s[S_ACCESSES]) * c[K_BASE] + int(s[S_TRANSLATION_CYCLES])
     return s
+
+
+def price(result: dict[str, Any], cost: dict[str, int]) -> dict[str, Any]:
+    """Fill every cycle field of the stats object ``result`` (in place, and return it) from its
+    event counts and the cost parameters ``cost`` (by name, :func:`mmu.hw.cost.cost_dict`).
+
+    Kernels count events only; cycles are a linear function of the counts (docs/cost-model.md):
+    ``cycles = base*accesses + tlb + walk + guest #PF + exits``. An exit costs the round trip
+    plus its reason's fixed handler work (:data:`EXIT_HANDLER_COST`) plus the variable work the
+    kernels counted in units (``exits.<reason>.work``, each unit priced by the cost parameter of
+    the same name). Nothing else enters, so a run is re-priced exactly by calling this again.
+    """
+    c = cost
+    tlb = result["tlb_l1_hits"] * c["tlb_l1"] + (result["tlb_l2_hits"] + result["tlb_misses"]) * c["tlb_l2"]
+    src = result["walk_ref_sources"]
+    walk = src["l2"] * c["ref_l2"] + src["llc"] * c["ref_llc"] + src["dram"] * c["ref_dram"]
+    pf = result["guest_page_faults"] * c["guest_pf"]
+    total_exit = 0
+    for name, e in result["exits"].items():
+        fixed = c["exit"] + (c[EXIT_HANDLER_COST[name]] if name in EXIT_HANDLER_COST else 0)
+        e["cycles"] = e["count"] * fixed + sum(units * c[w] for w, units in e["work"].items())
+        total_exit += e["cycles"]
+    translation = tlb + walk + pf + total_exit
+    base = result["accesses"] * c["base"]
+    acc = result["accesses"]
+    result["cycles"] = base + translation
+    result["cycles_per_access"] = round(result["cycles"] / acc, 4) if acc else 0.0
+    result["translation_cycles"] = translation
+    result["cycles_breakdown"] = {
+        "base": base,
+        "tlb": tlb,
+        "walk": walk,
+        "guest_page_faults": pf,
+        "vm_exits": total_exit,
+    }
+    return result
 
 
 def _per_1000(x: int, n: int) -> float:
@@ -183,15 +203,20 @@ def stats_dict(
     exit_names: dict[int, str] | None = None,
     mode_stats: dict[str, int] | None = None,
     extra: dict[str, Any] | None = None,
+    cost: dict[str, int],
 ) -> dict[str, Any]:
-    """The JSON-ready stats object of one run (the schema every mode shares)."""
+    """The JSON-ready stats object of one run (the schema every mode shares), priced with ``cost``
+    (cost parameters by name; :func:`price`). ``stats`` holds event counts only, with the TLB
+    hits filled in (:func:`with_tlb_hits`)."""
     s = [int(x) for x in stats]
     acc = s[S_ACCESSES]
     exits: dict[str, dict[str, int]] = {}
     for reason, name in (EXIT_REASONS if exit_names is None else exit_names).items():
         n = s[S_EXIT_BASE + reason]
-        if n:
-            exits[name] = {"count": n, "cycles": s[S_EXIT_CYCLES_BASE + reason]}
+        row = S_WORK_BASE + reason * N_WORK
+        work = {w: s[row + k] for k, w in WORK_NAMES.items() if s[row + k]}
+        if n or work:
+            exits[name] = {"count": n, "cycles": 0, "work": work}
     out: dict[str, Any] = {
         "mode": mode,
         "accesses": acc,
@@ -200,16 +225,10 @@ def stats_dict(
         "fetches": s[S_FETCHES],
         "translations": s[S_TRANSLATIONS],
         "split_accesses": s[S_SPLIT],
-        "cycles": s[S_CYCLES],
-        "cycles_per_access": round(s[S_CYCLES] / acc, 4) if acc else 0.0,
-        "translation_cycles": s[S_TRANSLATION_CYCLES],
-        "cycles_breakdown": {
-            "base": s[S_CYCLES] - s[S_TRANSLATION_CYCLES],
-            "tlb": s[S_TLB_CYCLES],
-            "walk": s[S_WALK_CYCLES],
-            "guest_page_faults": s[S_PF_CYCLES],
-            "vm_exits": s[S_EXIT_CYCLES],
-        },
+        "cycles": 0,  # the cycle fields are filled by price()
+        "cycles_per_access": 0.0,
+        "translation_cycles": 0,
+        "cycles_breakdown": {},
         "tlb_l1_hits": s[S_TLB_L1_HITS],
         "tlb_l2_hits": s[S_TLB_L2_HITS],
         "tlb_misses": s[S_TLB_MISSES],
@@ -243,7 +262,33 @@ def stats_dict(
         out["mode_stats"] = mode_stats
     if extra:
         out.update(extra)
-    return out
+    out["cost"] = dict(cost)
+    return price(out, cost)
+
+
+def reprice(result: dict[str, Any], overrides: dict[str, int]) -> dict[str, Any]:
+    """A copy of the stats object ``result`` priced with its own costs plus ``overrides`` (by name).
+
+    Exact: it equals a run made with those costs, since kernels count events and only
+    :func:`price` turns them into cycles. The cache-geometry parameters (``l2_lines`` ...) shape
+    the simulation itself and cannot be re-priced: changing one raises MMUInputError.
+    """
+    import copy
+
+    from mmu.hw.cost import GEOMETRY, check_override
+
+    cost = dict(result["cost"])
+    for name, value in overrides.items():
+        check_override(name, value)
+        if name in GEOMETRY and int(value) != cost[name]:
+            raise MMUInputError(
+                f"cost parameter {name} sets the geometry of the simulated caches: it needs a run of its own, "
+                "not a re-pricing"
+            )
+        cost[name] = int(value)
+    out = copy.deepcopy(result)
+    out["cost"] = cost
+    return price(out, cost)
 
 
 def to_json(obj: Any) -> str:

@@ -173,15 +173,30 @@ def cost_params(preset: str = "skylake") -> list[CostParam]:
         ) from None
 
 
+# Parameters that shape the simulation (the walk-line caches' geometry), not only its price.
+GEOMETRY = ("l2_lines", "l2_ways", "llc_lines", "llc_ways")
+COST_NAMES = tuple(_NAMES)
+
+
+def check_override(name: str, value: int) -> None:
+    """MMUInputError unless ``name`` is a cost parameter and ``value`` a valid setting of it."""
+    if name not in _NAMES:
+        raise MMUInputError(f"unknown cost parameter {name!r}; known: {', '.join(sorted(_NAMES))}")
+    if int(value) < 0:
+        raise MMUInputError(f"cost parameter {name} must be >= 0, not {value}")
+
+
 def cost_array(preset: str = "skylake", overrides: dict[str, int] | None = None) -> np.ndarray:
     """The int64[N_COST] array kernels take, from ``preset`` plus ``overrides`` by name."""
     arr = np.zeros(N_COST, dtype=np.int64)
     for p in cost_params(preset):
         arr[_NAMES[p.name]] = p.value
     for name, value in (overrides or {}).items():
-        if name not in _NAMES:
-            raise MMUInputError(f"unknown cost parameter {name!r}; known: {', '.join(sorted(_NAMES))}")
-        if int(value) < 0:
-            raise MMUInputError(f"cost parameter {name} must be >= 0, not {value}")
+        check_override(name, value)
         arr[_NAMES[name]] = int(value)
     return arr
+
+
+def cost_dict(arr: np.ndarray) -> dict[str, int]:
+    """The cost parameters of an int64[N_COST] array, by name (the stats object's ``cost``)."""
+    return {name: int(arr[k]) for name, k in _NAMES.items()}

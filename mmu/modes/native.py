@@ -11,7 +11,7 @@ a "spurious" fault after rights were raised without INVLPG); a write through an
 entry whose D flag is 0 re-walks so that D is set in memory (SDM 4.8).
 
 Walk references are classified by two walk-line caches (L2-like and LLC-like); the
-cost model turns the counts into cycles after the run (:func:`mmu.stats.derive_cycles`).
+cost model turns the counts into cycles after the run (:func:`mmu.stats.price`).
 """
 
 from __future__ import annotations

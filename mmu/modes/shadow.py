@@ -30,7 +30,7 @@ What the VMM changes in shadow entries reaches the hardware through flushes, as 
 change that removes rights requests a flush of the VM's TLB entries and paging-structure
 caches (INVVPID single context), done before the guest resumes.
 
-State ``sh = ShadowState(spt, rl, gfs, hfn2sp, sph, roots, ulist, smeta, cost)`` (a NamedTuple;
+State ``sh = ShadowState(spt, rl, gfs, hfn2sp, sph, roots, ulist, smeta)`` (a NamedTuple;
 other modules read its fields by name, e.g. ``sh.smeta[SM_LEVELS]``):
 
 ``spt``     int64[cap, SP_COLS]      shadow pages (guest frame, role, host table address,
@@ -44,7 +44,6 @@ other modules read its fields by name, e.g. ``sh.smeta[SM_LEVELS]``):
 ``roots``   int64[MAX_ROOTS, 2]      root cache: (guest CR3 with PCID, shadow page), row 0 current
 ``ulist``   int64[cap]               unsync shadow pages
 ``smeta``   int64[SM_LEN]            knobs, allocation state, pending requests
-``cost``    int64[N_COST]            the cost model (handler work is charged by exit reason)
 """
 
 from __future__ import annotations
@@ -54,13 +53,6 @@ from typing import NamedTuple
 import numpy as np
 
 from mmu._jit import inner, jit
-from mmu.hw.cost import (
-    K_SP_ALLOC,
-    K_SPTE_WRITE,
-    K_SW_WALK_STEP,
-    K_SYNC_ENTRY,
-    K_VMM_FLUSH,
-)
 from mmu.hw.ntlb import INVVPID_ADDRESS, hw_invvpid
 from mmu.hw.pwc import psc_flush_asid
 from mmu.hw.tlb import tlb_flush_asid
@@ -74,8 +66,8 @@ from mmu.stats import (
     EXIT_PF_INJECT,
     EXIT_TRACING_WRITE,
     EXIT_WP_UNSYNC,
+    N_WORK,
     S_EXIT_BASE,
-    S_EXIT_CYCLES_BASE,
     S_SH_CREATED,
     S_SH_EMULATED,
     S_SH_FLOODED,
@@ -96,6 +88,12 @@ from mmu.stats import (
     S_SH_WP_SPTES,
     S_SH_ZAPPED,
     S_VM_EXITS,
+    S_WORK_BASE,
+    W_SP_ALLOC,
+    W_SPTE_WRITE,
+    W_SW_WALK_STEP,
+    W_SYNC_ENTRY,
+    W_VMM_FLUSH,
 )
 from mmu.x86.bits import (
     ACC_WRITE,
@@ -208,7 +206,6 @@ class ShadowState(NamedTuple):
     roots: np.ndarray
     ulist: np.ndarray
     smeta: np.ndarray
-    cost: np.ndarray
 
 
 def make_shadow(
@@ -224,7 +221,6 @@ def make_shadow(
     levels: int = 4,
     host_shift: int = 12,
     max_pages: int = 0,
-    cost: np.ndarray | None = None,
 ):
     """An empty shadow MMU (no shadow pages) with KVM's default policy knobs; ``max_pages`` caps
     the shadow pages kept (0: no cap)."""
@@ -252,11 +248,7 @@ def make_shadow(
     if ctl & CTL_NXE:
         role_flags |= R_NXE
     smeta[SM_ROLE_FLAGS] = role_flags
-    if cost is None:
-        from mmu.hw.cost import cost_array
-
-        cost = cost_array()
-    return ShadowState(spt, rl, gfs, hfn2sp, sph, rt, ulist, smeta, cost)
+    return ShadowState(spt, rl, gfs, hfn2sp, sph, rt, ulist, smeta)
 
 
 def dummy_shadow():
@@ -284,7 +276,7 @@ FRAME_ROOM = 1 << 16
 def grow_shadow(sh, guest_frames: int, host_frames: int):
     """A copy of ``sh`` with room for a few more records' worth of shadow pages and the given
     numbers of guest and host frames (plus slack)."""
-    spt, rl, gfs, hfn2sp, sph, rt, ulist, smeta, cost = sh
+    spt, rl, gfs, hfn2sp, sph, rt, ulist, smeta = sh
     cap = spt.shape[0]
     need = int(smeta[SM_NEXT]) + 4 * SP_PER_RECORD
     if need > cap:
@@ -301,7 +293,7 @@ def grow_shadow(sh, guest_frames: int, host_frames: int):
     if gfs_new is not gfs:
         gfs_new[gfs.shape[0] :, G_RHEAD] = -1
     hfn2sp = _grown_rows(hfn2sp, int(host_frames) + FRAME_ROOM, -1)
-    return ShadowState(spt, rl, gfs_new, hfn2sp, sph, rt, ulist, smeta, cost)
+    return ShadowState(spt, rl, gfs_new, hfn2sp, sph, rt, ulist, smeta)
 
 
 @inner
@@ -317,16 +309,17 @@ def sh_budget(sh, galloc, halloc):
 
 
 @inner
-def _charge(sh, stats, key, n):
-    """Charge ``n`` units of handler work ``cost[key]`` to the exit reason being handled."""
-    stats[S_EXIT_CYCLES_BASE + sh[7][SM_REASON]] += sh[8][key] * n
+def _charge(sh, stats, work, n):
+    """Count ``n`` units of handler work ``work`` (a ``W_*``) to the exit reason being handled
+    (priced after the run, :func:`mmu.stats.price`)."""
+    stats[S_WORK_BASE + sh[7][SM_REASON] * N_WORK + work] += n
 
 
 @inner
 def _request_flush(sh, stats):
     if sh[7][SM_FLUSH] == 0:
         sh[7][SM_FLUSH] = 1
-        _charge(sh, stats, K_VMM_FLUSH, 1)
+        _charge(sh, stats, W_VMM_FLUSH, 1)
 
 
 @inner
@@ -606,7 +599,7 @@ def _sh_alloc(mem, halloc, sh, stats, gfn, role):
     stats[S_SH_LIVE] += 1
     if stats[S_SH_LIVE] > stats[S_SH_PEAK]:
         stats[S_SH_PEAK] = stats[S_SH_LIVE]
-    _charge(sh, stats, K_SP_ALLOC, 1)
+    _charge(sh, stats, W_SP_ALLOC, 1)
     if not direct:
         if level > 1:
             # A frame now used as an upper-level table: its unsync leaf shadows go (KVM zaps them).
@@ -719,7 +712,7 @@ def _install_leaf(mem, sh, stats, sp, idx, new, gfn):
     mem_write(mem, pa, new)
     _rl_add(sh, sp * 512 + idx, 2 * gfn)
     stats[S_SH_SPTE_WRITES] += 1
-    _charge(sh, stats, K_SPTE_WRITE, 1)
+    _charge(sh, stats, W_SPTE_WRITE, 1)
     if (old & PTE_P) == _U0:
         return False
     lost_w = (old & PTE_RW) != _U0 and (new & PTE_RW) == _U0
@@ -734,7 +727,7 @@ def _link_child(mem, sh, stats, sp, idx, child):
     mem_write(mem, pa, np.uint64(sh[0][child, SP_HPA]) | _NONLEAF)
     _rl_add(sh, sp * 512 + idx, 2 * child + 1)
     stats[S_SH_SPTE_WRITES] += 1
-    _charge(sh, stats, K_SPTE_WRITE, 1)
+    _charge(sh, stats, W_SPTE_WRITE, 1)
 
 
 # --- synchronisation -------------------------------------------------------------------------------
@@ -772,7 +765,7 @@ def _sync_spte(mem, vm, sh, stats, ctl, sp, idx):
     cur = vm_gpa_of(vm, np.int64(e & ADDR_MASK_52))
     if not ok or cur < 0 or (cur >> 12) != tgfn:
         _drop_spte(mem, sh, stats, sp, idx)
-        _charge(sh, stats, K_SPTE_WRITE, 1)
+        _charge(sh, stats, W_SPTE_WRITE, 1)
         return True
     w = (attrs & TA_RW) != 0 and (attrs & TA_D) != 0 and _gwp(sh, tgfn) == 0
     new = _leaf_spte(np.int64(e & ADDR_MASK_52), attrs, w, (e & PTE_A) != _U0) | (e & PTE_D)
@@ -794,7 +787,7 @@ def sh_sync_page(mem, vm, sh, stats, ctl, sp):
             flush = True
     stats[S_SH_RESYNCED] += 1
     stats[S_SH_SYNC_ENTRIES] += 512
-    _charge(sh, stats, K_SYNC_ENTRY, 512)
+    _charge(sh, stats, W_SYNC_ENTRY, 512)
     if flush:
         _request_flush(sh, stats)
 
@@ -973,7 +966,7 @@ def _track_write(mem, sh, stats, gpa):
                 stats[S_SH_FLOODED] += 1
                 sh_zap(mem, sh, stats, s)
             elif _drop_spte(mem, sh, stats, s, idx):
-                _charge(sh, stats, K_SPTE_WRITE, 1)
+                _charge(sh, stats, W_SPTE_WRITE, 1)
                 _request_flush(sh, stats)
         s = nxt
 
@@ -999,7 +992,7 @@ def sh_guest_store(mem, vm, sh, stats, gpa, value):
         stats[S_EXIT_BASE + EXIT_WP_UNSYNC] += 1
         levels = sh[7][SM_LEVELS]
         stats[S_SH_SW_WALK_STEPS] += levels
-        _charge(sh, stats, K_SW_WALK_STEP, levels)
+        _charge(sh, stats, W_SW_WALK_STEP, levels)
         _unsync_gfn(sh, stats, gfn)
 
 
@@ -1021,12 +1014,12 @@ def sh_invlpg(mem, vm, sh, tlb, psc, stats, ctl, asid, va):
         for level in range(levels, 0, -1):
             idx = (va >> (12 + 9 * (level - 1))) & 511
             stats[S_SH_SW_WALK_STEPS] += 1
-            _charge(sh, stats, K_SW_WALK_STEP, 1)
+            _charge(sh, stats, W_SW_WALK_STEP, 1)
             if (spt[sp, SP_FLAGS] & F_UNSYNC) != 0:
                 if _sync_spte(mem, vm, sh, stats, ctl, sp, idx):
                     _request_flush(sh, stats)
                 stats[S_SH_SYNC_ENTRIES] += 1
-                _charge(sh, stats, K_SYNC_ENTRY, 1)
+                _charge(sh, stats, W_SYNC_ENTRY, 1)
             if level == 1:
                 break
             e = mem_read(mem, spt[sp, SP_HPA] + idx * 8)
@@ -1127,7 +1120,7 @@ def sh_page_fault(mem, halloc, vm, sh, stats, pkru, maxphy, root_gpa, va, access
         smeta[SM_REASON] = EXIT_PF_INJECT
         stats[S_EXIT_BASE + EXIT_PF_INJECT] += 1
         stats[S_SH_SW_WALK_STEPS] += n
-        _charge(sh, stats, K_SW_WALK_STEP, n)
+        _charge(sh, stats, W_SW_WALK_STEP, n)
         return SHF_INJECT, np.int64(code)
     stats[S_SH_SW_WALK_STEPS] += n
     # CR0.WP=0: a supervisor write through a read-only guest entry maps it writable but
@@ -1204,7 +1197,7 @@ def sh_page_fault(mem, halloc, vm, sh, stats, pkru, maxphy, root_gpa, va, access
         reason = EXIT_HIDDEN_FAULT
     smeta[SM_REASON] = reason
     stats[S_EXIT_BASE + reason] += 1
-    _charge(sh, stats, K_SW_WALK_STEP, n)
+    _charge(sh, stats, W_SW_WALK_STEP, n)
     new = _leaf_spte(hpa & ~np.int64(0xFFF), attrs, w, True)
     if leaf_level > 1:
         new |= PTE_PS

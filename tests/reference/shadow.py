@@ -67,7 +67,7 @@ def check_shadow(m: Machine, include_unsync: bool = False) -> int:
     current root (KVM syncs those; unsync pages of other roots wait for a flush under their own
     root, as the other PCIDs' TLB entries would).
     """
-    spt, rl, gfs, hfn2sp, _sph, _rt, _ulist, smeta, _cost = m.sh
+    spt, rl, gfs, hfn2sp, _sph, _rt, _ulist, smeta = m.sh
     checked = 0
     if include_unsync:
         stale = [sp for sp in _reachable(m) if spt[sp, S.SP_FLAGS] & S.F_UNSYNC]
