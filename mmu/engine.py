@@ -26,7 +26,7 @@ from mmu.guest.osops import EV_PROT_GIVEN, EV_PROT_SHIFT, OS_NEED_ROOM, OS_UNSUP
 from mmu.hw.cache import make_line_cache
 from mmu.hw.cost import K_L2_LINES, K_L2_WAYS, K_LLC_LINES, K_LLC_WAYS, cost_array, cost_dict
 from mmu.hw.ntlb import cold_host_cache, make_host_cache
-from mmu.hw.presets import get_preset
+from mmu.hw.presets import get_preset, with_stlb_entries
 from mmu.hw.pwc import make_psc
 from mmu.hw.tlb import make_tlb
 from mmu.memory import ALIGN_ROOM, FrameAllocator, PhysicalMemory, alloc_room, mem_read, mem_room
@@ -270,6 +270,10 @@ class MachineConfig:
         ``KVM_SET_NR_MMU_PAGES``); when fewer than 5 are left the oldest ones not in use as roots
         are zapped until 25 are free. 0 (default): no cap -- KVM's default is 2% of the guest's
         memory pages, and this model's guest memory has no fixed size. At least 64 otherwise.
+    stlb_entries : int
+        Entries of the second-level (unified) TLB for 4 KiB pages, replacing the preset's with the
+        same number of sets (so the ways scale: skylake's 1,536 x 12-way has 128 sets, and 512,
+        1,024 or 2,048 entries are 4-, 8- or 16-way). 0 (default): the preset's.
     thp : str
         Guest OS transparent huge pages, as Linux's ``enabled`` setting: "never", "madvise"
         (mappings made with PROT_THP; the default) or "always" (every anonymous mapping and
@@ -299,6 +303,41 @@ class MachineConfig:
     flood_threshold: int = 3
     shadow_pages: int = 0
     thp: str = "madvise"
+    stlb_entries: int = 0
+
+    def check(self) -> None:
+        """MMUInputError naming the first setting that is not valid (nothing is allocated)."""
+        if self.mode not in MODES:
+            raise MMUInputError(f"unknown mode {self.mode!r}; choose one of: {', '.join(MODES)}")
+        self.preset()
+        cost_array(self.cpu if self.cpu in ("skylake", "zen2") else "skylake", self.cost_overrides)
+        if self.host_page not in HOST_PAGES:
+            raise MMUInputError(f"unknown host page size {self.host_page!r}; choose one of: 4k, 2m, 1g")
+        if self.ept_levels not in (4, 5):
+            raise MMUInputError(f"EPT levels must be 4 or 5, not {self.ept_levels}")
+        if self.ntlb_entries < 0:
+            raise MMUInputError(f"NTLB entries must be >= 0, not {self.ntlb_entries}")
+        if self.prefetch < 0 or self.prefetch > 512 or (self.prefetch & (self.prefetch - 1)):
+            raise MMUInputError(f"prefetch must be 0 or a power of two up to 512, not {self.prefetch}")
+        if not 0 <= self.roots <= 11:
+            raise MMUInputError(f"previous roots must be 0..11 (KVM allows at most 11), not {self.roots}")
+        if self.shadow_pages != 0 and self.shadow_pages < 64:
+            raise MMUInputError(
+                f"shadow pages must be 0 (no cap) or at least 64 (KVM's minimum), not {self.shadow_pages}"
+            )
+        if self.thp not in THP_POLICIES:
+            raise MMUInputError(f"unknown THP policy {self.thp!r}; choose never, madvise or always")
+        if self.flood_threshold < 0:
+            raise MMUInputError(f"flood threshold must be >= 0, not {self.flood_threshold}")
+        if self.prepopulate_mb < 0:
+            raise MMUInputError(f"prepopulated MiB must be >= 0, not {self.prepopulate_mb}")
+
+    def preset(self):
+        """The CPU preset of ``cpu``, with ``stlb_entries`` applied."""
+        preset = get_preset(self.cpu)
+        if self.stlb_entries:
+            preset = with_stlb_entries(preset, self.stlb_entries)
+        return preset
 
 
 class Machine:
@@ -306,28 +345,9 @@ class Machine:
 
     def __init__(self, config: MachineConfig | None = None):
         self.config = config = config or MachineConfig()
-        if config.mode not in MODES:
-            raise MMUInputError(f"unknown mode {config.mode!r}; choose one of: {', '.join(MODES)}")
-        self.preset = get_preset(config.cpu)
+        config.check()
+        self.preset = config.preset()
         self.cost = cost_array(config.cpu if config.cpu in ("skylake", "zen2") else "skylake", config.cost_overrides)
-        if config.host_page not in HOST_PAGES:
-            raise MMUInputError(f"unknown host page size {config.host_page!r}; choose one of: 4k, 2m, 1g")
-        if config.ept_levels not in (4, 5):
-            raise MMUInputError(f"EPT levels must be 4 or 5, not {config.ept_levels}")
-        if config.ntlb_entries < 0:
-            raise MMUInputError(f"NTLB entries must be >= 0, not {config.ntlb_entries}")
-        if config.prefetch < 0 or config.prefetch > 512 or (config.prefetch & (config.prefetch - 1)):
-            raise MMUInputError(f"prefetch must be 0 or a power of two up to 512, not {config.prefetch}")
-        if not 0 <= config.roots <= 11:
-            raise MMUInputError(f"previous roots must be 0..11 (KVM allows at most 11), not {config.roots}")
-        if config.shadow_pages != 0 and config.shadow_pages < 64:
-            raise MMUInputError(
-                f"shadow pages must be 0 (no cap) or at least 64 (KVM's minimum), not {config.shadow_pages}"
-            )
-        if config.thp not in THP_POLICIES:
-            raise MMUInputError(f"unknown THP policy {config.thp!r}; choose never, madvise or always")
-        if config.flood_threshold < 0:
-            raise MMUInputError(f"flood threshold must be >= 0, not {config.flood_threshold}")
         self.mem = PhysicalMemory(frames=256, alloc_limit=LARGE_BASE)
         self.sh = dummy_shadow()
         if config.mode == "native":

@@ -465,3 +465,6 @@ _register_report(app)
 from mmu.cli.guest import register as _register_guest  # noqa: E402
 
 _register_guest(app)
+from mmu.cli.sweep import register as _register_sweep  # noqa: E402
+
+_register_sweep(app)

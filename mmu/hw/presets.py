@@ -249,6 +249,27 @@ TOY = CPUPreset(
 _PRESETS = {p.name: p for p in (SKYLAKE, ZEN2, TOY)}
 
 
+def with_stlb_entries(preset: CPUPreset, entries: int) -> CPUPreset:
+    """``preset`` with ``entries`` in its second-level TLB for 4 KiB pages, keeping its number of
+    sets (the ways scale with the capacity, as when a vendor grows an STLB)."""
+    import dataclasses
+
+    stlbs = [t for t in preset.tlbs if t.level == 2 and t.sizes & SZ_4K]
+    if not stlbs:
+        raise MMUInputError(f"CPU preset '{preset.name}' has no second-level TLB for 4K pages to resize")
+    stlb = stlbs[0]
+    if entries < 1 or entries % stlb.sets:
+        raise MMUInputError(
+            f"STLB entries must be a positive multiple of {preset.name}'s {stlb.sets} sets "
+            f"({stlb.entries} entries, {stlb.ways}-way), not {entries}"
+        )
+    ways = entries // stlb.sets
+    resized = dataclasses.replace(
+        stlb, entries=entries, ways=ways, source=f"resized from {stlb.entries} x {stlb.ways}-way (stlb_entries)"
+    )
+    return dataclasses.replace(preset, tlbs=tuple(resized if t is stlb else t for t in preset.tlbs))
+
+
 def list_presets() -> list[str]:
     """Names of the available CPU presets, sorted."""
     return sorted(_PRESETS)
