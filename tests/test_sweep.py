@@ -287,7 +287,7 @@ def test_plot_of_a_sweep(small_trace, tmp_path):
     r = run("sweep", small_trace, "--modes", "shadow,nested", "--cost", "exit=500,4000", "-o", out, "--plot", png)
     assert r.exit_code == 0, r.output
     assert png.read_text().lstrip().startswith("<?xml")
-    assert "4 runs in" in r.stderr and "2 simulations" in r.stderr
+    assert "4 runs in" in r.stderr and "2 simulations; 2 rows re-priced or shared" in r.stderr
 
 
 def test_rows_carry_the_version_the_hash_and_every_parameter(small_trace, tmp_path):

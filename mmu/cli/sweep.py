@@ -155,14 +155,15 @@ def sweep_cmd(
         return
     if not quiet:
         seconds = time.perf_counter() - t0
-        repriced = outcome.rows - outcome.skipped - outcome.simulations
+        shared = outcome.rows - outcome.skipped - outcome.simulations
+        also = "".join(f", {p}" for p in (parquet, plot) if p is not None)
         what = [f"{outcome.simulations} simulations"]
-        if repriced > 0:
-            what.append(f"{repriced} rows re-priced or shared from their counts")
+        if shared > 0:
+            what.append(f"{shared} rows re-priced or shared")
         if outcome.skipped:
-            what.append(f"{outcome.skipped} already in the table")
-        extra = "".join(f", {p}" for p in (parquet, plot) if p is not None)
-        typer.echo(f"{outcome.rows} runs in {out}{extra} ({'; '.join(what)}) in {seconds:.1f} s", err=True)
+            what.append(f"{outcome.skipped} rows already done")
+        typer.echo(f"{outcome.rows} runs in {out}{also}", err=True)
+        typer.echo(f"{'; '.join(what)}; {seconds:.1f} s", err=True)
     if outcome.failed:
         sys.stderr.write(f"mmu: {outcome.failed} runs failed; their 'error' column says why ({out})\n")
         raise typer.Exit(1)
