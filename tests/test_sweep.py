@@ -65,6 +65,7 @@ def assert_clean_failure(result, *fragments):
         (["--param", "unsync=maybe"], "'maybe' is not a boolean"),
         (["--param", "stlb=100"], "STLB entries must be a positive multiple of skylake's 128 sets"),
         (["--param", "prefetch=3"], "prefetch must be 0 or a power of two"),
+        (["--modes", "native", "--param", "prefetch=8,3"], "native with prefetch=3: prefetch must be 0 or a power"),
         (["--cost", "exits=1"], "unknown cost parameter 'exits'"),
         (["--cost", "exit=fast"], "'fast' is not an integer number of cycles"),
         (["--cost", "exit"], "--cost expects NAME=V1,V2,..."),

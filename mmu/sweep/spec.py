@@ -340,8 +340,8 @@ def plan(spec: SweepSpec) -> list[Task]:
                     config["host_page"] = item.host_page
                 if item.thp:
                     config["thp"] = "always"
-                try:
-                    MachineConfig(mode=item.mode, **config).check()
+                try:  # every swept value is checked, also those this mode ignores
+                    MachineConfig(mode=item.mode, **{**grid, **config}).check()
                 except MMUInputError as exc:
                     raise MMUInputError(f"{item.label} with {_show(grid)}: {exc}") from None
                 for geo in itertools.product(*(spec.costs[c] for c in geometry_names)):
