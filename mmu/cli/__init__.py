@@ -270,8 +270,12 @@ def compare_cmd(
     ),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No spinner."),
 ) -> None:
-    """Replay one trace (or run one guest program) in several modes and compare what translation
-    costs in each."""
+    """Replay one trace (or run one guest program) in several modes and compare the costs.
+
+    Each mode runs in its own process (--workers, one per core by default); the table lists the
+    modes in the order --modes gives them. A guest program stopped by --max-instructions is
+    flagged under the table.
+    """
     from rich.console import Console
 
     from mmu.cli.guest import _parse_args
@@ -330,10 +334,13 @@ def demo_cmd(
     as_json: bool = typer.Option(False, "--json", help="Print the stats objects as JSON."),
     cpu: str = typer.Option("skylake", "--cpu", help="CPU preset."),
 ) -> None:
-    """The story in one screen: shipped real traces (valgrind lackey recordings) and a shipped
-    guest program (forkwait) natively, under shadow paging and under nested paging; then one
-    nested page walk drawn reference by reference, marked with what the warm TLB and caches
-    serve at that point of the trace."""
+    """Show the whole story in one screen: native, shadow and nested paging side by side.
+
+    Shipped real traces (valgrind lackey recordings) and a shipped guest program (forkwait) run
+    natively, under shadow paging and under nested paging; then one nested page walk is drawn
+    reference by reference, marked with what the warm TLB and caches serve at that point of the
+    trace.
+    """
     from rich.console import Console
     from rich.rule import Rule
 
@@ -434,8 +441,10 @@ def cache_cmd(
 
 
 def warm_kernels(workers: int | None = None, force: bool = False) -> float:
-    """Compile every kernel into the cache on all cores, with a progress bar on a terminal
-    (nothing to do, and no output, when the cache is already warm unless ``force``)."""
+    """Compile every kernel into the cache on all cores, with a progress bar on a terminal.
+
+    Nothing to do, and no output, when the cache is already warm (unless ``force``).
+    """
     from rich.console import Console
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
