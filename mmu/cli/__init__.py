@@ -266,7 +266,9 @@ def compare_cmd(
     as_json: bool = typer.Option(False, "--json", help="Print the per-mode stats objects as a JSON list."),
     csv_out: Path = typer.Option(None, "--csv", help="Write one CSV row per mode."),
     plot: Path = typer.Option(
-        None, "--plot", help="Draw the cycle breakdown per mode to OUT.png, .svg or .pdf (needs mmu[plot])."
+        None,
+        "--plot",
+        help="Draw the cycle breakdown per mode to OUT.png, .svg or .pdf (needs matplotlib: the mmu-lab[plot] extra).",
     ),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No spinner."),
 ) -> None:
