@@ -447,12 +447,8 @@ def demo_cmd(
     )
     console.print()
     trace, index = DEMO_WALK
-    console.print(
-        Rule(
-            f"one TLB miss under nested paging: 24 references cold, and what the warm caches leave "
-            f"(mmu walk --trace traces/{trace} --index {index} --mode nested)"
-        )
-    )
+    console.print(Rule("one nested TLB miss: 24 references cold, and what the warm caches leave"))
+    console.print(f"mmu walk --trace traces/{trace} --index {index} --mode nested", style="dim", highlight=False)
     from mmu.cli.report import _trace_view
     from mmu.report.walkview import walk_renderable
 
