@@ -54,13 +54,16 @@ def _call(fn: Callable[..., Any], args: tuple) -> tuple[bool, Any]:
 
 def _stop(pool: ProcessPoolExecutor) -> None:
     """Cancel what has not started and end the workers now (a job can take minutes)."""
+    procs = list((getattr(pool, "_processes", None) or {}).values())
     pool.shutdown(wait=False, cancel_futures=True)
     terminate = getattr(pool, "terminate_workers", None)  # Python >= 3.14
     if terminate is not None:
         terminate()
-        return
-    for proc in list((getattr(pool, "_processes", None) or {}).values()):
-        proc.terminate()
+    else:
+        for proc in procs:
+            proc.terminate()
+    for proc in procs:  # none is left behind when this process ends
+        proc.join(5)
 
 
 def run_parallel(
