@@ -55,3 +55,13 @@ def test_help_summaries_are_complete_sentences(width, monkeypatch):
         assert "\n" not in first.strip(), f"{name}: summary is hard-wrapped in the source: {first!r}"
         assert summary == first.strip(), (name, summary)
         assert summary[0].isupper() and summary.endswith("."), (name, summary)
+
+
+def test_help_prose_is_not_hard_wrapped():
+    """typer keeps a paragraph's line breaks in ``mmu CMD --help``: prose must be one line a paragraph."""
+    for name, command in get_command(app).commands.items():  # type: ignore[attr-defined]
+        for paragraph in (command.help or "").split("\n\n"):
+            lines = paragraph.split("\n")
+            for before, after in zip(lines, lines[1:], strict=False):
+                broken = (before[-1:].isalnum() or before.endswith(",")) and after[:1].islower()
+                assert not broken, f"mmu {name} --help breaks a sentence: {before[-30:]!r} / {after[:30]!r}"

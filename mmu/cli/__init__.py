@@ -318,7 +318,15 @@ def max_instructions_option() -> Any:
     )
 
 
-@app.command("compare")
+COMPARE_HELP = (
+    "Replay one trace (or run one guest program) in several modes and compare the costs.\n\n"
+    "The modes run on up to --workers processes (one per core by default; the extra ones start only once a mode "
+    "has run for a second), and the table lists them in the order --modes gives. A guest program stopped by "
+    "--max-instructions is flagged under the table."
+)
+
+
+@app.command("compare", help=COMPARE_HELP)
 def compare_cmd(
     trace: Path = typer.Argument(..., help="Trace in mmu's format, or a guest program (PROGRAM.s)."),
     args: list[str] = typer.Argument(None, help="A program's integer arguments (after --)."),
@@ -342,12 +350,7 @@ def compare_cmd(
     workers: int = workers_option(),
     max_instructions: int = max_instructions_option(),
 ) -> None:
-    """Replay one trace (or run one guest program) in several modes and compare the costs.
-
-    Each mode runs in its own process (--workers, one per core by default); the table lists the
-    modes in the order --modes gives them. A guest program stopped by --max-instructions is
-    flagged under the table.
-    """
+    """Replay one trace (or run one guest program) in several modes and compare the costs."""
     from rich.console import Console
 
     from mmu.cli.guest import _parse_args
@@ -403,20 +406,22 @@ def find_shipped_program(name: str) -> Path:
     return find_shipped_trace(f"programs/{name}")
 
 
-@app.command("demo")
+DEMO_HELP = (
+    "Show the whole story in one screen: native, shadow and nested paging side by side.\n\n"
+    "Shipped real traces (valgrind lackey recordings) and a shipped guest program (forkwait) run natively, under "
+    "shadow paging and under nested paging; then one nested page walk is drawn reference by reference, marked with "
+    "what the warm TLB and caches serve at that point of the trace."
+)
+
+
+@app.command("demo", help=DEMO_HELP)
 def demo_cmd(
     as_json: bool = typer.Option(False, "--json", help="Print the stats objects as JSON."),
     cpu: str = typer.Option("skylake", "--cpu", help="CPU preset."),
     workers: int = workers_option(),
     max_instructions: int = max_instructions_option(),
 ) -> None:
-    """Show the whole story in one screen: native, shadow and nested paging side by side.
-
-    Shipped real traces (valgrind lackey recordings) and a shipped guest program (forkwait) run
-    natively, under shadow paging and under nested paging; then one nested page walk is drawn
-    reference by reference, marked with what the warm TLB and caches serve at that point of the
-    trace.
-    """
+    """Show the whole story in one screen: native, shadow and nested paging side by side."""
     from rich.console import Console
     from rich.rule import Rule
 
