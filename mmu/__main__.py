@@ -2,4 +2,5 @@
 
 from mmu.cli import main
 
-main()
+if __name__ == "__main__":  # not in the spawned workers of ``mmu compare``
+    main()

@@ -74,11 +74,11 @@ def test_missing_matplotlib(results, tmp_path, monkeypatch):
     for name in [m for m in sys.modules if m == "matplotlib" or m.startswith("matplotlib.")]:
         monkeypatch.delitem(sys.modules, name)
     monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib -> ImportError
-    with pytest.raises(MMUInputError, match=r'needs matplotlib, which is not installed: pip install "mmu\[plot\]"'):
+    with pytest.raises(MMUInputError, match=r'needs matplotlib, which is not installed: pip install "mmu-lab\[plot\]"'):
         plot_breakdown(results, tmp_path / "b.png", "t")
     # the CLI fails before replaying anything, and writes nothing
     r = runner.invoke(app, ["compare", str(TRACE), "--plot", str(tmp_path / "c.png"), "-q"])
-    assert_clean_failure(r, 'pip install "mmu[plot]"')
+    assert_clean_failure(r, 'pip install "mmu-lab[plot]"')
     assert r.stdout == "" and not (tmp_path / "c.png").exists()
 
 

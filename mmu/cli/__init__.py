@@ -179,7 +179,10 @@ def find_shipped_trace(name: str) -> Path:
 def _parse_modes(spec: str, host_page: str, thp: str = "madvise") -> list[tuple[str, str, str]]:
     """(mode, host page, guest THP policy) per item of ``MODE[:HOSTPAGE][+thp]`` (+thp: always)."""
     from mmu.engine import HOST_PAGES, MODES
+    from mmu.guest.os import THP_POLICIES
 
+    if thp not in THP_POLICIES:
+        fail(f"unknown THP policy {thp!r}; choose never, madvise or always")
     out = []
     for item in [x.strip() for x in spec.split(",") if x.strip()]:
         item_thp = thp
@@ -198,6 +201,17 @@ def _parse_modes(spec: str, host_page: str, thp: str = "madvise") -> list[tuple[
     return out
 
 
+def _run_mode(source: Path, program: Any, args: list[int], config: Any, max_instructions: int) -> dict:
+    """One mode of ``mmu compare``: replay the trace, or run the program (also in a worker process)."""
+    if program is not None:
+        from mmu.guest.run import run_program
+
+        return run_program(program, args, config, max_instructions=max_instructions)
+    from mmu.engine import replay
+
+    return replay(source, config)
+
+
 def _compare(
     source: Path,
     modes: list[tuple[str, str, str]],
@@ -205,44 +219,86 @@ def _compare(
     costs: list[str],
     quiet: bool,
     args: list[int] | None = None,
+    max_instructions: int | None = None,
+    workers: int = 0,
 ) -> list[dict]:
-    """Run one input in each mode: a trace is replayed; a guest program (``.s``) is run."""
+    """Run one input in each mode: a trace is replayed; a guest program (``.s``) is run.
+
+    The modes run on ``workers`` processes (0: one per core; never more than one per mode; 1: here,
+    one after another). Every input is checked before the first run starts. Returns the stats
+    objects in the order of ``modes``.
+    """
     from rich.console import Console
 
-    from mmu.engine import MachineConfig, replay
+    from mmu.cli.parallel import cpu_count, run_parallel
+    from mmu.engine import MachineConfig
+    from mmu.guest.run import DEFAULT_MAX_INSTRUCTIONS
+    from mmu.hw.cost import cost_array
+    from mmu.hw.presets import get_preset
 
+    if workers < 0:
+        fail(f"--workers must be >= 0, not {workers}")
+    if max_instructions is None:
+        max_instructions = DEFAULT_MAX_INSTRUCTIONS
+    if max_instructions < 0:
+        fail(f"--max-instructions must be >= 0, not {max_instructions}")
     program = None
-    if source.suffix == ".s":
-        from mmu.guest.asm import assemble_file
-        from mmu.guest.run import run_program
+    try:
+        if source.suffix == ".s":
+            from mmu.guest.asm import assemble_file
 
-        if not source.is_file():
-            fail(f"{source}: no such file")
-        try:
+            if not source.is_file():
+                fail(f"{source}: no such file")
             program = assemble_file(source)
-        except MMUInputError as exc:
-            fail(str(exc))
-    elif args:
-        fail("program arguments are only for a guest program (PROGRAM.s)")
+        else:
+            from mmu.trace.format import TraceReader
+
+            if args:
+                fail("program arguments are only for a guest program (PROGRAM.s)")
+            TraceReader(source)  # the header, before any run
+        # what Machine() checks of the options compare passes, without building a machine
+        get_preset(cpu)
+        overrides = _parse_costs(costs)
+        cost_array("skylake", overrides)
+    except MMUInputError as exc:
+        fail(str(exc))
+    configs = [
+        MachineConfig(mode=mode, cpu=cpu, cost_overrides=overrides, host_page=hp, thp=thp) for mode, hp, thp in modes
+    ]
+    jobs = [(source, program, list(args or []), config, max_instructions) for config in configs]
+    workers = min(workers or cpu_count(), len(jobs))
     err = Console(stderr=True)
-    results = []
-    for mode, hp, thp in modes:
-        config = MachineConfig(mode=mode, cpu=cpu, cost_overrides=_parse_costs(costs), host_page=hp, thp=thp)
+    spinner = not quiet and err.is_terminal
+    verb = "running" if program is not None else "replaying"
+    results: list[dict] = []
+    try:
+        if workers == 1:
+            for (mode, _, _), job in zip(modes, jobs, strict=True):
+                if spinner:
+                    with err.status(f"{verb} {source.name} in {mode} mode (first run compiles kernels)..."):
+                        results.append(_run_mode(*job))
+                else:
+                    results.append(_run_mode(*job))
+        else:
+            from mmu.kernels import compile_group
 
-        def one(config=config):
-            if program is not None:
-                return run_program(program, args or [], config)
-            return replay(source, config)
+            warm_kernels(workers)  # workers load the kernels from the cache; none compiles
+            kernels = ("cpu_slice", "cpu_event") if program is not None else ("replay_kernel",)
+            warm = (compile_group, (kernels,))
+            what = f"{verb} {source.name} in {len(jobs)} modes on {workers} processes"
+            if spinner:
+                with err.status(f"{what}...") as status:
+                    done = [0]
 
-        try:
-            if quiet or not err.is_terminal:
-                results.append(one())
+                    def on_done(_index: int) -> None:
+                        done[0] += 1
+                        status.update(f"{what} ({done[0]}/{len(jobs)} done)...")
+
+                    results = run_parallel(_run_mode, jobs, workers, warm, on_done)
             else:
-                verb = "running" if program is not None else "replaying"
-                with err.status(f"{verb} {source.name} in {mode} mode (first run compiles kernels)..."):
-                    results.append(one())
-        except MMUInputError as exc:
-            fail(str(exc))
+                results = run_parallel(_run_mode, jobs, workers, warm)
+    except MMUInputError as exc:
+        fail(str(exc))
     if program is not None:
         consoles = {r["console"] for r in results}
         if len(consoles) != 1:
@@ -250,7 +306,27 @@ def _compare(
     return results
 
 
-@app.command("compare")
+def workers_option() -> Any:
+    return typer.Option(
+        0, "--workers", help="Processes to run the modes in (0: one per core, at most one per mode; 1: one by one)."
+    )
+
+
+def max_instructions_option() -> Any:
+    return typer.Option(
+        100_000_000, "--max-instructions", help="Guest program: stop after this many instructions (flagged)."
+    )
+
+
+COMPARE_HELP = (
+    "Replay one trace (or run one guest program) in several modes and compare the costs.\n\n"
+    "The modes run on up to --workers processes (one per core by default; the extra ones start only once a mode "
+    "has run for a second), and the table lists them in the order --modes gives. A guest program stopped by "
+    "--max-instructions is flagged under the table."
+)
+
+
+@app.command("compare", help=COMPARE_HELP)
 def compare_cmd(
     trace: Path = typer.Argument(..., help="Trace in mmu's format, or a guest program (PROGRAM.s)."),
     args: list[str] = typer.Argument(None, help="A program's integer arguments (after --)."),
@@ -266,12 +342,15 @@ def compare_cmd(
     as_json: bool = typer.Option(False, "--json", help="Print the per-mode stats objects as a JSON list."),
     csv_out: Path = typer.Option(None, "--csv", help="Write one CSV row per mode."),
     plot: Path = typer.Option(
-        None, "--plot", help="Draw the cycle breakdown per mode to OUT.png, .svg or .pdf (needs mmu[plot])."
+        None,
+        "--plot",
+        help="Draw the cycle breakdown per mode to OUT.png, .svg or .pdf (needs matplotlib: the mmu-lab[plot] extra).",
     ),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No spinner."),
+    workers: int = workers_option(),
+    max_instructions: int = max_instructions_option(),
 ) -> None:
-    """Replay one trace (or run one guest program) in several modes and compare what translation
-    costs in each."""
+    """Replay one trace (or run one guest program) in several modes and compare the costs."""
     from rich.console import Console
 
     from mmu.cli.guest import _parse_args
@@ -285,7 +364,9 @@ def compare_cmd(
             check_plot_target(plot)  # before the replays, which can take minutes
         except MMUInputError as exc:
             fail(str(exc))
-    results = _compare(trace, _parse_modes(modes, host_page, thp), cpu, cost, quiet, _parse_args(args or []))
+    results = _compare(
+        trace, _parse_modes(modes, host_page, thp), cpu, cost, quiet, _parse_args(args or []), max_instructions, workers
+    )
     if trace.suffix == ".s":
         args_text = " ".join(str(a) for a in results[0]["args"])
         title = f"mmu compare — {trace.name} {args_text}".rstrip()
@@ -325,15 +406,22 @@ def find_shipped_program(name: str) -> Path:
     return find_shipped_trace(f"programs/{name}")
 
 
-@app.command("demo")
+DEMO_HELP = (
+    "Show the whole story in one screen: native, shadow and nested paging side by side.\n\n"
+    "Shipped real traces (valgrind lackey recordings) and a shipped guest program (forkwait) run natively, under "
+    "shadow paging and under nested paging; then one nested page walk is drawn reference by reference, marked with "
+    "what the warm TLB and caches serve at that point of the trace."
+)
+
+
+@app.command("demo", help=DEMO_HELP)
 def demo_cmd(
     as_json: bool = typer.Option(False, "--json", help="Print the stats objects as JSON."),
     cpu: str = typer.Option("skylake", "--cpu", help="CPU preset."),
+    workers: int = workers_option(),
+    max_instructions: int = max_instructions_option(),
 ) -> None:
-    """The story in one screen: shipped real traces (valgrind lackey recordings) and a shipped
-    guest program (forkwait) natively, under shadow paging and under nested paging; then one
-    nested page walk drawn reference by reference, marked with what the warm TLB and caches
-    serve at that point of the trace."""
+    """Show the whole story in one screen: native, shadow and nested paging side by side."""
     from rich.console import Console
     from rich.rule import Rule
 
@@ -347,13 +435,13 @@ def demo_cmd(
     console = Console()
     for name in DEMO_TRACES:
         trace = find_shipped_trace(name)
-        results = _compare(trace, modes, cpu, [], as_json)
+        results = _compare(trace, modes, cpu, [], as_json, workers=workers)
         everything.extend(results)
         if not as_json:
             console.print(compare_renderable(results, title=f"{name}: native vs shadow vs nested paging"))
             console.print()
     name, args = DEMO_PROGRAM
-    results = _compare(find_shipped_program(name), modes, cpu, [], as_json, args)
+    results = _compare(find_shipped_program(name), modes, cpu, [], as_json, args, max_instructions, workers)
     everything.extend(results)
     if as_json:
         sys.stdout.write(to_json(everything) + "\n")
@@ -364,12 +452,8 @@ def demo_cmd(
     )
     console.print()
     trace, index = DEMO_WALK
-    console.print(
-        Rule(
-            f"one TLB miss under nested paging: 24 references cold, and what the warm caches leave "
-            f"(mmu walk --trace traces/{trace} --index {index} --mode nested)"
-        )
-    )
+    console.print(Rule("one nested TLB miss: 24 references cold, and what the warm caches leave"))
+    console.print(f"mmu walk --trace traces/{trace} --index {index} --mode nested", style="dim", highlight=False)
     from mmu.cli.report import _trace_view
     from mmu.report.walkview import walk_renderable
 
@@ -434,8 +518,10 @@ def cache_cmd(
 
 
 def warm_kernels(workers: int | None = None, force: bool = False) -> float:
-    """Compile every kernel into the cache on all cores, with a progress bar on a terminal
-    (nothing to do, and no output, when the cache is already warm unless ``force``)."""
+    """Compile every kernel into the cache on all cores, with a progress bar on a terminal.
+
+    Nothing to do, and no output, when the cache is already warm (unless ``force``).
+    """
     from rich.console import Console
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 

@@ -1,11 +1,17 @@
-"""Side-by-side comparison of one input replayed in several modes (pure: stats -> renderables)."""
+"""Side-by-side comparison of one input replayed in several modes (pure: stats -> renderables).
+
+Row labels never wrap: a table too wide for the console is split into several, each with the
+labels and as many mode columns as fit (an 80-column terminal holds four modes of the usual
+figures in one table).
+"""
 
 from __future__ import annotations
 
 from typing import Any
 
 from rich import box
-from rich.console import Group
+from rich.console import Console, ConsoleOptions, Group, RenderResult
+from rich.measure import Measurement
 from rich.table import Table
 from rich.text import Text
 
@@ -48,6 +54,8 @@ def compare_rows(results: list[dict[str, Any]]) -> list[tuple[str, list[str]]]:
     def row(label: str, fn) -> None:
         rows.append((label, [fn(s) for s in results]))
 
+    if any("instructions" in s for s in results):
+        row("guest instructions", lambda s: f"{s['instructions']:,}" if "instructions" in s else "-")
     row("accesses", lambda s: f"{s['accesses']:,}")
     row("cycles", lambda s: f"{s['cycles']:,}")
     row("cycles / access", lambda s: f"{s['cycles_per_access']:.3f}")
@@ -59,29 +67,29 @@ def compare_rows(results: list[dict[str, Any]]) -> list[tuple[str, list[str]]]:
     row("  page-walk cycles", lambda s: f"{s['cycles_breakdown']['walk']:,}")
     row("  guest #PF cycles", lambda s: f"{s['cycles_breakdown']['guest_page_faults']:,}")
     row("  VM-exit cycles", lambda s: f"{s['cycles_breakdown']['vm_exits']:,}")
-    row("TLB misses / 1000 accesses", lambda s: f"{s['tlb_misses_per_1000']:,.2f}")
+    row("TLB misses / 1k accesses", lambda s: f"{s['tlb_misses_per_1000']:,.2f}")
     row("references / walk", lambda s: f"{s['refs_per_walk']:.2f}")
 
     def dims(s: dict[str, Any]) -> str:
         ms = s.get("mode_stats") or {}
         if "walk_refs_guest" in ms and s["walks"]:
-            return f"{ms['walk_refs_guest'] / s['walks']:.2f} g + {ms['walk_refs_host'] / s['walks']:.2f} h"
+            return f"{ms['walk_refs_guest'] / s['walks']:.2f} + {ms['walk_refs_host'] / s['walks']:.2f}"
         return f"{s['refs_per_walk']:.2f} (1D)"
 
-    row("  guest + host dimension", dims)
+    row("  guest + host", dims)
     row("guest page faults", lambda s: f"{s['guest_page_faults']:,}")
-    row("VM exits / 1000 accesses", lambda s: _per_1000(s["vm_exits"], s["accesses"]))
+    row("VM exits / 1k accesses", lambda s: _per_1000(s["vm_exits"], s["accesses"]))
     reasons = sorted({r for s in results for r in s["exits"]})
     for r in reasons:
         row(f"  {r}", lambda s, r=r: _per_1000(s["exits"].get(r, {}).get("count", 0), s["accesses"]))
-    row("VMM memory (EPT / shadow tables)", lambda s: f"{s.get('vmm_memory_bytes', 0) / 1024:,.0f} KiB")
+    row("VMM tables (EPT/shadow)", lambda s: f"{s.get('vmm_memory_bytes', 0) / 1024:,.0f} KiB")
     if any("shadow_pages" in (s.get("mode_stats") or {}) for s in results):
 
         def sps(s: dict[str, Any]) -> str:
             sp = (s.get("mode_stats") or {}).get("shadow_pages")
             return f"{sp['live']:,} / {sp['created']:,}" if sp else "-"
 
-        row("shadow pages (live / created)", sps)
+        row("shadow pages live/created", sps)
     return rows
 
 
@@ -102,18 +110,77 @@ def verdict(results: list[dict[str, Any]]) -> Text:
     return t
 
 
+def limit_note(results: list[dict[str, Any]]) -> Text:
+    """A warning when a guest program was stopped at the instruction limit (empty otherwise)."""
+    cut = [s for s in results if s.get("reason") == "limit"]
+    if not cut:
+        return Text("")
+    n = max(s.get("instructions", 0) for s in cut)
+    who = "" if len(cut) == len(results) else f" ({', '.join(mode_label(s) for s in cut)})"
+    return Text(
+        f"stopped at the instruction limit ({n:,} instructions){who}: the program did not finish, "
+        "and the figures cover only the part that ran.",
+        style="bold yellow",
+    )
+
+
+def _column_header(s: dict[str, Any]) -> str:
+    label = s["mode"]
+    ms = s.get("mode_stats") or {}
+    if "host" in ms:
+        label += f"\n{ms['host']} {ms['host_page']}"
+    elif "shadow_pages" in ms and _shadow_policy(ms):
+        label += f"\n{_shadow_policy(ms)}"
+    return label
+
+
+class CompareTables:
+    """The comparison table, split by mode columns into as few tables as fit the console.
+
+    Labels and cells never wrap; a single mode wider than the console is left to rich.
+    """
+
+    def __init__(self, results: list[dict[str, Any]], title: str = "") -> None:
+        self.results = results
+        self.title = title or "mmu compare"
+        self.rows = compare_rows(results)
+
+    def table(self, columns: list[int], title: str) -> Table:
+        """A table of the labels and the modes at indices ``columns``."""
+        t = Table(title=title, box=box.SIMPLE_HEAVY, show_edge=False, pad_edge=False, collapse_padding=True)
+        t.add_column("", style="bold", no_wrap=True)
+        for i in columns:
+            t.add_column(_column_header(self.results[i]), justify="right", no_wrap=True)
+        for label, cells in self.rows:
+            t.add_row(label, *(cells[i] for i in columns))
+        return t
+
+    def tables(self, console: Console, options: ConsoleOptions) -> list[Table]:
+        """The fewest tables, modes in order, that each fit ``options.max_width``."""
+        n = len(self.results)
+        unbounded = options.update(max_width=1 << 16)  # a table's own measure is clamped to the width
+        for parts in range(1, n + 1):
+            size = -(-n // parts)
+            groups = [list(range(i, min(i + size, n))) for i in range(0, n, size)]
+            titles = [self.title] + [f"{self.title} (continued)"] * (len(groups) - 1)
+            tables = [self.table(g, t) for g, t in zip(groups, titles, strict=True)]
+            if all(Measurement.get(console, unbounded, t).maximum <= options.max_width for t in tables):
+                return tables
+        return tables
+
+    def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
+        for t in self.tables(console, options):
+            yield t
+            yield Text("")
+
+
 def compare_renderable(results: list[dict[str, Any]], title: str = "") -> Group:
-    """One table, a column per mode, and a verdict line."""
-    t = Table(title=title or "mmu compare", box=box.SIMPLE_HEAVY)
-    t.add_column("", style="bold")
-    for s in results:
-        label = s["mode"]
-        ms = s.get("mode_stats") or {}
-        if "host" in ms:
-            label += f"\n{ms['host']} {ms['host_page']}"
-        elif "shadow_pages" in ms and _shadow_policy(ms):
-            label += f"\n{_shadow_policy(ms)}"
-        t.add_column(label, justify="right")
-    for label, cells in compare_rows(results):
-        t.add_row(label, *cells)
-    return Group(t, verdict(results))
+    """The comparison table(s), a note if a guest program was cut short, and a verdict line."""
+    parts: list[Any] = [CompareTables(results, title)]
+    note = limit_note(results)
+    if note:
+        parts.append(note)
+    line = verdict(results)
+    if line:
+        parts.append(line)
+    return Group(*parts)

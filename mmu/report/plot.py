@@ -1,6 +1,6 @@
 """A stacked bar per mode of where the cycles go (``mmu compare --plot``).
 
-matplotlib is an optional extra (``pip install "mmu[plot]"``); it is imported only when a plot is
+matplotlib is an optional extra (``pip install "mmu-lab[plot]"``); it is imported only when a plot is
 drawn, and drawn with the Agg canvas (no display). :func:`breakdown_segments` is the pure part:
 the stacked terms of every bar, bottom to top. :func:`breakdown_figure` draws them and returns the
 figure (tests inspect it); :func:`plot_breakdown` writes it to a file.
@@ -18,7 +18,7 @@ if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
 FORMATS = {".png": "png", ".svg": "svg", ".pdf": "pdf"}
-INSTALL_HINT = 'pip install "mmu[plot]"'
+INSTALL_HINT = 'pip install "mmu-lab[plot]"'
 
 # cycles_breakdown terms below the VM exits, bottom to top, with their legend labels
 _TERMS = (("base", "base"), ("tlb", "TLB"), ("walk", "page walks"), ("guest_page_faults", "guest #PF"))
