@@ -178,24 +178,21 @@ def find_shipped_trace(name: str) -> Path:
 
 def _parse_modes(spec: str, host_page: str, thp: str = "madvise") -> list[tuple[str, str, str]]:
     """(mode, host page, guest THP policy) per item of ``MODE[:HOSTPAGE][+thp]`` (+thp: always)."""
-    from mmu.engine import HOST_PAGES, MODES
     from mmu.guest.os import THP_POLICIES
+    from mmu.sweep.spec import parse_mode
 
     if thp not in THP_POLICIES:
         fail(f"unknown THP policy {thp!r}; choose never, madvise or always")
     out = []
     for item in [x.strip() for x in spec.split(",") if x.strip()]:
-        item_thp = thp
-        if item.lower().endswith("+thp"):
-            item, item_thp = item[:-4], "always"
-        mode, _, hp = item.partition(":")
+        try:
+            m = parse_mode(item)
+        except MMUInputError as exc:
+            fail(str(exc))
+            raise
         # the default host page applies to nested modes; shadow mode backs guest memory with 4k pages
-        hp = (hp or (host_page if mode == "nested" else "4k")).lower()
-        if mode not in MODES:
-            fail(f"unknown mode {mode!r} in --modes; choose from: {', '.join(MODES)} (nested:2m picks a host page)")
-        if hp not in HOST_PAGES:
-            fail(f"unknown host page size {hp!r} in --modes; choose one of: 4k, 2m, 1g")
-        out.append((mode, hp, item_thp))
+        hp = m.host_page or (host_page.lower() if m.mode == "nested" else "4k")
+        out.append((m.mode, hp, "always" if m.thp else thp))
     if not out:
         fail("--modes is empty")
     return out
@@ -233,8 +230,6 @@ def _compare(
     from mmu.cli.parallel import cpu_count, run_parallel
     from mmu.engine import MachineConfig
     from mmu.guest.run import DEFAULT_MAX_INSTRUCTIONS
-    from mmu.hw.cost import cost_array
-    from mmu.hw.presets import get_preset
 
     if workers < 0:
         fail(f"--workers must be >= 0, not {workers}")
@@ -256,15 +251,15 @@ def _compare(
             if args:
                 fail("program arguments are only for a guest program (PROGRAM.s)")
             TraceReader(source)  # the header, before any run
-        # what Machine() checks of the options compare passes, without building a machine
-        get_preset(cpu)
         overrides = _parse_costs(costs)
-        cost_array("skylake", overrides)
+        configs = [
+            MachineConfig(mode=mode, cpu=cpu, cost_overrides=overrides, host_page=hp, thp=thp)
+            for mode, hp, thp in modes
+        ]
+        for config in configs:
+            config.check()  # what Machine() checks, without building a machine
     except MMUInputError as exc:
         fail(str(exc))
-    configs = [
-        MachineConfig(mode=mode, cpu=cpu, cost_overrides=overrides, host_page=hp, thp=thp) for mode, hp, thp in modes
-    ]
     jobs = [(source, program, list(args or []), config, max_instructions) for config in configs]
     workers = min(workers or cpu_count(), len(jobs))
     err = Console(stderr=True)
