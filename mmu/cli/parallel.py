@@ -14,16 +14,14 @@ again here, where the CLI turns it into its one-line error.
 
 from __future__ import annotations
 
-import os
 import queue
-import signal
 import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
-from multiprocessing import get_context
 from typing import Any
 
 from mmu.errors import MMUInputError
+from mmu.pool import cpu_count, spawn_pool, stop_pool
 
 __all__ = ["PATIENCE_S", "cpu_count", "run_parallel"]
 
@@ -33,16 +31,8 @@ __all__ = ["PATIENCE_S", "cpu_count", "run_parallel"]
 PATIENCE_S = 1.0
 
 
-def cpu_count() -> int:
-    """The processors this process may run on (its affinity mask where the OS has one)."""
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # not on Linux
-        return max(1, os.cpu_count() or 1)
-
-
-def _ignore_sigint() -> None:
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+def _nothing() -> None:
+    """A worker's warm-up when the caller gives none."""
 
 
 def _call(fn: Callable[..., Any], args: tuple) -> tuple[bool, Any]:
@@ -50,20 +40,6 @@ def _call(fn: Callable[..., Any], args: tuple) -> tuple[bool, Any]:
         return True, fn(*args)
     except MMUInputError as exc:
         return False, str(exc)
-
-
-def _stop(pool: ProcessPoolExecutor) -> None:
-    """Cancel what has not started and end the workers now (a job can take minutes)."""
-    procs = list((getattr(pool, "_processes", None) or {}).values())
-    pool.shutdown(wait=False, cancel_futures=True)
-    terminate = getattr(pool, "terminate_workers", None)  # Python >= 3.14
-    if terminate is not None:
-        terminate()
-    else:
-        for proc in procs:
-            proc.terminate()
-    for proc in procs:  # none is left behind when this process ends
-        proc.join(5)
 
 
 def run_parallel(
@@ -140,8 +116,8 @@ def run_parallel(
             pool.submit(_call, fn, jobs[i]).add_done_callback(lambda f, i=i: events.put(("worker", i, f)))
 
     def start_pool() -> ProcessPoolExecutor:
-        pool = ProcessPoolExecutor(max_workers=workers - 1, mp_context=get_context("spawn"), initializer=_ignore_sigint)
-        warm_fn, warm_args = warm or (_ignore_sigint, ())
+        pool = spawn_pool(workers - 1)
+        warm_fn, warm_args = warm or (_nothing, ())
         for _ in range(workers - 1):
             pool.submit(warm_fn, *warm_args).add_done_callback(lambda f: events.put(("free", None, f)))
         return pool
@@ -177,5 +153,5 @@ def run_parallel(
     finally:
         stopped.set()
         if pool is not None:
-            _stop(pool)  # workers still loading kernels when the jobs ran out are not waited for
+            stop_pool(pool)  # workers still loading kernels when the jobs ran out are not waited for
     return results

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from mmu.errors import MMUInputError
+from mmu.pool import cpu_count, spawn_pool, stop_pool
 from mmu.sweep.spec import Task
 from mmu.sweep.table import SweepTable
 
@@ -29,14 +30,6 @@ class SweepOutcome:
 def pending(tasks: list[Task], table: SweepTable) -> list[Task]:
     """The tasks with a row not yet in ``table`` (or failed there)."""
     return [t for t in tasks if not all(table.done(t.key(k)) for k in range(len(t.prices)))]
-
-
-def default_workers() -> int:
-    """One worker per core this process may use."""
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # not Linux
-        return max(1, os.cpu_count() or 1)
 
 
 def run_sweep(
@@ -75,30 +68,29 @@ def run_sweep(
     if todo:
         if dask is not None:
             _run_dask(todo, dask, workers, upload, finished)
-        elif (workers or default_workers()) <= 1 or len(todo) == 1:
+        elif (workers or cpu_count()) <= 1 or len(todo) == 1:
             from mmu.sweep.run import run_task
 
             for task in todo:
                 finished(run_task(task))
         else:
-            _run_pool(todo, min(workers or default_workers(), len(todo)), finished)
+            _run_pool(todo, min(workers or cpu_count(), len(todo)), finished)
     return SweepOutcome(rows=total, skipped=skipped, simulations=len(todo), failed=failed, table=table)
 
 
 def _run_pool(todo: list[Task], workers: int, finished: Callable[[list[dict[str, Any]]], None]) -> None:
-    import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor, as_completed
+    from concurrent.futures import as_completed
 
     from mmu.sweep.run import run_task
 
-    # spawn: each worker imports mmu afresh and loads the compiled kernels from numba's cache
-    pool = ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"))
+    # spawned workers load the compiled kernels from numba's cache; Ctrl-C ends them at once
+    pool = spawn_pool(workers)
     try:
         futures = [pool.submit(run_task, t) for t in _largest_first(todo)]
         for fut in as_completed(futures):
             finished(fut.result())
     except BaseException:
-        pool.shutdown(wait=False, cancel_futures=True)
+        stop_pool(pool)
         raise
     pool.shutdown()
 
@@ -144,7 +136,7 @@ def _run_dask(
     try:
         if address == "local":
             cluster = LocalCluster(
-                n_workers=workers or default_workers(), threads_per_worker=1, processes=True, dashboard_address=None
+                n_workers=workers or cpu_count(), threads_per_worker=1, processes=True, dashboard_address=None
             )
             client = Client(cluster)
         else:
