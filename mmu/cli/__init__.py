@@ -62,7 +62,8 @@ def _run_replay(
     from rich.console import Console
     from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeRemainingColumn
 
-    from mmu.engine import MODES, MachineConfig, replay, replay_interleaved
+    from mmu.engine import MODES, MachineConfig
+    from mmu.replayfile import replay, replay_interleaved
     from mmu.report.summary import summary_renderable
     from mmu.stats import to_json
 
@@ -209,7 +210,8 @@ def _compare(
     """Run one input in each mode: a trace is replayed; a guest program (``.s``) is run."""
     from rich.console import Console
 
-    from mmu.engine import MachineConfig, replay
+    from mmu.engine import MachineConfig
+    from mmu.replayfile import replay
 
     program = None
     if source.suffix == ".s":

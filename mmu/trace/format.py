@@ -37,6 +37,27 @@ from typing import Any
 import numpy as np
 
 from mmu.errors import MMUInputError, TraceFormatError
+from mmu.trace.ops import (  # noqa: F401  (re-exported: kernels import the record layout from mmu.trace.ops)
+    MAX_ACCESS_SIZE,
+    OP_EXIT,
+    OP_FETCH,
+    OP_FORK,
+    OP_MMAP,
+    OP_MUNMAP,
+    OP_NAMES,
+    OP_READ,
+    OP_SWITCH,
+    OP_WRITE,
+    PAGE_SIZE,
+    PROT_EXEC,
+    PROT_MASK,
+    PROT_READ,
+    PROT_THP,
+    PROT_WRITE,
+    RECORD_DTYPE,
+    RECORD_SIZE,
+    is_access,
+)
 
 MAGIC = b"MMUTRACE"
 VERSION = 1
@@ -45,53 +66,8 @@ ALIGN = 16
 MAX_HEADER_BYTES = 1 << 24  # a header longer than 16 MiB is treated as corrupt
 HEADER_RESERVE = 256  # spaces a writer leaves in the JSON so update_header can rewrite in place
 
-RECORD_DTYPE = np.dtype([("addr", "<u8"), ("arg", "<u4"), ("pid", "<u2"), ("op", "u1"), ("flags", "u1")])
-RECORD_SIZE = RECORD_DTYPE.itemsize  # 16
-
-# Accesses: addr = virtual address, arg = size in bytes (1..MAX_ACCESS_SIZE).
-OP_READ = 0
-OP_WRITE = 1
-OP_FETCH = 2
-# OS events.
-OP_SWITCH = 16  # pid = process switched to
-OP_MMAP = 17  # addr = start (4 KiB aligned), arg = length in 4 KiB pages, flags = PROT_* bits
-OP_MUNMAP = 18  # addr, arg as for OP_MMAP; flags = 0
-OP_FORK = 19  # pid = parent, arg = child pid
-OP_EXIT = 20  # pid = exiting process
-
-PROT_READ = 1
-PROT_WRITE = 2
-PROT_EXEC = 4
-PROT_THP = 8  # transparent huge pages allowed in this mapping
-PROT_MASK = PROT_READ | PROT_WRITE | PROT_EXEC | PROT_THP
-
-MAX_ACCESS_SIZE = 4096
-PAGE_SIZE = 4096
-
-OP_NAMES: dict[int, str] = {
-    OP_READ: "read",
-    OP_WRITE: "write",
-    OP_FETCH: "fetch",
-    OP_SWITCH: "switch",
-    OP_MMAP: "mmap",
-    OP_MUNMAP: "munmap",
-    OP_FORK: "fork",
-    OP_EXIT: "exit",
-}
-
 _VALID_OP = np.zeros(256, dtype=np.bool_)
 _VALID_OP[list(OP_NAMES)] = True
-
-
-def is_access(op):
-    """True where ``op`` is a memory access (read, write, fetch).
-
-    Parameters
-    ----------
-    op : int or ndarray of integer
-        Op code(s); an array gives a boolean array of the same shape.
-    """
-    return op <= OP_FETCH
 
 
 def _where(path: Path | str | None) -> str:
