@@ -32,33 +32,46 @@ def replay(
     ----------
     emit_path : path, optional
         Write the guest-physical address of every access (uint64, trace order) as ``.npy``.
-        Accesses with no translation are written as 2**64 - 1.
+        Accesses with no translation are written as 2**64 - 1. Written chunk by chunk through
+        one buffer (a memory map of the output would keep every page written resident, so
+        memory would grow with the trace).
     progress : callable(done_records, total_records), optional
         Called between chunks.
     """
     reader = TraceReader(path)
     machine = Machine(config)
     total = reader.n_records
-    out_arr = None
+    out_file = None
+    out_buf = None
     tmp_emit = None
-    if emit_path is not None:
-        emit_path = Path(emit_path)
-        tmp_emit = emit_path.with_name(emit_path.name + ".partial")
-        out_arr = np.lib.format.open_memmap(tmp_emit, mode="w+", dtype=np.uint64, shape=(reader.count_accesses(),))
+    n_accesses = 0
     try:
+        if emit_path is not None:
+            emit_path = Path(emit_path)
+            tmp_emit = emit_path.with_name(emit_path.name + ".partial")
+            n_accesses = reader.count_accesses()
+            out_file = open(tmp_emit, "wb")
+            header = {"descr": np.lib.format.dtype_to_descr(np.dtype("<u8")), "fortran_order": False}
+            np.lib.format.write_array_header_1_0(out_file, {**header, "shape": (n_accesses,)})
+            out_buf = np.empty(min(chunk_size, max(total, 1)), dtype="<u8")  # one chunk emits at most its length
         done = 0
         emitted = 0
         for chunk in reader.chunks(chunk_size):
-            view = None if out_arr is None else out_arr[emitted:]
-            emitted += machine.run(chunk, view, where=str(path))
+            k = machine.run(chunk, out_buf, where=str(path))
+            if out_file is not None:
+                out_file.write(memoryview(out_buf[:k]))
+            emitted += k
             done += len(chunk)
             if progress is not None:
                 progress(done, total)
-        if out_arr is not None:
-            out_arr.flush()
-            del out_arr
+        if out_file is not None:
+            out_file.close()
+            if emitted != n_accesses:  # the kernel emits one address per access record
+                raise AssertionError(f"emitted {emitted} translations for {n_accesses} accesses")
             tmp_emit.replace(emit_path)
     except BaseException:
+        if out_file is not None:
+            out_file.close()
         if tmp_emit is not None and tmp_emit.exists():
             tmp_emit.unlink()
         raise
