@@ -384,8 +384,10 @@ def _unlink(path: Path) -> None:
 class TraceReader:
     """Read a trace file in chunks (constant memory whatever its size).
 
-    Opening reads and checks the magic, version and header; records are checked
-    chunk by chunk as they are read (see :func:`record_error`).
+    Opening reads and checks the magic, version and header and, in a version 2 file, the
+    trailer, the size it implies, and the CRCs of the header and of the chunk index. Chunk
+    CRCs (version 2) and records (see :func:`record_error`) are checked chunk by chunk as
+    they are read.
 
     Parameters
     ----------
@@ -397,15 +399,23 @@ class TraceReader:
     header : dict
         The JSON metadata.
     n_records : int
-        Number of records (from the file size).
+        Number of records (version 2: from the trailer; version 1: from the file size).
+    version : int
+        The file's format version (1 or 2).
     data_offset : int
         Byte offset of record 0.
+    chunk_records : int
+        Records per checksummed chunk (version 2); 0 for a version 1 file (unchecked).
+    chunk_crcs : ndarray of uint32, shape (ceil(n_records / chunk_records),), or None
+        Each chunk's stored CRC-32 (version 2); None for a version 1 file.
 
     Raises
     ------
     TraceFormatError
-        Missing or unreadable file, wrong magic, unsupported version, bad header, or a
-        size that is not a whole number of records. The message is one line naming the file.
+        Missing or unreadable file, wrong magic, unsupported version, bad header, a
+        truncated or corrupt file (version 2: missing trailer, wrong size, header or index
+        CRC mismatch; version 1: a size that is not a whole number of records). The message
+        is one line naming the file.
     """
 
     def __init__(self, path: str | os.PathLike) -> None:
