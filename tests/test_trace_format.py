@@ -447,7 +447,7 @@ def test_version_1_file_still_reads_unchecked(tmp_path):
     assert int(read_trace(p)["addr"][5]) == int(recs["addr"][5]) ^ (1 << 8)
 
 
-def test_shipped_traces_read(tmp_path):
+def test_shipped_traces_read():
     from pathlib import Path
 
     traces = sorted((Path(__file__).resolve().parent.parent / "traces").glob("*.trace"))
