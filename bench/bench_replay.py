@@ -127,7 +127,7 @@ def test_end_to_end_replay_process(benchmark, l1_trace_20m):
 
 def test_end_to_end_replay_in_process(benchmark, l1_trace_20m):
     """``mmu.replay(FILE)`` on the same file in a warm process (reading and validation included)."""
-    from mmu.engine import replay
+    from mmu.replayfile import replay
 
     replay(l1_trace_20m, MachineConfig(mode="native"))
 

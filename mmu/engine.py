@@ -12,9 +12,8 @@ the record.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -64,7 +63,7 @@ from mmu.stats import (
     stats_dict,
     with_tlb_hits,
 )
-from mmu.trace.format import OP_MMAP, OP_NAMES, OP_SWITCH, TraceReader
+from mmu.trace.ops import OP_MMAP, OP_NAMES, OP_SWITCH
 from mmu.x86.bits import CTL_LA57, CTL_NXE, CTL_PGE, CTL_WP
 from mmu.x86.ept import HT_COLS
 from mmu.x86.nested import GT_COLS, MAX_REFS, RF_COLS
@@ -618,81 +617,21 @@ class Machine:
         )
 
 
-def replay(
-    path: str | Path,
-    config: MachineConfig | None = None,
-    *,
-    chunk_size: int = 1 << 20,
-    emit_path: str | Path | None = None,
-    progress: Callable[[int, int], None] | None = None,
-) -> dict[str, Any]:
-    """Replay the trace at ``path`` and return its stats object.
-
-    Parameters
-    ----------
-    emit_path : path, optional
-        Write the guest-physical address of every access (uint64, trace order) as ``.npy``.
-        Accesses with no translation are written as 2**64 - 1.
-    progress : callable(done_records, total_records), optional
-        Called between chunks.
-    """
-    reader = TraceReader(path)
-    machine = Machine(config)
-    total = reader.n_records
-    out_arr = None
-    tmp_emit = None
-    if emit_path is not None:
-        emit_path = Path(emit_path)
-        tmp_emit = emit_path.with_name(emit_path.name + ".partial")
-        out_arr = np.lib.format.open_memmap(tmp_emit, mode="w+", dtype=np.uint64, shape=(reader.count_accesses(),))
-    try:
-        done = 0
-        emitted = 0
-        for chunk in reader.chunks(chunk_size):
-            view = None if out_arr is None else out_arr[emitted:]
-            emitted += machine.run(chunk, view, where=str(path))
-            done += len(chunk)
-            if progress is not None:
-                progress(done, total)
-        if out_arr is not None:
-            out_arr.flush()
-            del out_arr
-            tmp_emit.replace(emit_path)
-    except BaseException:
-        if tmp_emit is not None and tmp_emit.exists():
-            tmp_emit.unlink()
-        raise
-    return machine.result(extra={"trace": str(path), "records": total})
-
-
-def replay_interleaved(
-    paths: list[str | Path],
-    config: MachineConfig | None = None,
-    *,
-    quantum: int = 10_000,
-    chunk_size: int = 1 << 20,
-    progress: Callable[[int, int], None] | None = None,
-) -> dict[str, Any]:
-    """Replay several single-process traces as processes of one guest, round robin with
-    ``quantum`` records per slice (trace *k* is pid *k + 1*); returns the stats object."""
-    from mmu.trace.interleave import interleave
-
-    paths = [Path(p) for p in paths]
-    total = sum(TraceReader(p).n_records for p in paths)
-    machine = Machine(config)
-    where = "interleaved " + " + ".join(p.name for p in paths)
-    done = 0
-    for chunk in interleave(paths, quantum, chunk_size):
-        machine.run(chunk, where=where)
-        done += len(chunk)
-        if progress is not None:
-            progress(done, total)
-    return machine.result(extra={"trace": [str(p) for p in paths], "records": total, "quantum": quantum})
-
-
 def replay_records(records: Iterable[np.ndarray], config: MachineConfig | None = None) -> dict[str, Any]:
     """Replay in-memory record chunks (tests, the executor) and return the stats object."""
     machine = Machine(config)
     for chunk in records:
         machine.run(chunk)
     return machine.result()
+
+
+def __getattr__(name: str):
+    # ``replay`` and ``replay_interleaved`` read trace files, so they live in mmu.replayfile:
+    # importing the trace reader here would put mmu/trace/format.py in the cache key of the
+    # replay kernel (mmu._jit keys a kernel by every mmu file its module imports) and every
+    # edit of the file format would recompile it. Old imports keep working through this.
+    if name in ("replay", "replay_interleaved"):
+        import importlib
+
+        return getattr(importlib.import_module("mmu.replayfile"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

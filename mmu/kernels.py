@@ -70,7 +70,7 @@ def _specs() -> dict[str, tuple[Any, tuple]]:
     from mmu.guest.isa import USED_MASK_TABLE
     from mmu.modes.probe import MAX_REFS, W_COLS
     from mmu.stats import new_stats
-    from mmu.trace.format import RECORD_DTYPE
+    from mmu.trace.ops import RECORD_DTYPE
 
     d = _dispatchers()
     m = Machine(MachineConfig(mode="nested"))

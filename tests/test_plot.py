@@ -10,8 +10,9 @@ import pytest
 from typer.testing import CliRunner
 
 from mmu.cli import app
-from mmu.engine import MachineConfig, replay
+from mmu.engine import MachineConfig
 from mmu.errors import MMUInputError
+from mmu.replayfile import replay
 from mmu.report.compare import mode_label
 from mmu.report.plot import breakdown_figure, breakdown_segments, plot_breakdown
 from tests.test_cli_replay import assert_clean_failure

@@ -10,11 +10,12 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from mmu.engine import Machine, MachineConfig, replay
+from mmu.engine import Machine, MachineConfig
 from mmu.errors import MMUInputError
 from mmu.hw.cost import K_L2_LINES, K_L2_WAYS, K_LLC_LINES, K_LLC_WAYS
 from mmu.hw.presets import get_preset
 from mmu.memory import mem_read
+from mmu.replayfile import replay
 from mmu.trace.format import RECORD_DTYPE, TraceReader, write_trace
 from tests.reference.replay import RefNativeReplay
 

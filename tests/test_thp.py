@@ -13,7 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import mmu
-from mmu.engine import Machine, MachineConfig, replay
+from mmu.engine import Machine, MachineConfig
 from mmu.errors import MMUInputError
 from mmu.guest.asm import assemble_file
 from mmu.guest.isa import PROT_THP
@@ -21,6 +21,7 @@ from mmu.guest.os import MAX_PROCS, P_ROOT
 from mmu.guest.refcpu import run as ref_run
 from mmu.guest.run import run_program
 from mmu.memory import ALIGN_ROOM, FrameAllocator, alloc_block, alloc_frame, alloc_room, free_block, free_frame
+from mmu.replayfile import replay
 from mmu.stats import EXIT_CR3_LOAD, EXIT_INVLPG, S_EXIT_BASE
 from mmu.trace.format import OP_EXIT, OP_FORK, OP_MMAP, OP_MUNMAP, OP_SWITCH, RECORD_DTYPE
 from tests.reference.guest_os import check_guest_os

@@ -102,7 +102,7 @@ def test_info_tables_and_json(tmp_path):
     assert run("import", "lackey", DATA / "lackey_echo.txt", "-o", out, "-q").exit_code == 0
     r = run("info", out)
     assert r.exit_code == 0, r.output
-    for word in ("mmu trace v1", "lackey", "fetch", "read", "write", "4 KiB pages touched", "total"):
+    for word in ("mmu trace v2", "CRC-32 per 65,536-record chunk", "lackey", "fetch", "read", "4 KiB pages", "total"):
         assert word in r.stdout
     r = run("info", out, "--json")
     info = json.loads(r.stdout)
@@ -113,6 +113,7 @@ def test_info_tables_and_json(tmp_path):
     }
     assert info["pages_4k"] == len(np.unique(recs["addr"] >> np.uint64(12)))
     assert info["header"]["source"] == "lackey"
+    assert (info["version"], info["chunk_records"]) == (2, 65536)
 
 
 @pytest.mark.parametrize("content, fragment", [(b"", "truncated"), (b"garbage!" * 8, "not an mmu trace file")])
@@ -127,10 +128,26 @@ def test_info_bad_record(tmp_path):
     r["arg"] = 1
     p = tmp_path / "x.trace"
     write_trace(p, r, {})
-    raw = bytearray(p.read_bytes())
+    reader = TraceReader(p)
+    raw = bytearray(p.read_bytes()[: reader.data_offset + 16 * 3])
+    raw[8:12] = (1).to_bytes(4, "little")  # as a version 1 file (no checksums): the record check speaks
     raw[-2] = 99  # op of record 2
     p.write_bytes(bytes(raw))
     assert_clean_failure(run("info", p), "record 2: unknown op code 99")
+
+
+@pytest.mark.parametrize("command", ["info", "replay"])
+def test_corrupted_chunk(tmp_path, command):
+    r = np.zeros(70_000, dtype=RECORD_DTYPE)
+    r["addr"] = np.arange(70_000, dtype=np.uint64) * 64
+    r["arg"] = 8
+    p = tmp_path / "x.trace"
+    write_trace(p, r, {})
+    raw = bytearray(p.read_bytes())
+    raw[TraceReader(p).data_offset + 16 * 66_000 + 3] ^= 0x04  # an address bit of record 66000: chunk 1
+    p.write_bytes(bytes(raw))
+    res = run(command, p)
+    assert_clean_failure(res, str(p), "chunk 1 (records 65536..69999): checksum mismatch", "corrupted")
 
 
 @pytest.mark.skipif(shutil.which("valgrind") is None, reason="valgrind not installed")

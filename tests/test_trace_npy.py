@@ -45,6 +45,43 @@ def test_integer_dtypes(tmp_path, dtype):
     assert read_trace(tmp_path / "a.trace")["addr"].tolist() == [0, 1, 0x7FFF]
 
 
+@pytest.mark.parametrize("chunk", [1, 3, 64, 1000, 5000])
+@pytest.mark.parametrize(
+    "dtype",
+    [">u8", "<u2", [("pid", ">u2"), ("addr", ">i8"), ("op", "u1"), ("size", "<u4")]],
+    ids=["big-endian", "u16", "packed-structured"],
+)
+def test_streamed_chunks_equal_the_whole_array(tmp_path, chunk, dtype):
+    # the importer converts the mapped file in pieces of ``chunk`` elements, dropping each piece's
+    # pages once converted: any piece size, byte order
+    # and packed field layout must give what converting the whole loaded array gives
+    rng = np.random.default_rng(chunk)
+    a = np.zeros(1000, dtype=dtype)
+    if a.dtype.names is None:
+        a[:] = rng.integers(0, min(int(np.iinfo(a.dtype).max), 1 << 62), 1000)
+        expect = a.astype(np.uint64)
+    else:
+        a["addr"] = rng.integers(0, 1 << 47, 1000)
+        a["op"] = rng.integers(0, 3, 1000)
+        a["size"] = rng.integers(1, 4097, 1000)
+        a["pid"] = rng.integers(0, 9, 1000)
+        expect = a["addr"].astype(np.uint64)
+    np.save(tmp_path / "a.npy", a)
+    s = import_npy(tmp_path / "a.npy", tmp_path / "a.trace", chunk=chunk)
+    got = read_trace(tmp_path / "a.trace")
+    assert s.records == 1000 and s.bytes_read == a.nbytes
+    assert got["addr"].tolist() == expect.tolist()
+    if a.dtype.names is not None:
+        assert got["op"].tolist() == a["op"].tolist() and got["arg"].tolist() == a["size"].tolist()
+        assert got["pid"].tolist() == a["pid"].tolist()
+
+
+def test_empty_array(tmp_path):
+    np.save(tmp_path / "e.npy", np.zeros(0, dtype=np.uint64))
+    s = import_npy(tmp_path / "e.npy", tmp_path / "e.trace")
+    assert s.records == 0 and read_trace(tmp_path / "e.trace").shape == (0,)
+
+
 def test_own_record_dtype_imports_as_is_with_events(tmp_path):
     r = np.zeros(3, dtype=RECORD_DTYPE)
     r[0] = (0x7F0000000000, 16, 2, OP_MMAP, 3)

@@ -62,7 +62,8 @@ def _run_replay(
     from rich.console import Console
     from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeRemainingColumn
 
-    from mmu.engine import MODES, MachineConfig, replay, replay_interleaved
+    from mmu.engine import MODES, MachineConfig
+    from mmu.replayfile import replay, replay_interleaved
     from mmu.report.summary import summary_renderable
     from mmu.stats import to_json
 
@@ -204,7 +205,7 @@ def _run_mode(source: Path, program: Any, args: list[int], config: Any, max_inst
         from mmu.guest.run import run_program
 
         return run_program(program, args, config, max_instructions=max_instructions)
-    from mmu.engine import replay
+    from mmu.replayfile import replay
 
     return replay(source, config)
 

@@ -110,12 +110,14 @@ def record_cmd(
 
 
 def trace_info(path: Path, chunk_size: int = 1 << 20) -> dict:
-    """Header, size and per-op counts of a trace, plus its footprint (validates every record).
+    """Header, size and per-op counts of a trace, plus its footprint (validates every record and,
+    in a version 2 file, every chunk checksum).
 
     Returns
     -------
     dict
-        ``path``, ``header``, ``version``, ``file_bytes``, ``records``, ``accesses``,
+        ``path``, ``header``, ``version``, ``chunk_records`` (records per checksummed chunk;
+        0 for a version 1 file, which has no checksums), ``file_bytes``, ``records``, ``accesses``,
         ``ops`` (name -> count), ``pids`` (sorted list), ``pages_4k`` and ``regions_2m``
         (distinct 4 KiB pages / 2 MiB regions touched by accesses, by start address),
         ``min_addr``/``max_addr`` (of accesses, or None).
@@ -142,6 +144,7 @@ def trace_info(path: Path, chunk_size: int = 1 << 20) -> dict:
     return {
         "path": str(path),
         "version": reader.version,
+        "chunk_records": reader.chunk_records,
         "header": reader.header,
         "file_bytes": reader.file_size,
         "records": reader.n_records,
@@ -164,6 +167,10 @@ def info_renderable(info: dict):
     head.add_column("field", style="bold")
     head.add_column("value", overflow="fold")
     head.add_row("format", f"mmu trace v{info['version']}, {info['file_bytes']:,} bytes")
+    if info.get("chunk_records"):
+        head.add_row("checksums", f"CRC-32 per {info['chunk_records']:,}-record chunk, all verified")
+    else:
+        head.add_row("checksums", "none (version 1 file: unchecked)")
     for key in sorted(info["header"]):
         value = info["header"][key]
         head.add_row(key, value if isinstance(value, str) else json.dumps(value))

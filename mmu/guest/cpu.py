@@ -45,7 +45,7 @@ from mmu.modes.dispatch import translate_access, translate_hit
 from mmu.modes.shadow import sh_budget
 from mmu.modes.vmm import MODE_NATIVE, MODE_SHADOW, V_MODE, vm_hpa, vm_room
 from mmu.stats import S_ACCESSES, S_EVENTS, S_READS
-from mmu.trace.format import OP_SWITCH
+from mmu.trace.ops import OP_SWITCH
 from mmu.x86.bits import ACC_FETCH, ACC_READ, ACC_WRITE
 
 # Slice outcomes (first element of cpu_slice's result).

@@ -107,7 +107,7 @@ from mmu.stats import (
     S_THP_MAPPED,
     S_THP_SPLITS,
 )
-from mmu.trace.format import OP_EXIT, OP_FORK, OP_MMAP, OP_MUNMAP
+from mmu.trace.ops import OP_EXIT, OP_FORK, OP_MMAP, OP_MUNMAP
 from mmu.x86.bits import ACC_FETCH, ACC_WRITE, CTL_NXE, PF_P, PTE_A, PTE_P, PTE_PS, PTE_RW, PTE_US, PTE_XD
 
 OS_UNSUPPORTED = 9  # an OS event this guest kernel cannot perform (bad pid, pid already in use)

@@ -95,7 +95,7 @@ from mmu.guest.isa import (
     to_signed64,
     xorshift64,
 )
-from mmu.trace.format import OP_EXIT, OP_FETCH, OP_FORK, OP_MMAP, OP_MUNMAP, OP_READ, OP_SWITCH, OP_WRITE
+from mmu.trace.ops import OP_EXIT, OP_FETCH, OP_FORK, OP_MMAP, OP_MUNMAP, OP_READ, OP_SWITCH, OP_WRITE
 
 __all__ = ["Fault", "Machine", "Process", "RunResult", "alu", "run"]
 

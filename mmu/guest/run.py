@@ -98,16 +98,8 @@ from mmu.guest.osops import (
     vma_index,
 )
 from mmu.guest.refcpu import Fault
-from mmu.trace.format import (
-    OP_EXIT,
-    OP_FORK,
-    OP_MMAP,
-    OP_MUNMAP,
-    OP_SWITCH,
-    RECORD_DTYPE,
-    TraceWriter,
-    base_header,
-)
+from mmu.trace.format import TraceWriter, base_header
+from mmu.trace.ops import OP_EXIT, OP_FORK, OP_MMAP, OP_MUNMAP, OP_SWITCH, RECORD_DTYPE
 
 __all__ = ["DEFAULT_MAX_INSTRUCTIONS", "run_program"]
 

@@ -212,7 +212,7 @@ def build_shadow(host_page: str = "4k") -> Any:
 
     from mmu.engine import Machine, MachineConfig
     from mmu.guest.os import O_CUR, P_ROOT
-    from mmu.trace.format import OP_READ, RECORD_DTYPE
+    from mmu.trace.ops import OP_READ, RECORD_DTYPE
 
     m = Machine(MachineConfig(mode="shadow", host_page=host_page))
 

@@ -14,8 +14,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from mmu.engine import MachineConfig, replay
+from mmu.engine import MachineConfig
 from mmu.errors import MMUInputError
+from mmu.replayfile import replay
 from mmu.stats import reprice, to_csv_row
 from mmu.sweep.spec import PARAMS, Task
 

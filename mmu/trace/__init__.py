@@ -1,7 +1,8 @@
 """Memory traces: the project's own binary format, importers and a recorder.
 
-* :mod:`mmu.trace.format` -- the ``MMUTRACE`` v1 file format: :data:`RECORD_DTYPE`, op codes,
+* :mod:`mmu.trace.format` -- the ``MMUTRACE`` file format (v2: CRC-32 per chunk; v1 read):
   :class:`TraceWriter`, :class:`TraceReader`, :func:`read_trace`.
+* :mod:`mmu.trace.ops` -- :data:`RECORD_DTYPE`, op codes, PROT_* bits (what kernels import).
 * importers -- :func:`import_lackey`, :func:`import_pin`, :func:`import_champsim`,
   :func:`import_npy`, each ``(input_path, output_path, **opts) -> ImportSummary``.
 * :func:`record` -- run a program under Valgrind Lackey and write its trace.

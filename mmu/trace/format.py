@@ -1,26 +1,27 @@
-"""The project's own binary trace format (version 1): reader, writer, record layout.
+"""The project's own binary trace format (version 2, reads 1 too): reader, writer, chunk checksums.
 
 A trace file is, little-endian::
 
-    offset  size  field
-    0       8     magic  b"MMUTRACE"
-    8       4     u32 format version (1)
-    12      4     u32 header length H (bytes of JSON that follow)
-    16      H     header: UTF-8 JSON object (metadata; never pickle)
-    16+H    P     zero padding so that records start on a 16-byte boundary
-    D       16*N  N records of :data:`RECORD_DTYPE` to end of file
+    offset     size  field
+    0          8     magic  b"MMUTRACE"
+    8          4     u32 format version (2; 1 is still read)
+    12         4     u32 header length H (bytes of JSON that follow)
+    16         H     header: UTF-8 JSON object (metadata; never pickle)
+    16+H       P     zero padding so that records start on a 16-byte boundary
+    D          16*N  N records of :data:`RECORD_DTYPE`
+    -- version 2 only --
+    D+16N      4*K   chunk index: u32 CRC-32 (zlib) of each chunk's 16*C record bytes (the last chunk
+                     may be shorter); K = ceil(N / C)
+    D+16N+4K   32    trailer: u64 N, u32 C, u32 CRC-32 of bytes [0, D), u32 CRC-32 of the index,
+                     u32 0, 8-byte magic b"MMUCHUNK"
 
-``D = 16 + H + P`` is the smallest multiple of 16 that is ``>= 16 + H``. The record
-count is derived from the file size, so a writer can stream; a size that is not
-``D + 16*N`` is a truncated file. See ``docs/trace-format.md`` for the op codes.
-
-Records (``RECORD_DTYPE``, 16 bytes)::
-
-    addr  <u8   virtual address (accesses), start address (mmap/munmap), else 0
-    arg   <u4   access size in bytes 1..4096; pages for mmap/munmap; child pid for fork
-    pid   <u2   process issuing the access / switched to / forking (parent) / exiting
-    op    u1    OP_* code
-    flags u1    PROT_* bits for mmap; 0 otherwise (reserved)
+``D = 16 + H + P`` is the smallest multiple of 16 that is ``>= 16 + H``. A writer streams the
+records and keeps one CRC per chunk (4 bytes per 1 MiB of records), then appends index and
+trailer when it closes. The reader checks header and index at open, and each chunk's CRC
+as it reads the chunk; a mismatch is a :class:`TraceFormatError` naming the chunk and its
+records. Version 1 files have no index or trailer (N comes from the file size) and are read
+unchecked. See ``docs/trace-format.md``. The record layout and op codes live in
+:mod:`mmu.trace.ops` (kernels import them there) and are re-exported here.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ import json
 import os
 import secrets
 import shutil
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -37,61 +39,52 @@ from typing import Any
 import numpy as np
 
 from mmu.errors import MMUInputError, TraceFormatError
+from mmu.trace.ops import (  # noqa: F401  (re-exported: kernels import the record layout from mmu.trace.ops)
+    MAX_ACCESS_SIZE,
+    OP_EXIT,
+    OP_FETCH,
+    OP_FORK,
+    OP_MMAP,
+    OP_MUNMAP,
+    OP_NAMES,
+    OP_READ,
+    OP_SWITCH,
+    OP_WRITE,
+    PAGE_SIZE,
+    PROT_EXEC,
+    PROT_MASK,
+    PROT_READ,
+    PROT_THP,
+    PROT_WRITE,
+    RECORD_DTYPE,
+    RECORD_SIZE,
+    is_access,
+)
 
 MAGIC = b"MMUTRACE"
-VERSION = 1
+VERSION = 2  # what writers write
+VERSIONS = (1, 2)  # what the reader reads (1: no checksums)
+TRAILER_MAGIC = b"MMUCHUNK"
+TRAILER_DTYPE = np.dtype(
+    [
+        ("n_records", "<u8"),
+        ("chunk_records", "<u4"),
+        ("header_crc", "<u4"),
+        ("index_crc", "<u4"),
+        ("reserved", "<u4"),
+        ("magic", "S8"),
+    ]
+)
+TRAILER_SIZE = TRAILER_DTYPE.itemsize  # 32
+CHUNK_RECORDS = 1 << 16  # records per checksummed chunk (1 MiB) that writers use
+MAX_CHUNK_RECORDS = 1 << 26
 PREFIX_SIZE = 16  # magic + version + header length
 ALIGN = 16
 MAX_HEADER_BYTES = 1 << 24  # a header longer than 16 MiB is treated as corrupt
 HEADER_RESERVE = 256  # spaces a writer leaves in the JSON so update_header can rewrite in place
 
-RECORD_DTYPE = np.dtype([("addr", "<u8"), ("arg", "<u4"), ("pid", "<u2"), ("op", "u1"), ("flags", "u1")])
-RECORD_SIZE = RECORD_DTYPE.itemsize  # 16
-
-# Accesses: addr = virtual address, arg = size in bytes (1..MAX_ACCESS_SIZE).
-OP_READ = 0
-OP_WRITE = 1
-OP_FETCH = 2
-# OS events.
-OP_SWITCH = 16  # pid = process switched to
-OP_MMAP = 17  # addr = start (4 KiB aligned), arg = length in 4 KiB pages, flags = PROT_* bits
-OP_MUNMAP = 18  # addr, arg as for OP_MMAP; flags = 0
-OP_FORK = 19  # pid = parent, arg = child pid
-OP_EXIT = 20  # pid = exiting process
-
-PROT_READ = 1
-PROT_WRITE = 2
-PROT_EXEC = 4
-PROT_THP = 8  # transparent huge pages allowed in this mapping
-PROT_MASK = PROT_READ | PROT_WRITE | PROT_EXEC | PROT_THP
-
-MAX_ACCESS_SIZE = 4096
-PAGE_SIZE = 4096
-
-OP_NAMES: dict[int, str] = {
-    OP_READ: "read",
-    OP_WRITE: "write",
-    OP_FETCH: "fetch",
-    OP_SWITCH: "switch",
-    OP_MMAP: "mmap",
-    OP_MUNMAP: "munmap",
-    OP_FORK: "fork",
-    OP_EXIT: "exit",
-}
-
 _VALID_OP = np.zeros(256, dtype=np.bool_)
 _VALID_OP[list(OP_NAMES)] = True
-
-
-def is_access(op):
-    """True where ``op`` is a memory access (read, write, fetch).
-
-    Parameters
-    ----------
-    op : int or ndarray of integer
-        Op code(s); an array gives a boolean array of the same shape.
-    """
-    return op <= OP_FETCH
 
 
 def _where(path: Path | str | None) -> str:
@@ -194,7 +187,7 @@ def utc_now() -> str:
     return _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat()
 
 
-def encode_header(header: dict, reserve: int = 0) -> bytes:
+def encode_header(header: dict, reserve: int = 0, version: int = VERSION) -> bytes:
     """The file prefix (magic, version, length, JSON, padding) for ``header``.
 
     ``reserve`` spaces are appended inside the JSON text (JSON allows trailing white
@@ -203,7 +196,7 @@ def encode_header(header: dict, reserve: int = 0) -> bytes:
     if not isinstance(header, dict):
         raise TypeError(f"header must be a dict, got {type(header).__name__}")
     body = json.dumps(header, sort_keys=True, ensure_ascii=False).encode("utf-8") + b" " * reserve
-    prefix = MAGIC + np.array([VERSION, len(body)], dtype="<u4").tobytes() + body
+    prefix = MAGIC + np.array([version, len(body)], dtype="<u4").tobytes() + body
     return prefix + b"\0" * (_data_offset(len(body)) - len(prefix))
 
 
@@ -223,6 +216,9 @@ class TraceWriter:
         JSON-serialisable metadata (``source``, ``command``, ``tool``, ``notes``, ...).
         ``created`` (UTC ISO time) is added if absent. :meth:`update_header` changes it
         before the file is closed (facts known only at the end: truncation, exit status).
+    chunk_records : int
+        Records per checksummed chunk (default :data:`CHUNK_RECORDS`, 64 Ki = 1 MiB of
+        records); the CRC-32 of each chunk goes to the index written at :meth:`close`.
 
     Examples
     --------
@@ -230,8 +226,14 @@ class TraceWriter:
     ...     w.write(records)
     """
 
-    def __init__(self, path: str | os.PathLike, header: dict | None = None) -> None:
+    def __init__(self, path: str | os.PathLike, header: dict | None = None, chunk_records: int = CHUNK_RECORDS) -> None:
+        if not 1 <= chunk_records <= MAX_CHUNK_RECORDS:
+            raise ValueError(f"chunk_records must be 1..{MAX_CHUNK_RECORDS}, not {chunk_records}")
         self.path = Path(path)
+        self.chunk_records = int(chunk_records)
+        self._crcs: list[int] = []  # CRC-32 of each finished chunk
+        self._crc = 0  # running CRC-32 of the chunk being filled
+        self._in_chunk = 0  # records in the chunk being filled
         self.header = dict(header or {})
         self.header.setdefault("created", utc_now())
         self.n_records = 0
@@ -275,9 +277,23 @@ class TraceWriter:
             err = record_error(arr, self.n_records)
             if err is not None:
                 raise ValueError(f"{self.path}: record {err[0]}: {err[1]}")
-        self._file.write(arr.view(np.uint8))
+        raw = arr.view(np.uint8)
+        self._file.write(raw)
+        self._checksum(memoryview(raw))
         self.n_records += arr.shape[0]
         self.n_accesses += int(np.count_nonzero(arr["op"] <= OP_FETCH))
+
+    def _checksum(self, raw: memoryview) -> None:
+        """Fold record bytes ``raw`` into the chunk CRCs."""
+        at = 0
+        while at < len(raw):
+            take = min(len(raw) - at, (self.chunk_records - self._in_chunk) * RECORD_SIZE)
+            self._crc = zlib.crc32(raw[at : at + take], self._crc)
+            self._in_chunk += take // RECORD_SIZE
+            at += take
+            if self._in_chunk == self.chunk_records:
+                self._crcs.append(self._crc)
+                self._crc, self._in_chunk = 0, 0
 
     def update_header(self, **fields: Any) -> None:
         """Set header ``fields``; written when the file is closed."""
@@ -304,8 +320,22 @@ class TraceWriter:
         finally:
             _unlink(tmp2)
 
+    def _append_index(self) -> None:
+        """Append the chunk index and the trailer (after the header is final)."""
+        crcs = self._crcs + ([self._crc] if self._in_chunk else [])
+        index = np.array(crcs, dtype="<u4").tobytes()
+        with open(self._tmp, "r+b") as f:
+            head = f.read(PREFIX_SIZE)
+            hlen = int(np.frombuffer(head, dtype="<u4", count=1, offset=12)[0])
+            header_crc = zlib.crc32(f.read(_data_offset(hlen) - PREFIX_SIZE), zlib.crc32(head))
+            trailer = np.zeros(1, dtype=TRAILER_DTYPE)
+            trailer[0] = (self.n_records, self.chunk_records, header_crc, zlib.crc32(index), 0, TRAILER_MAGIC)
+            f.seek(0, os.SEEK_END)
+            f.write(index + trailer.tobytes())
+
     def close(self) -> None:
-        """Finish the file (rewriting the header if it changed) and move it to ``path``."""
+        """Finish the file (rewriting the header if it changed, appending the chunk index) and
+        move it to ``path``."""
         if self._file is None:
             return
         f, self._file = self._file, None
@@ -313,6 +343,7 @@ class TraceWriter:
             if self._header_dirty:
                 self._rewrite_header(f)
             f.close()
+            self._append_index()
             os.replace(self._tmp, self.path)
         except BaseException:
             _unlink(self._tmp)
@@ -353,8 +384,10 @@ def _unlink(path: Path) -> None:
 class TraceReader:
     """Read a trace file in chunks (constant memory whatever its size).
 
-    Opening reads and checks the magic, version and header; records are checked
-    chunk by chunk as they are read (see :func:`record_error`).
+    Opening reads and checks the magic, version and header and, in a version 2 file, the
+    trailer, the size it implies, and the CRCs of the header and of the chunk index. Chunk
+    CRCs (version 2) and records (see :func:`record_error`) are checked chunk by chunk as
+    they are read.
 
     Parameters
     ----------
@@ -366,15 +399,23 @@ class TraceReader:
     header : dict
         The JSON metadata.
     n_records : int
-        Number of records (from the file size).
+        Number of records (version 2: from the trailer; version 1: from the file size).
+    version : int
+        The file's format version (1 or 2).
     data_offset : int
         Byte offset of record 0.
+    chunk_records : int
+        Records per checksummed chunk (version 2); 0 for a version 1 file (unchecked).
+    chunk_crcs : ndarray of uint32, shape (ceil(n_records / chunk_records),), or None
+        Each chunk's stored CRC-32 (version 2); None for a version 1 file.
 
     Raises
     ------
     TraceFormatError
-        Missing or unreadable file, wrong magic, unsupported version, bad header, or a
-        size that is not a whole number of records. The message is one line naming the file.
+        Missing or unreadable file, wrong magic, unsupported version, bad header, a
+        truncated or corrupt file (version 2: missing trailer, wrong size, header or index
+        CRC mismatch; version 1: a size that is not a whole number of records). The message
+        is one line naming the file.
     """
 
     def __init__(self, path: str | os.PathLike) -> None:
@@ -391,9 +432,10 @@ class TraceReader:
                 if len(prefix) < PREFIX_SIZE:
                     raise TraceFormatError(f"{p}: truncated trace file ({size} bytes)")
                 version, hlen = (int(x) for x in np.frombuffer(prefix, dtype="<u4", count=2, offset=8))
-                if version != VERSION:
+                if version not in VERSIONS:
                     raise TraceFormatError(
-                        f"{p}: unsupported trace format version {version} (this reader supports {VERSION})"
+                        f"{p}: unsupported trace format version {version} (this reader supports "
+                        f"{', '.join(map(str, VERSIONS))})"
                     )
                 if hlen > MAX_HEADER_BYTES:
                     raise TraceFormatError(f"{p}: header length {hlen} is implausible (corrupt file)")
@@ -401,6 +443,21 @@ class TraceReader:
                 if size < offset:
                     raise TraceFormatError(f"{p}: truncated trace file ({size} bytes; header needs {offset})")
                 raw = f.read(offset - PREFIX_SIZE)
+                tail = b""
+                if version >= 2 and size >= offset + TRAILER_SIZE:
+                    f.seek(size - TRAILER_SIZE)
+                    tail = f.read(TRAILER_SIZE)
+                    trailer = np.frombuffer(tail, dtype=TRAILER_DTYPE)[0]
+                    n_chunks = -(-int(trailer["n_records"]) // max(int(trailer["chunk_records"]), 1))
+                    if (
+                        trailer["magic"] == TRAILER_MAGIC
+                        and 1 <= trailer["chunk_records"] <= MAX_CHUNK_RECORDS
+                        and size == offset + int(trailer["n_records"]) * RECORD_SIZE + 4 * n_chunks + TRAILER_SIZE
+                    ):
+                        f.seek(size - TRAILER_SIZE - 4 * n_chunks)
+                        index = f.read(4 * n_chunks)
+                    else:
+                        tail = b""
         except FileNotFoundError:
             raise TraceFormatError(f"{p}: no such file") from None
         except IsADirectoryError:
@@ -417,17 +474,42 @@ class TraceReader:
             raise TraceFormatError(f"{p}: bad JSON header: {msg}") from None
         if not isinstance(header, dict):
             raise TraceFormatError(f"{p}: bad JSON header: expected an object, got {type(header).__name__}")
-        rest = (size - offset) % RECORD_SIZE
-        if rest:
-            raise TraceFormatError(
-                f"{p}: truncated trace file: {size - offset} record bytes is not a multiple of "
-                f"{RECORD_SIZE} ({rest} trailing bytes)"
-            )
+        self.chunk_crcs: np.ndarray | None = None  # CRC-32 of each chunk (version 2), else None
+        self.chunk_records = 0  # records per checksummed chunk (version 2), else 0
+        if version == 1:
+            rest = (size - offset) % RECORD_SIZE
+            if rest:
+                raise TraceFormatError(
+                    f"{p}: truncated trace file: {size - offset} record bytes is not a multiple of "
+                    f"{RECORD_SIZE} ({rest} trailing bytes)"
+                )
+            n_records = (size - offset) // RECORD_SIZE
+        else:
+            if not tail:
+                raise TraceFormatError(
+                    f"{p}: truncated or corrupt trace file ({size} bytes): no valid chunk index at its end "
+                    f"(a version 2 file ends with a {TRAILER_SIZE}-byte trailer that gives its size)"
+                )
+            n_records = int(trailer["n_records"])
+            self.chunk_records = int(trailer["chunk_records"])
+            stored, computed = int(trailer["index_crc"]), zlib.crc32(index)
+            if stored != computed:
+                raise TraceFormatError(
+                    f"{p}: chunk index: checksum mismatch (stored {stored:#010x}, computed {computed:#010x}): "
+                    "the file is corrupted"
+                )
+            stored, computed = int(trailer["header_crc"]), zlib.crc32(raw, zlib.crc32(prefix))
+            if stored != computed:
+                raise TraceFormatError(
+                    f"{p}: header: checksum mismatch (stored {stored:#010x}, computed {computed:#010x}): "
+                    "the file is corrupted"
+                )
+            self.chunk_crcs = np.frombuffer(index, dtype="<u4")
         self.header: dict = header
         self.version = version
         self.data_offset = offset
         self.file_size = size
-        self.n_records = (size - offset) // RECORD_SIZE
+        self.n_records = n_records
 
     def __repr__(self) -> str:
         return f"TraceReader({str(self.path)!r}, n_records={self.n_records})"
@@ -445,13 +527,16 @@ class TraceReader:
         """Yield the records ``[start, stop)`` as arrays of at most ``chunk_size`` records.
 
         Each yielded array is a fresh, writeable, contiguous 1-D array of
-        :data:`RECORD_DTYPE`; memory use is ``O(chunk_size)``.
+        :data:`RECORD_DTYPE`; memory use is ``O(chunk_size + chunk_records)``. In a
+        version 2 file every checksummed chunk that ``[start, stop)`` touches is read
+        whole and checked before any of its records is yielded.
 
         Raises
         ------
         TraceFormatError
-            If a record is invalid (message names the file and the record index), or the
-            file shrank while being read.
+            If a chunk's checksum does not match (message names the file, the chunk and its
+            records), a record is invalid (names the record index), or the file shrank while
+            being read.
         """
         if chunk_size < 1:
             raise ValueError("chunk_size must be >= 1")
@@ -462,20 +547,85 @@ class TraceReader:
         except OSError as exc:
             raise TraceFormatError(f"{self.path}: cannot read: {exc.strerror or exc}") from None
         with f:
-            f.seek(self.data_offset + start * RECORD_SIZE)
+            pieces = self._checked(f, chunk_size, start, stop) if self.chunk_crcs is not None else None
             i = start
             while i < stop:
                 n = min(chunk_size, stop - i)
-                arr = np.fromfile(f, dtype=RECORD_DTYPE, count=n)
-                if arr.shape[0] != n:
-                    raise TraceFormatError(f"{self.path}: truncated while reading (record {i + arr.shape[0]})")
+                if pieces is None:
+                    f.seek(self.data_offset + i * RECORD_SIZE)
+                    arr = np.fromfile(f, dtype=RECORD_DTYPE, count=n)
+                    if arr.shape[0] != n:
+                        raise TraceFormatError(f"{self.path}: truncated while reading (record {i + arr.shape[0]})")
+                else:
+                    arr = next(pieces)
                 if validate:
                     check_records(arr, self.path, i)
                 yield arr
                 i += n
 
+    def _read_into(self, f, buf: np.ndarray, first: int) -> None:
+        """Fill ``buf`` (records) from record ``first`` on."""
+        want = buf.shape[0] * RECORD_SIZE
+        f.seek(self.data_offset + first * RECORD_SIZE)
+        got = f.readinto(memoryview(buf.view(np.uint8)))
+        if got != want:
+            raise TraceFormatError(f"{self.path}: truncated while reading (record {first + got // RECORD_SIZE})")
+
+    def _verify(self, raw: np.ndarray, k: int) -> None:
+        stored, computed = int(self.chunk_crcs[k]), zlib.crc32(memoryview(raw.view(np.uint8)))
+        if stored != computed:
+            lo = k * self.chunk_records
+            hi = lo + raw.shape[0] - 1
+            raise TraceFormatError(
+                f"{self.path}: chunk {k} (records {lo}..{hi}): checksum mismatch "
+                f"(stored {stored:#010x}, computed {computed:#010x}): the file is corrupted"
+            )
+
+    def _checked(self, f, chunk_size: int, start: int, stop: int):
+        """Yield records ``[start, stop)`` in pieces of ``chunk_size``, each checksummed chunk
+        verified before use. Whole chunks are read straight into the piece; a chunk only partly
+        inside a piece is read once into a side buffer, kept for the next piece."""
+        c = self.chunk_records
+        held_k, held = -1, empty_records(0)  # the chunk that straddles two pieces
+        i = start
+        while i < stop:
+            n = min(chunk_size, stop - i)
+            out = np.empty(n, dtype=RECORD_DTYPE)
+            filled = 0
+            while filled < n:
+                pos = i + filled
+                k = pos // c
+                lo, hi = k * c, min((k + 1) * c, self.n_records)
+                take = min(n - filled, hi - pos)
+                if pos == lo and take == hi - lo:  # a whole chunk: straight into the piece
+                    piece = out[filled : filled + take]
+                    self._read_into(f, piece, lo)
+                    self._verify(piece, k)
+                else:
+                    if held_k != k:
+                        held = np.empty(hi - lo, dtype=RECORD_DTYPE)
+                        self._read_into(f, held, lo)
+                        self._verify(held, k)
+                        held_k = k
+                    out[filled : filled + take] = held[pos - lo : pos - lo + take]
+                filled += take
+            yield out
+            i += n
+
+    def verify(self) -> None:
+        """Check every chunk's checksum (version 2; a version 1 file has none) and every record.
+
+        Raises
+        ------
+        TraceFormatError
+            As :meth:`chunks`.
+        """
+        for _ in self.chunks(max(self.chunk_records, 1 << 16)):
+            pass
+
     def memmap(self) -> np.ndarray:
-        """All records as a read-only :class:`numpy.memmap` (zero-copy; not validated)."""
+        """All records as a read-only :class:`numpy.memmap` (zero-copy; neither checksums nor
+        records are checked)."""
         if self.n_records == 0:
             return empty_records(0)
         return np.memmap(self.path, dtype=RECORD_DTYPE, mode="r", offset=self.data_offset, shape=(self.n_records,))

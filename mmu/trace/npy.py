@@ -1,7 +1,8 @@
 """Import numpy ``.npy`` arrays of addresses or of records.
 
-Two shapes of input are accepted (loaded with ``np.load(allow_pickle=False, mmap_mode="r")``,
-so a large file streams):
+Two shapes of input are accepted (loaded with ``np.load(allow_pickle=False, mmap_mode="r")``
+and converted chunk by chunk, each chunk's pages dropped once converted, so a large file
+streams in ``O(chunk)`` memory):
 
 * a 1-D array of integers (any width, signed or unsigned; negative values are an error):
   each element is a load address -> OP_READ, size :data:`NPY_LOAD_SIZE` = 8;
@@ -26,6 +27,7 @@ Anything else (floats, 2-D, object arrays, pickles, a bad file) is an error.
 
 from __future__ import annotations
 
+import mmap
 import os
 import time
 from pathlib import Path
@@ -66,6 +68,32 @@ def _load(p: Path) -> np.ndarray:
         arr.close()
         raise TraceFormatError(f"{p}: expected a .npy array, got an .npz archive")
     return arr
+
+
+def _chunks(arr: np.ndarray, p: Path, chunk: int):
+    """Yield ``(index of first element, elements)`` of the 1-D ``arr`` in pieces of ``chunk``.
+
+    Zero-copy views of the file's memory map; once a piece is used (when the next is asked
+    for) its pages are dropped from the process (``MADV_DONTNEED``; the kernel keeps them in
+    its page cache), so memory stays ``O(chunk)`` where walking the map would leave the whole
+    input resident, counted in the process's RSS, until the end.
+    """
+    n = arr.shape[0]
+    mm = getattr(arr, "_mmap", None)  # np.memmap keeps its mmap.mmap here
+    if mm is None or not hasattr(mm, "madvise"):
+        for i in range(0, n, chunk):
+            yield i, arr[i : i + chunk]
+        return
+    size = arr.dtype.itemsize
+    page = mmap.PAGESIZE
+    first = arr.offset % mmap.ALLOCATIONGRANULARITY  # where element 0 is in the map (np.memmap's rule)
+    dropped = 0  # bytes [0, dropped) of the map already given back
+    for i in range(0, n, chunk):
+        yield i, arr[i : i + chunk]
+        end = (first + min(i + chunk, n) * size) // page * page
+        if end > dropped:
+            mm.madvise(mmap.MADV_DONTNEED, dropped, end - dropped)
+            dropped = end
 
 
 def _int_column(col: np.ndarray, p: Path, name: str, base: int, limit: int | None) -> np.ndarray:
@@ -151,12 +179,10 @@ def import_npy(
         layout=layout,
     )
     h.update(header or {})
-    n = arr.shape[0]
     records = accesses = done = 0
     truncated = False
     with TraceWriter(output_path, h) as w:
-        for i in range(0, n, chunk):
-            part = np.asarray(arr[i : i + chunk])
+        for i, part in _chunks(arr, p, chunk):
             out = np.zeros(part.shape[0], dtype=RECORD_DTYPE)
             if layout == "addresses":
                 out["addr"] = _int_column(part, p, "address", i, None)
