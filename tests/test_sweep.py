@@ -170,7 +170,9 @@ def test_a_failed_run_is_recorded_and_the_sweep_goes_on(small_trace, tmp_path):
     recs["pid"] = 1
     write_trace(broken, recs, {"source": "test"})
     data = bytearray(broken.read_bytes())
-    data[-1] = 0x7F  # the last record's flags byte: a value no record may carry
+    at = bytes(data).find(recs.tobytes())
+    assert at > 0
+    data[at + recs.nbytes - 1] ^= 0x40  # a bit of the last record's flags: its chunk's CRC no longer matches
     broken.write_bytes(bytes(data))
     out = tmp_path / "fail.csv"
     r = run("sweep", small_trace, broken, "--modes", "native", "-o", out, "-q")
@@ -180,6 +182,7 @@ def test_a_failed_run_is_recorded_and_the_sweep_goes_on(small_trace, tmp_path):
     assert rows[str(small_trace)]["status"] == "ok"
     bad = rows[str(broken)]
     assert bad["status"] == "error" and "broken.trace" in bad["error"] and "\n" not in bad["error"]
+    assert "checksum mismatch" in bad["error"]
     assert bad["cycles"] == ""
 
 

@@ -289,6 +289,6 @@ def test_bad_suffix_unwritable_path_and_missing_matplotlib(one_param_rows, tmp_p
     for name in [m for m in sys.modules if m == "matplotlib" or m.startswith("matplotlib.")]:
         monkeypatch.delitem(sys.modules, name)
     monkeypatch.setitem(sys.modules, "matplotlib", None)
-    with pytest.raises(MMUInputError, match=r'needs matplotlib, which is not installed: pip install "mmu\[plot\]"'):
+    with pytest.raises(MMUInputError, match=r'needs matplotlib, which is not installed: pip install "mmu-lab\[plot\]"'):
         plot_sweep(one_param_rows, ["cost.exit"], tmp_path / "s.png", "t")
     assert not (tmp_path / "s.png").exists()
