@@ -1,7 +1,7 @@
 """`mmu sweep` end to end: cores used, and cost values that cost no simulation.
 
 * ``test_sweep_workers``: a 16-run grid (4 modes x 4 STLB sizes, every run its own simulation)
-  on a GUPS-like trace of 8M accesses over 256 MiB, with ``--workers 1`` and ``--workers 2``.
+  on a GUPS-like trace of 4M accesses over 256 MiB, with ``--workers 1`` and ``--workers 2``.
   The kernels are compiled before the first round (``mmu cache warm``), so the figure is the
   sweep, not the compiler. Target (issue 16): >= 1.8x faster with 2 workers on 2 cores.
 * ``test_cost_sweep``: 6 exit costs x 3 modes against the 3 modes alone: cycles are re-priced
@@ -21,7 +21,7 @@ import pytest
 
 from mmu.trace.format import RECORD_DTYPE, write_trace
 
-N = 8_000_000
+N = 4_000_000
 BASE = 0x7F00_0000_0000
 
 
@@ -33,7 +33,7 @@ def gups_trace(tmp_path_factory) -> Path:
     r["arg"] = 8
     r["pid"] = 1
     r["op"] = (rng.random(N) < 0.5).astype(np.uint8)
-    path = tmp_path_factory.mktemp("sweep") / "gups-256m-8m.trace"
+    path = tmp_path_factory.mktemp("sweep") / "gups-256m-4m.trace"
     write_trace(path, r, {"source": "bench_sweep: uniform 8-byte accesses over 256 MiB, half writes"})
     subprocess.run([sys.executable, "-m", "mmu", "cache", "warm"], check=True, capture_output=True)
     return path
