@@ -7,31 +7,16 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from typer.testing import CliRunner
+from clicheck import assert_clean_failure, run
 
-from mmu.cli import app
 from mmu.trace.format import RECORD_DTYPE, TraceReader, write_trace
 
 TRACES = Path(__file__).resolve().parent.parent / "traces"
-runner = CliRunner()
 
 REQUIRED = {
     "mode", "accesses", "cycles", "tlb_misses", "walks", "walk_refs", "guest_page_faults", "vm_exits", "exits",
     "elapsed_s", "tlb", "psc",
 }  # fmt: skip
-
-
-def run(*args):
-    return runner.invoke(app, [str(a) for a in args])
-
-
-def assert_clean_failure(result, *fragments):
-    assert result.exit_code == 2, result.output
-    err = result.stderr
-    assert err.startswith("mmu: error: ") and err.count("\n") == 1, err
-    assert "Traceback" not in result.output
-    for f in fragments:
-        assert f in err, err
 
 
 def test_replay_json_schema():

@@ -10,12 +10,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from clicheck import assert_clean_failure, run
 from rich.console import Console
-from typer.testing import CliRunner
 
 import mmu.cli
 import mmu.cli.parallel
-from mmu.cli import app
 from mmu.cli.parallel import run_parallel
 from mmu.engine import MachineConfig, replay
 from mmu.errors import MMUInputError
@@ -29,20 +28,6 @@ TRACES = ROOT / "traces"
 PROGRAMS = TRACES / "programs"
 MODES = [("native", "4k"), ("shadow", "4k"), ("nested", "4k"), ("nested", "2m")]
 TIMING = {"elapsed_s", "compile_s", "accesses_per_s", "instructions_per_s"}
-runner = CliRunner()
-
-
-def run(*args):
-    return runner.invoke(app, [str(a) for a in args])
-
-
-def assert_clean_failure(result, *fragments):
-    assert result.exit_code == 2, result.output
-    err = result.stderr
-    assert err.startswith("mmu: error: ") and err.count("\n") == 1, err
-    assert "Traceback" not in result.output
-    for f in fragments:
-        assert f in err, err
 
 
 def untimed(results: list[dict]) -> list[dict]:

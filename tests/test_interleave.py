@@ -7,13 +7,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from clicheck import assert_clean_failure, run
 
 from mmu.engine import MachineConfig
 from mmu.errors import MMUInputError
 from mmu.replayfile import replay, replay_interleaved
 from mmu.trace.format import RECORD_DTYPE, TraceReader, write_trace
 from mmu.trace.interleave import interleave
-from tests.test_cli_replay import assert_clean_failure, run
 
 TRACES = Path(__file__).resolve().parent.parent / "traces"
 

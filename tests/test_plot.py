@@ -7,6 +7,7 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import pytest
+from clicheck import assert_clean_failure
 from typer.testing import CliRunner
 
 from mmu.cli import app
@@ -15,7 +16,6 @@ from mmu.errors import MMUInputError
 from mmu.replayfile import replay
 from mmu.report.compare import mode_label
 from mmu.report.plot import breakdown_figure, breakdown_segments, plot_breakdown
-from tests.test_cli_replay import assert_clean_failure
 
 TRACES = Path(__file__).resolve().parent.parent / "traces"
 TRACE = TRACES / "ls-usr.trace"

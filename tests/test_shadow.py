@@ -525,7 +525,7 @@ def test_cli_replay_shadow_with_policy_flags():
     ],
 )
 def test_cli_shadow_bad_flags_fail_cleanly(args, fragment):
-    from tests.test_cli_replay import assert_clean_failure, run
+    from clicheck import assert_clean_failure, run
 
     assert_clean_failure(run("replay", TRACES / "gzip.trace", "--mode", "shadow", *args), fragment)
 
@@ -533,7 +533,7 @@ def test_cli_shadow_bad_flags_fail_cleanly(args, fragment):
 def test_cli_compare_defaults_to_all_three_modes():
     import json
 
-    from tests.test_cli_replay import run
+    from clicheck import run
 
     r = run("compare", TRACES / "gzip.trace", "--json", "-q")
     assert r.exit_code == 0, r.output

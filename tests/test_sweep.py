@@ -8,9 +8,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from typer.testing import CliRunner
+from clicheck import assert_clean_failure, run
 
-from mmu.cli import app
 from mmu.engine import MachineConfig, replay
 from mmu.errors import MMUInputError
 from mmu.guest.asm import assemble_file
@@ -21,13 +20,8 @@ from mmu.trace.format import OP_READ, OP_WRITE, RECORD_DTYPE, TraceReader, write
 ROOT = Path(__file__).resolve().parent.parent
 TRACES = ROOT / "traces"
 PROGRAMS = TRACES / "programs"
-runner = CliRunner()
 # columns that differ between two runs of the same simulation (timings)
 TIMING = {"wall_s", "elapsed_s", "accesses_per_s", "compile_s", "instructions_per_s"}
-
-
-def run(*args):
-    return runner.invoke(app, [str(a) for a in args])
 
 
 def rows_of(path: Path) -> list[dict[str, str]]:
@@ -46,14 +40,6 @@ def small_trace(tmp_path_factory) -> Path:
     recs = next(TraceReader(TRACES / "gzip.trace").chunks(20_000))
     write_trace(path, recs, {"source": "first 20,000 records of traces/gzip.trace"})
     return path
-
-
-def assert_clean_failure(result, *fragments):
-    assert result.exit_code == 2, result.output
-    err = result.stderr
-    assert err.startswith("mmu: error: ") and err.count("\n") == 1, err
-    for f in fragments:
-        assert f in err, err
 
 
 @pytest.mark.parametrize(

@@ -365,6 +365,6 @@ def test_cli_host_large_pages_reach_the_shadow_leaf():
     ],
 )
 def test_cli_bad_input(args, fragment):
-    from tests.test_cli_replay import assert_clean_failure
+    from clicheck import assert_clean_failure
 
     assert_clean_failure(run(*args), fragment)
