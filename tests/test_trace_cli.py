@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import clicheck
 import numpy as np
 import pytest
 from typer.testing import CliRunner
@@ -25,12 +26,8 @@ def run(*args: str):
 
 
 def assert_clean_failure(result, *fragments, folder=None, leftovers=()):
-    assert result.exit_code == 2, result.output
-    err = result.stderr
-    assert err.startswith("mmu: error: ") and err.count("\n") == 1, err
-    assert "Traceback" not in result.output
-    for f in fragments:
-        assert f in err, err
+    """A clean failure (clicheck) that leaves exactly ``leftovers`` in ``folder``."""
+    clicheck.assert_clean_failure(result, *fragments)
     if folder is not None:
         assert sorted(os.listdir(folder)) == sorted(leftovers)
 

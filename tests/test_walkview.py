@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from clicheck import assert_clean_failure
 from rich.console import Console
 from typer.testing import CliRunner
 
@@ -305,15 +306,6 @@ def run(*args):
 
 def lines_with(text: str, *fragments: str) -> list[str]:
     return [line for line in text.splitlines() if all(f in line for f in fragments)]
-
-
-def assert_clean_failure(result, *fragments):
-    assert result.exit_code == 2, result.output
-    err = result.stderr
-    assert err.startswith("mmu: error: ") and err.count("\n") == 1, err
-    assert "Traceback" not in result.output
-    for f in fragments:
-        assert f in err, err
 
 
 def test_cli_native():
