@@ -29,10 +29,6 @@ from mmu.hw.presets import (
 from mmu.hw.pwc import make_psc, psc_entries, psc_fill, psc_lookup
 from mmu.hw.tlb import (
     _HMUL,
-    G_BASE,
-    G_ENTRIES,
-    G_HBASE,
-    G_HMASK,
     HW_GP,
     HW_NOP,
     HW_OK,
@@ -40,6 +36,10 @@ from mmu.hw.tlb import (
     T_HIDX,
     T_STATS,
     T_TAG,
+    TG_BASE,
+    TG_ENTRIES,
+    TG_HBASE,
+    TG_HMASK,
     hw_cr4_change,
     hw_cr4_flush_current,
     hw_invlpg,
@@ -521,12 +521,12 @@ def check_index(tlb):
     reachable from its home bucket without crossing an empty bucket."""
     geom, tag, hidx = tlb[T_GEOM], tlb[T_TAG], tlb[T_HIDX]
     for s in range(geom.shape[0]):
-        hm = int(geom[s, G_HMASK])
+        hm = int(geom[s, TG_HMASK])
         if hm < 0:
             continue
-        hb, base = int(geom[s, G_HBASE]), int(geom[s, G_BASE])
+        hb, base = int(geom[s, TG_HBASE]), int(geom[s, TG_BASE])
         table = [int(r) for r in hidx[hb : hb + hm + 1]]
-        valid = [i for i in range(base, base + int(geom[s, G_ENTRIES])) if tag[i] != -1]
+        valid = [i for i in range(base, base + int(geom[s, TG_ENTRIES])) if tag[i] != -1]
         assert sorted(r for r in table if r >= 0) == valid
         for h, r in enumerate(table):
             if r < 0:

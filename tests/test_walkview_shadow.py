@@ -26,7 +26,7 @@ from typer.testing import CliRunner
 from mmu.cli import app
 from mmu.engine import Machine, MachineConfig
 from mmu.guest.os import O_CUR, P_ROOT
-from mmu.modes.shadow import F_DIRECT, F_UNSYNC, G_WP, SP_FLAGS, sh_root_hpa
+from mmu.modes.shadow import F_DIRECT, F_UNSYNC, GF_WP, SP_FLAGS, sh_root_hpa
 from mmu.report.demo_guest import SHADOW_LAYOUT, build_shadow
 from mmu.report.walkview import LEVEL_NAMES, WalkViewShadow, capture_shadow, hx, table_index, walk_renderable
 from mmu.trace.format import OP_READ, OP_SWITCH, OP_WRITE, RECORD_DTYPE, write_trace
@@ -159,7 +159,7 @@ def test_leaf_table_is_write_protected_then_unsync_after_its_second_pte_store():
     view = capture_shadow(m, 0x40_0000, "r", True)
     pt = view.rows[-1]
     gfn = pt.guest_gpa >> 12
-    assert m.sh[2][gfn, G_WP] == 0 and not pt.guest_table_wp
+    assert m.sh[2][gfn, GF_WP] == 0 and not pt.guest_table_wp
     assert pt.shadow_page.unsync and m.sh[0][pt.shadow_page.sp, SP_FLAGS] & F_UNSYNC
     rows = table_rows(render(view))
     assert "writable" in rows[3][2] and "write-protected" not in rows[3][2]

@@ -21,9 +21,9 @@ import numpy as np
 
 from mmu._jit import inner
 
-C_CLOCK = 0
-C_HITS = 1
-C_MISSES = 2
+LC_CLOCK = 0
+LC_HITS = 1
+LC_MISSES = 2
 
 
 def make_line_cache(lines: int, ways: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -46,23 +46,23 @@ def line_access(ptc, pa):
     meta = ptc[2]
     sets = tags.shape[0]
     if sets == 0:
-        meta[C_MISSES] += 1
+        meta[LC_MISSES] += 1
         return False
     line = pa >> 6
     s = line % sets
-    meta[C_CLOCK] += 1
-    now = meta[C_CLOCK]
+    meta[LC_CLOCK] += 1
+    now = meta[LC_CLOCK]
     victim = 0
     oldest = stamps[s, 0]
     for w in range(tags.shape[1]):
         if tags[s, w] == line:
             stamps[s, w] = now
-            meta[C_HITS] += 1
+            meta[LC_HITS] += 1
             return True
         if stamps[s, w] < oldest:
             oldest = stamps[s, w]
             victim = w
     tags[s, victim] = line
     stamps[s, victim] = now
-    meta[C_MISSES] += 1
+    meta[LC_MISSES] += 1
     return False

@@ -29,10 +29,10 @@ from mmu._jit import inner, jit
 from mmu.hw.presets import SIDE_UNIFIED, PSCCache, TLBStructure
 from mmu.hw.pwc import PSCState, make_psc, psc_fill, psc_flush_all, psc_flush_asid, psc_lookup
 from mmu.hw.tlb import (
-    G_BASE,
-    G_ENTRIES,
     HW_GP,
     HW_OK,
+    TG_BASE,
+    TG_ENTRIES,
     TLBState,
     _inv_addr,
     _kill,
@@ -234,8 +234,8 @@ def _flush_nonzero_asids(tlb, psc):
     ctx = tlb[4]
     hidx = tlb[9]
     for s in range(geom.shape[0]):
-        base = geom[s, G_BASE]
-        for i in range(base, base + geom[s, G_ENTRIES]):
+        base = geom[s, TG_BASE]
+        for i in range(base, base + geom[s, TG_ENTRIES]):
             if tag[i] != -1 and (ctx[i] >> 12) != 0:
                 _kill(geom, tag, hidx, s, i)
     ptag = psc[1]

@@ -13,9 +13,9 @@ Caches are rows ``c = 0..3`` = PDE, PDPTE, PML4E, PML5E (``c = entry_level - 2``
 entries of all caches live in flat arrays, cache ``c`` at ``[base_c, base_c + entries_c)``,
 set ``k`` of cache ``c`` at ``base_c + k * ways_c``.
 
-``geom``  int64[4, G_LEN]
-    ``G_ENTRIES``, ``G_WAYS``, ``G_NSETS``, ``G_MASK`` (nsets - 1 if a power of two, else -1),
-    ``G_BASE``. ``entries == 0``: the cache is absent.
+``geom``  int64[4, PG_LEN]
+    ``PG_ENTRIES``, ``PG_WAYS``, ``PG_NSETS``, ``PG_MASK`` (nsets - 1 if a power of two, else -1),
+    ``PG_BASE``. ``entries == 0``: the cache is absent.
 ``tag``   int64[total]
     ``VA[top:shift]`` with shift 21/30/39/48 for c = 0/1/2/3 and top 47 (4-level) or 56
     (5-level, ``la57``); -1 marks an invalid entry. Set index = tag mod nsets.
@@ -47,12 +47,12 @@ from mmu._jit import inner, jit
 from mmu.errors import MMUInputError
 from mmu.hw.presets import PSC_NAMES, CPUPreset, PSCCache
 
-G_ENTRIES = 0
-G_WAYS = 1
-G_NSETS = 2
-G_MASK = 3
-G_BASE = 4
-G_LEN = 8
+PG_ENTRIES = 0
+PG_WAYS = 1
+PG_NSETS = 2
+PG_MASK = 3
+PG_BASE = 4
+PG_LEN = 8
 
 NCACHES = 4
 PSC_FILLED = 0
@@ -89,7 +89,7 @@ def make_psc(spec: CPUPreset | Iterable[PSCCache]) -> PSCState:
         ``(geom, tag, ctx, table, attrs, stamp, stats, clock)``, see the module docstring.
     """
     caches = spec.pscs if isinstance(spec, CPUPreset) else tuple(spec)
-    geom = np.zeros((NCACHES, G_LEN), dtype=np.int64)
+    geom = np.zeros((NCACHES, PG_LEN), dtype=np.int64)
     seen: set[int] = set()
     for c in caches:
         if not isinstance(c, PSCCache):
@@ -99,15 +99,15 @@ def make_psc(spec: CPUPreset | Iterable[PSCCache]) -> PSCState:
         seen.add(c.entry_level)
         row = geom[c.entry_level - 2]
         if c.entries:
-            row[G_ENTRIES] = c.entries
-            row[G_WAYS] = c.ways
+            row[PG_ENTRIES] = c.entries
+            row[PG_WAYS] = c.ways
             nsets = c.entries // c.ways
-            row[G_NSETS] = nsets
-            row[G_MASK] = nsets - 1 if nsets & (nsets - 1) == 0 else -1
+            row[PG_NSETS] = nsets
+            row[PG_MASK] = nsets - 1 if nsets & (nsets - 1) == 0 else -1
     base = 0
     for r in range(NCACHES):
-        geom[r, G_BASE] = base
-        base += int(geom[r, G_ENTRIES])
+        geom[r, PG_BASE] = base
+        base += int(geom[r, PG_ENTRIES])
     total = max(base, 1)
     tag = np.full(total, -1, dtype=np.int64)
     ctx = np.zeros(total, dtype=np.int64)
@@ -121,12 +121,12 @@ def make_psc(spec: CPUPreset | Iterable[PSCCache]) -> PSCState:
 
 @inner
 def _psc_set_base(geom, c, t):
-    m = geom[c, G_MASK]
+    m = geom[c, PG_MASK]
     if m >= 0:
         k = t & m
     else:
-        k = t % geom[c, G_NSETS]
-    return geom[c, G_BASE] + k * geom[c, G_WAYS]
+        k = t % geom[c, PG_NSETS]
+    return geom[c, PG_BASE] + k * geom[c, PG_WAYS]
 
 
 @jit(inline="always")
@@ -162,11 +162,11 @@ def psc_lookup(psc, va, asid, pcid, la57):
     ck = ((asid & 0xFFFF) << 12) | (pcid & 0xFFF)
     ncache = 4 if la57 else 3
     for c in range(ncache):
-        if geom[c, G_ENTRIES] == 0:
+        if geom[c, PG_ENTRIES] == 0:
             continue
         t = v >> (21 + 9 * c)
         base = _psc_set_base(geom, c, t)
-        for i in range(base, base + geom[c, G_WAYS]):
+        for i in range(base, base + geom[c, PG_WAYS]):
             if tag[i] == t and ctx[i] == ck:
                 now = clock[0] + 1
                 clock[0] = now
@@ -210,7 +210,7 @@ def psc_fill(psc, va, asid, pcid, la57, entry_level, table_pa, attrs):
     """
     geom, tag, ctx, table, attr_a, stamp, stats, clock = psc
     c = entry_level - 2
-    if c < 0 or c > 3 or (c == 3 and not la57) or geom[c, G_ENTRIES] == 0:
+    if c < 0 or c > 3 or (c == 3 and not la57) or geom[c, PG_ENTRIES] == 0:
         return PSC_IGNORED
     v = np.int64(va) & (_VA_MASK_57 if la57 else _VA_MASK_48)
     ck = ((asid & 0xFFFF) << 12) | (pcid & 0xFFF)
@@ -220,7 +220,7 @@ def psc_fill(psc, va, asid, pcid, la57, entry_level, table_pa, attrs):
     free = -1
     lru = -1
     lru_stamp = np.int64(0x7FFFFFFFFFFFFFFF)
-    for i in range(base, base + geom[c, G_WAYS]):
+    for i in range(base, base + geom[c, PG_WAYS]):
         ti = tag[i]
         if ti == -1:
             if free < 0:
@@ -291,9 +291,9 @@ def psc_count_valid(psc, c):
     """Valid entries in cache row ``c`` (0 = PDE, 1 = PDPTE, 2 = PML4E, 3 = PML5E)."""
     geom = psc[0]
     tag = psc[1]
-    base = geom[c, G_BASE]
+    base = geom[c, PG_BASE]
     n = 0
-    for i in range(base, base + geom[c, G_ENTRIES]):
+    for i in range(base, base + geom[c, PG_ENTRIES]):
         if tag[i] != -1:
             n += 1
     return n
@@ -317,9 +317,9 @@ def psc_entries(psc: tuple, entry_level: int) -> list[list[tuple[int, int, int, 
     geom, tag, ctx, table, attrs, stamp = psc[:6]
     c = int(entry_level) - 2
     out: list[list[tuple[int, int, int, int, int]]] = []
-    ways = int(geom[c, G_WAYS])
-    base = int(geom[c, G_BASE])
-    for k in range(int(geom[c, G_NSETS])):
+    ways = int(geom[c, PG_WAYS])
+    base = int(geom[c, PG_BASE])
+    for k in range(int(geom[c, PG_NSETS])):
         idx = [i for i in range(base + k * ways, base + (k + 1) * ways) if tag[i] != -1]
         idx.sort(key=lambda i: int(stamp[i]))
         out.append([(int(ctx[i]) >> 12, int(ctx[i]) & 0xFFF, int(tag[i]), int(table[i]), int(attrs[i])) for i in idx])

@@ -41,13 +41,13 @@ State
 (a NamedTuple: other modules read its fields by name, e.g. ``tlb.stats``), built by
 :func:`make_tlb`; all arrays int64, mutated in place by the kernels.
 
-``geom``  int64[nstruct, G_LEN]
-    Per structure: ``G_LEVEL`` (1, 2), ``G_SIDE`` (0 data, 1 instr, 2 unified), ``G_SIZES``
-    (mask: 1 = 4K, 2 = 2M, 4 = 1G), ``G_ENTRIES``, ``G_WAYS``, ``G_NSETS``, ``G_MASK``
+``geom``  int64[nstruct, TG_LEN]
+    Per structure: ``TG_LEVEL`` (1, 2), ``TG_SIDE`` (0 data, 1 instr, 2 unified), ``TG_SIZES``
+    (mask: 1 = 4K, 2 = 2M, 4 = 1G), ``TG_ENTRIES``, ``TG_WAYS``, ``TG_NSETS``, ``TG_MASK``
     (nsets - 1 if a power of two, else -1: the set index is ``vpn % nsets`` either way),
-    ``G_BASE`` (first slot in the flat arrays; set ``k`` starts at ``base + k * ways``),
-    ``G_SMASH`` (1 if fills may store pieces of larger pages here), ``G_HBASE`` / ``G_HMASK``
-    (the structure's region of ``hidx`` and its size - 1; ``G_HMASK = -1``: no index).
+    ``TG_BASE`` (first slot in the flat arrays; set ``k`` starts at ``base + k * ways``),
+    ``TG_SMASH`` (1 if fills may store pieces of larger pages here), ``TG_HBASE`` / ``TG_HMASK``
+    (the structure's region of ``hidx`` and its size - 1; ``TG_HMASK = -1``: no index).
 ``plan``  int64[2, 2, 8]
     ``plan[side, level-1]``: ``[0]`` = number of probes, ``[1:4]`` = probes in lookup order as
     ``structure << 2 | size_index``; ``[4]`` = number of structures in the group, ``[5:8]``
@@ -99,25 +99,25 @@ from mmu.hw.pwc import psc_flush_asid, psc_invalidate_pcid
 from mmu.x86.bits import TA_G
 
 # geom columns
-G_LEVEL = 0
-G_SIDE = 1
-G_SIZES = 2
-G_ENTRIES = 3
-G_WAYS = 4
-G_NSETS = 5
-G_MASK = 6
-G_BASE = 7
-G_SMASH = 8
-G_HBASE = 9
-G_HMASK = 10
-G_LEN = 12
+TG_LEVEL = 0
+TG_SIDE = 1
+TG_SIZES = 2
+TG_ENTRIES = 3
+TG_WAYS = 4
+TG_NSETS = 5
+TG_MASK = 6
+TG_BASE = 7
+TG_SMASH = 8
+TG_HBASE = 9
+TG_HMASK = 10
+TG_LEN = 12
 
 # plan layout
-P_NPROBE = 0
-P_PROBES = 1
-P_NSTRUCT = 4
-P_STRUCTS = 5
-P_LEN = 8
+TP_NPROBE = 0
+TP_PROBES = 1
+TP_NSTRUCT = 4
+TP_STRUCTS = 5
+TP_LEN = 8
 
 # tuple positions, for Python code that reads the state
 T_GEOM, T_PLAN, T_ROUTE, T_TAG, T_CTX, T_FRAME, T_ATTRS, T_STAMP, T_ORIG, T_HIDX, T_STATS, T_CLOCK = range(12)
@@ -182,29 +182,29 @@ def make_tlb(spec: CPUPreset | Iterable[TLBStructure]) -> TLBState:
         if not isinstance(st, TLBStructure):
             raise MMUInputError(f"expected TLBStructure, got {type(st).__name__}")
     n = len(structs)
-    geom = np.zeros((n, G_LEN), dtype=np.int64)
+    geom = np.zeros((n, TG_LEN), dtype=np.int64)
     base = 0
     for s, st in enumerate(structs):
         nsets = st.entries // st.ways
-        geom[s, G_LEVEL] = st.level
-        geom[s, G_SIDE] = st.side
-        geom[s, G_SIZES] = st.sizes
-        geom[s, G_ENTRIES] = st.entries
-        geom[s, G_WAYS] = st.ways
-        geom[s, G_NSETS] = nsets
-        geom[s, G_MASK] = nsets - 1 if nsets & (nsets - 1) == 0 else -1
-        geom[s, G_BASE] = base
-        geom[s, G_HMASK] = -1
+        geom[s, TG_LEVEL] = st.level
+        geom[s, TG_SIDE] = st.side
+        geom[s, TG_SIZES] = st.sizes
+        geom[s, TG_ENTRIES] = st.entries
+        geom[s, TG_WAYS] = st.ways
+        geom[s, TG_NSETS] = nsets
+        geom[s, TG_MASK] = nsets - 1 if nsets & (nsets - 1) == 0 else -1
+        geom[s, TG_BASE] = base
+        geom[s, TG_HMASK] = -1
         base += st.entries
     hbase = 0
     for s, st in enumerate(structs):
         if st.ways >= INDEX_MIN_WAYS:
             hsize = 1 << (4 * st.entries - 1).bit_length()  # load factor <= 1/4
-            geom[s, G_HBASE] = hbase
-            geom[s, G_HMASK] = hsize - 1
+            geom[s, TG_HBASE] = hbase
+            geom[s, TG_HMASK] = hsize - 1
             hbase += hsize
 
-    plan = np.zeros((2, 2, P_LEN), dtype=np.int64)
+    plan = np.zeros((2, 2, TP_LEN), dtype=np.int64)
     route = np.full((2, 2, 3, 2), -1, dtype=np.int64)
     for side in (0, 1):
         for lv in (1, 2):
@@ -220,17 +220,17 @@ def make_tlb(spec: CPUPreset | Iterable[TLBStructure]) -> TLBState:
                             )
                         home[k] = s
             probes = [(home[k] << 2) | k for k in range(3) if k in home]
-            plan[side, lv - 1, P_NPROBE] = len(probes)
-            plan[side, lv - 1, P_PROBES : P_PROBES + len(probes)] = probes
-            plan[side, lv - 1, P_NSTRUCT] = len(group)
-            plan[side, lv - 1, P_STRUCTS : P_STRUCTS + len(group)] = group
+            plan[side, lv - 1, TP_NPROBE] = len(probes)
+            plan[side, lv - 1, TP_PROBES : TP_PROBES + len(probes)] = probes
+            plan[side, lv - 1, TP_NSTRUCT] = len(group)
+            plan[side, lv - 1, TP_STRUCTS : TP_STRUCTS + len(group)] = group
             for k in range(3):
                 fits = [q for q in range(k + 1) if q in home]
                 if fits:
                     q = max(fits)
                     route[side, lv - 1, k] = (home[q], q)
                     if q != k:
-                        geom[home[q], G_SMASH] = 1
+                        geom[home[q], TG_SMASH] = 1
 
     tag = np.full(base, -1, dtype=np.int64)
     ctx = np.zeros(base, dtype=np.int64)
@@ -249,12 +249,12 @@ def make_tlb(spec: CPUPreset | Iterable[TLBStructure]) -> TLBState:
 
 @inner
 def _set_base(geom, s, vpn):
-    m = geom[s, G_MASK]
+    m = geom[s, TG_MASK]
     if m >= 0:
         k = vpn & m
     else:
-        k = vpn % geom[s, G_NSETS]
-    return geom[s, G_BASE] + k * geom[s, G_WAYS]
+        k = vpn % geom[s, TG_NSETS]
+    return geom[s, TG_BASE] + k * geom[s, TG_WAYS]
 
 
 @jit(inline="always")
@@ -271,13 +271,13 @@ def _ctx_ok(c, ck, a, attr):
 def _probe(geom, tag, ctx, attrs, hidx, s, vpn, key, ck, a):
     """Slot of structure ``s`` that translates ``key`` for context ``ck``, or -1.
 
-    Wide sets (``G_HMASK >= 0``) go through the hash index; narrow ones compare every tag of
+    Wide sets (``TG_HMASK >= 0``) go through the hash index; narrow ones compare every tag of
     the set without branching (which way hits is unpredictable, so an early exit costs a
     branch mispredict on most lookups), then check the context of the match.
     """
-    hm = geom[s, G_HMASK]
+    hm = geom[s, TG_HMASK]
     if hm >= 0:
-        hb = geom[s, G_HBASE]
+        hb = geom[s, TG_HBASE]
         h = _hslot(key, hm)
         while True:
             r = hidx[hb + h]
@@ -287,7 +287,7 @@ def _probe(geom, tag, ctx, attrs, hidx, s, vpn, key, ck, a):
                 return r
             h = (h + 1) & hm
     base = _set_base(geom, s, vpn)
-    end = base + geom[s, G_WAYS]
+    end = base + geom[s, TG_WAYS]
     hit = -1
     for i in range(base, end):
         hit = i if tag[i] == key else hit
@@ -303,10 +303,10 @@ def _probe(geom, tag, ctx, attrs, hidx, s, vpn, key, ck, a):
 @inner
 def _link(geom, tag, hidx, s, i):
     """Add slot ``i`` (its tag already written) to the hash index of ``s``, if it has one."""
-    hm = geom[s, G_HMASK]
+    hm = geom[s, TG_HMASK]
     if hm < 0:
         return
-    hb = geom[s, G_HBASE]
+    hb = geom[s, TG_HBASE]
     h = _hslot(tag[i], hm)
     while hidx[hb + h] >= 0:
         h = (h + 1) & hm
@@ -319,10 +319,10 @@ def _unlink(geom, tag, hidx, s, i):
 
     Linear probing with backward-shift deletion, so lookups never need tombstones.
     """
-    hm = geom[s, G_HMASK]
+    hm = geom[s, TG_HMASK]
     if hm < 0:
         return
-    hb = geom[s, G_HBASE]
+    hb = geom[s, TG_HBASE]
     h = _hslot(tag[i], hm)
     while hidx[hb + h] != i:
         h = (h + 1) & hm
@@ -363,7 +363,7 @@ def _insert(tlb, s, q, v, ck, frame_pa, attr, orig_shift):
     free = -1
     lru = -1
     lru_stamp = _MAXSTAMP
-    for i in range(base, base + geom[s, G_WAYS]):
+    for i in range(base, base + geom[s, TG_WAYS]):
         t = tag[i]
         if t == -1:
             if free < 0:
@@ -468,7 +468,7 @@ def tlb_peek(tlb, va, asid, pcid, side):
     a = asid & 0xFFFF
     ck = (a << 12) | (pcid & 0xFFF)
     for lv in range(2):
-        for j in range(P_PROBES, P_PROBES + plan[side, lv, P_NPROBE]):
+        for j in range(TP_PROBES, TP_PROBES + plan[side, lv, TP_NPROBE]):
             p = plan[side, lv, j]
             s = p >> 2
             q = p & 3
@@ -488,7 +488,7 @@ def tlb_commit(tlb, va, side, level, i, s, shift):
     plan, frame, attrs, stamp, stats, clock = tlb.plan, tlb.frame, tlb.attrs, tlb.stamp, tlb.stats, tlb.clock
     missed = 2 if level == 0 else level - 1  # levels whose structures all missed
     for lv in range(missed):
-        for j in range(P_STRUCTS, P_STRUCTS + plan[side, lv, P_NSTRUCT]):
+        for j in range(TP_STRUCTS, TP_STRUCTS + plan[side, lv, TP_NSTRUCT]):
             stats[plan[side, lv, j], 1] += 1
     if level == 0:
         return np.int64(0), np.int64(0), np.int64(0), np.int64(0)
@@ -582,10 +582,10 @@ def _inv_addr(tlb, va, asid, pcid, mode):
     ck = (a << 12) | (pcid & 0xFFF)
     n = 0
     for s in range(geom.shape[0]):
-        if geom[s, G_SMASH] != 0:
+        if geom[s, TG_SMASH] != 0:
             # pieces of one large page sit in many sets: look at every entry
-            base = geom[s, G_BASE]
-            for i in range(base, base + geom[s, G_ENTRIES]):
+            base = geom[s, TG_BASE]
+            for i in range(base, base + geom[s, TG_ENTRIES]):
                 t = tag[i]
                 if t == -1 or not _doomed(ctx[i], attrs[i], a, ck, mode):
                     continue
@@ -595,12 +595,12 @@ def _inv_addr(tlb, va, asid, pcid, mode):
                     n += 1
         else:
             for q in range(3):
-                if (geom[s, G_SIZES] >> q) & 1 == 0:
+                if (geom[s, TG_SIZES] >> q) & 1 == 0:
                     continue
                 vpn = v >> (12 + 9 * q)
                 key = (vpn << 2) | q
                 sb = _set_base(geom, s, vpn)
-                for i in range(sb, sb + geom[s, G_WAYS]):
+                for i in range(sb, sb + geom[s, TG_WAYS]):
                     if tag[i] == key and _doomed(ctx[i], attrs[i], a, ck, mode):
                         _kill(geom, tag, hidx, s, i)
                         n += 1
@@ -619,8 +619,8 @@ def _inv_all(tlb, asid, pcid, mode):
     ck = (a << 12) | (pcid & 0xFFF)
     n = 0
     for s in range(geom.shape[0]):
-        base = geom[s, G_BASE]
-        for i in range(base, base + geom[s, G_ENTRIES]):
+        base = geom[s, TG_BASE]
+        for i in range(base, base + geom[s, TG_ENTRIES]):
             if tag[i] != -1 and _doomed(ctx[i], attrs[i], a, ck, mode):
                 _kill(geom, tag, hidx, s, i)
                 n += 1
@@ -690,9 +690,9 @@ def tlb_count_valid(tlb, structure_index):
     """Number of valid entries in structure ``structure_index``."""
     geom = tlb[0]
     tag = tlb[3]
-    base = geom[structure_index, G_BASE]
+    base = geom[structure_index, TG_BASE]
     n = 0
-    for i in range(base, base + geom[structure_index, G_ENTRIES]):
+    for i in range(base, base + geom[structure_index, TG_ENTRIES]):
         if tag[i] != -1:
             n += 1
     return n
@@ -836,10 +836,10 @@ def tlb_entries(tlb: tuple, structure_index: int) -> list[list[tuple[int, int, i
         tlb[i] for i in (T_GEOM, T_TAG, T_CTX, T_FRAME, T_ATTRS, T_STAMP, T_ORIG)
     )
     s = int(structure_index)
-    ways = int(geom[s, G_WAYS])
-    base = int(geom[s, G_BASE])
+    ways = int(geom[s, TG_WAYS])
+    base = int(geom[s, TG_BASE])
     out = []
-    for k in range(int(geom[s, G_NSETS])):
+    for k in range(int(geom[s, TG_NSETS])):
         idx = [i for i in range(base + k * ways, base + (k + 1) * ways) if tag[i] != -1]
         idx.sort(key=lambda i: int(stamp[i]))
         out.append(

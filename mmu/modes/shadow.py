@@ -149,13 +149,13 @@ RL_PREV = 1
 RL_OWNER = 2  # 2 * gfn: leaf list of a guest frame; 2 * sp + 1: parent list of a shadow page
 
 # per-guest-frame columns
-G_RHEAD = 0
-G_WP = 1  # shadow pages of this frame that keep it write-protected (not unsync)
-G_UPPER = 2  # upper-level shadow pages of this frame (always write-tracked)
-G_SPS = 3  # shadow pages of this frame (not direct)
-G_LP2 = 4  # at a 2 MiB-aligned frame: frames of that 2 MiB region holding shadowed guest tables
-G_LP3 = 5  # at a 1 GiB-aligned frame: the same for the 1 GiB region
-G_COLS = 6
+GF_RHEAD = 0
+GF_WP = 1  # shadow pages of this frame that keep it write-protected (not unsync)
+GF_UPPER = 2  # upper-level shadow pages of this frame (always write-tracked)
+GF_SPS = 3  # shadow pages of this frame (not direct)
+GF_LP2 = 4  # at a 2 MiB-aligned frame: frames of that 2 MiB region holding shadowed guest tables
+GF_LP3 = 5  # at a 1 GiB-aligned frame: the same for the 1 GiB region
+GF_COLS = 6
 
 # smeta
 SM_UNSYNC = 0  # knob: leaf tables may go unsync
@@ -227,8 +227,8 @@ def make_shadow(
     spt = np.zeros((capacity, SP_COLS), dtype=np.int64)
     spt[:, SP_UIDX] = -1
     rl = np.full((capacity * 512, 3), -1, dtype=np.int64)
-    gfs = np.zeros((guest_frames, G_COLS), dtype=np.int64)
-    gfs[:, G_RHEAD] = -1
+    gfs = np.zeros((guest_frames, GF_COLS), dtype=np.int64)
+    gfs[:, GF_RHEAD] = -1
     hfn2sp = np.full(host_frames, -1, dtype=np.int64)
     sph = np.full(HBUCKETS, -1, dtype=np.int64)
     rt = np.full((MAX_ROOTS, 2), -1, dtype=np.int64)
@@ -291,7 +291,7 @@ def grow_shadow(sh, guest_frames: int, host_frames: int):
         ulist = _grown_rows(ulist, new_cap, 0)
     gfs_new = _grown_rows(gfs, int(guest_frames) + FRAME_ROOM, 0)
     if gfs_new is not gfs:
-        gfs_new[gfs.shape[0] :, G_RHEAD] = -1
+        gfs_new[gfs.shape[0] :, GF_RHEAD] = -1
     hfn2sp = _grown_rows(hfn2sp, int(host_frames) + FRAME_ROOM, -1)
     return ShadowState(spt, rl, gfs_new, hfn2sp, sph, rt, ulist, smeta)
 
@@ -331,7 +331,7 @@ def _bucket(gfn):
 def _head(sh, owner):
     if owner & 1:
         return sh[0][owner >> 1, SP_PHEAD]
-    return sh[2][owner >> 1, G_RHEAD]
+    return sh[2][owner >> 1, GF_RHEAD]
 
 
 @inner
@@ -339,7 +339,7 @@ def _set_head(sh, owner, slot):
     if owner & 1:
         sh[0][owner >> 1, SP_PHEAD] = slot
     else:
-        sh[2][owner >> 1, G_RHEAD] = slot
+        sh[2][owner >> 1, GF_RHEAD] = slot
 
 
 @inner
@@ -437,7 +437,7 @@ def _write_protect_gfn(mem, sh, stats, gfn):
     """Clear R/W in every leaf shadow entry that maps guest frame ``gfn``; True if any was writable."""
     rl = sh[1]
     changed = False
-    s = sh[2][gfn, G_RHEAD]
+    s = sh[2][gfn, GF_RHEAD]
     while s >= 0:
         pa = _slot_pa(sh, s)
         e = mem_read(mem, pa)
@@ -515,12 +515,12 @@ def sh_zap(mem, sh, stats, sp):
         if (flags & F_UNSYNC) != 0:
             _ulist_remove(sh, sp)
         else:
-            gfs[gfn, G_WP] -= 1
-        gfs[gfn, G_SPS] -= 1
-        if gfs[gfn, G_SPS] == 0:
+            gfs[gfn, GF_WP] -= 1
+        gfs[gfn, GF_SPS] -= 1
+        if gfs[gfn, GF_SPS] == 0:
             _account_frame(mem, sh, stats, gfn, -1)
         if level > 1:
-            gfs[gfn, G_UPPER] -= 1
+            gfs[gfn, GF_UPPER] -= 1
     _hash_remove(sh, sp)
     stats[S_SH_ZAPPED] += 1
     if flush:
@@ -538,7 +538,7 @@ def _drop_large(mem, sh, stats, base):
     """Zap the large shadow entries that map the region starting at guest frame ``base``."""
     spt = sh[0]
     rl = sh[1]
-    s = sh[2][base, G_RHEAD]
+    s = sh[2][base, GF_RHEAD]
     while s >= 0:
         nxt = rl[s, RL_NEXT]
         if (spt[s >> 9, SP_ROLE] & 7) > 1:
@@ -555,8 +555,8 @@ def _account_frame(mem, sh, stats, gfn, delta):
     gfs = sh[2]
     b2 = gfn & ~np.int64(511)
     b3 = gfn & ~np.int64((1 << 18) - 1)
-    gfs[b2, G_LP2] += delta
-    gfs[b3, G_LP3] += delta
+    gfs[b2, GF_LP2] += delta
+    gfs[b3, GF_LP3] += delta
     if delta > 0:
         _drop_large(mem, sh, stats, b2)
         _drop_large(mem, sh, stats, b3)
@@ -609,11 +609,11 @@ def _sh_alloc(mem, halloc, sh, stats, gfn, role):
                 if spt[s, SP_GFN] == gfn and (spt[s, SP_FLAGS] & F_UNSYNC) != 0:
                     sh_zap(mem, sh, stats, s)
                 s = nxt
-            gfs[gfn, G_UPPER] += 1
-        if gfs[gfn, G_SPS] == 0:
+            gfs[gfn, GF_UPPER] += 1
+        if gfs[gfn, GF_SPS] == 0:
             _account_frame(mem, sh, stats, gfn, 1)
-        gfs[gfn, G_SPS] += 1
-        gfs[gfn, G_WP] += 1
+        gfs[gfn, GF_SPS] += 1
+        gfs[gfn, GF_WP] += 1
         if _write_protect_gfn(mem, sh, stats, gfn):
             _request_flush(sh, stats)
     return sp
@@ -658,14 +658,14 @@ def _gwp(sh, gfn):
     gfs = sh[2]
     if gfn < 0 or gfn >= gfs.shape[0]:
         return np.int64(0)
-    return gfs[gfn, G_WP]
+    return gfs[gfn, GF_WP]
 
 
 @inner
 def _tracked(sh, gfn):
     """True if writes to guest frame ``gfn`` must be emulated (it cannot go unsync)."""
     gfs = sh[2]
-    return gfs[gfn, G_UPPER] > 0 or (sh[7][SM_UNSYNC] == 0 and gfs[gfn, G_SPS] > 0)
+    return gfs[gfn, GF_UPPER] > 0 or (sh[7][SM_UNSYNC] == 0 and gfs[gfn, GF_SPS] > 0)
 
 
 @inner
@@ -677,7 +677,7 @@ def _unsync_gfn(sh, stats, gfn):
         f = spt[s, SP_FLAGS]
         if spt[s, SP_GFN] == gfn and (f & F_ALIVE) != 0 and (f & (F_DIRECT | F_UNSYNC)) == 0:
             spt[s, SP_FLAGS] = f | F_UNSYNC
-            sh[2][gfn, G_WP] -= 1
+            sh[2][gfn, GF_WP] -= 1
             _ulist_add(sh, s)
             stats[S_SH_UNSYNCED] += 1
         s = spt[s, SP_HNEXT]
@@ -780,7 +780,7 @@ def sh_sync_page(mem, vm, sh, stats, ctl, sp):
     gfn = spt[sp, SP_GFN]
     spt[sp, SP_FLAGS] &= ~F_UNSYNC
     _ulist_remove(sh, sp)
-    sh[2][gfn, G_WP] += 1
+    sh[2][gfn, GF_WP] += 1
     flush = _write_protect_gfn(mem, sh, stats, gfn)
     for idx in range(512):
         if _sync_spte(mem, vm, sh, stats, ctl, sp, idx):
@@ -979,7 +979,7 @@ def sh_guest_store(mem, vm, sh, stats, gpa, value):
     memory ends up holding ``value``."""
     gfn = gpa >> 12
     gfs = sh[2]
-    if gfn >= gfs.shape[0] or gfs[gfn, G_WP] == 0:
+    if gfn >= gfs.shape[0] or gfs[gfn, GF_WP] == 0:
         return
     stats[S_VM_EXITS] += 1
     if _tracked(sh, gfn):
@@ -1159,7 +1159,7 @@ def sh_page_fault(mem, halloc, vm, sh, stats, pkru, maxphy, root_gpa, va, access
             if dgfn + span > sh[2].shape[0]:
                 return SHF_NO_MEMSLOT, np.int64(0)
             if host_shift >= 12 + 9 * (level - 1):
-                if sh[2][dgfn, G_LP2 if level == 2 else G_LP3] == 0:
+                if sh[2][dgfn, GF_LP2 if level == 2 else GF_LP3] == 0:
                     leaf_level = level
                     break
                 stats[S_SH_LPAGE_REFUSED] += 1
@@ -1220,7 +1220,7 @@ def sh_zero_frame(mem, vm, sh, stats, gfn):
     the frame held. Returns its host address."""
     hpa = vm_hpa(vm, gfn << 12)
     gfs = sh[2]
-    if gfn < gfs.shape[0] and gfs[gfn, G_SPS] > 0:
+    if gfn < gfs.shape[0] and gfs[gfn, GF_SPS] > 0:
         for i in range(512):
             sh_guest_store(mem, vm, sh, stats, (gfn << 12) + i * 8, _U0)
             mem_write(mem, hpa + i * 8, _U0)
@@ -1310,8 +1310,8 @@ def frame_protection(sh: tuple, gfn: int) -> tuple[bool, bool]:
     gfs = sh.gfs
     if not 0 <= gfn < gfs.shape[0]:
         return False, False
-    tracked = gfs[gfn, G_UPPER] > 0 or (sh.smeta[SM_UNSYNC] == 0 and gfs[gfn, G_SPS] > 0)
-    return bool(gfs[gfn, G_WP] > 0), bool(tracked)
+    tracked = gfs[gfn, GF_UPPER] > 0 or (sh.smeta[SM_UNSYNC] == 0 and gfs[gfn, GF_SPS] > 0)
+    return bool(gfs[gfn, GF_WP] > 0), bool(tracked)
 
 
 def predict_exit(

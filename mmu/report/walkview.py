@@ -1086,7 +1086,7 @@ class ShadowRow:
         Guest-physical address of the guest entry and its value.
     guest_table_wp : bool
         The guest table's frame is write-protected: shadow pages keep it read-only
-        (``gfs[gfn, G_WP] > 0``), so a guest store to it traps.
+        (``gfs[gfn, GF_WP] > 0``), so a guest store to it traps.
     guest_table_tracked : bool
         Stores to that frame are emulated (tracing) rather than letting it go unsync.
     shadow_hpa, shadow_value : int | None

@@ -84,9 +84,9 @@ def check_shadow(m: Machine, include_unsync: bool = False) -> int:
         gfn = int(spt[sp, S.SP_GFN])
         assert hfn2sp[int(spt[sp, S.SP_HPA]) >> 12] == sp
         if not direct:
-            assert gfs[gfn, S.G_SPS] > 0
+            assert gfs[gfn, S.GF_SPS] > 0
             if not unsync:
-                assert gfs[gfn, S.G_WP] > 0, f"shadowed guest table {gfn:#x} is not write-protected"
+                assert gfs[gfn, S.GF_WP] > 0, f"shadowed guest table {gfn:#x} is not write-protected"
         for i in range(512):
             slot = sp * 512 + i
             e = _host(m, int(spt[sp, S.SP_HPA]) + 8 * i)
@@ -130,7 +130,7 @@ def check_shadow(m: Machine, include_unsync: bool = False) -> int:
             assert tg >= 0, f"shadow entry maps host frame {target:#x}, which backs no guest frame"
             assert rl[slot, S.RL_OWNER] == 2 * tg
             if e & RW:
-                assert gfs[tg, S.G_WP] == 0, f"writable shadow entry over write-protected guest frame {tg:#x}"
+                assert gfs[tg, S.GF_WP] == 0, f"writable shadow entry over write-protected guest frame {tg:#x}"
             if direct:
                 assert tg == gfn + i
                 rights = acc
@@ -160,7 +160,7 @@ def _check_large(m: Machine, sp: int, i: int, level: int, e: int, acc: int, dire
     assert tgpa >= 0 and tgpa % (span * 4096) == 0, "large shadow entry over unaligned or unbacked memory"
     tg = tgpa >> 12
     assert m.sh[1][sp * 512 + i, S.RL_OWNER] == 2 * tg
-    assert not (gfs[tg : tg + span, S.G_SPS] > 0).any(), "large shadow entry over a shadowed guest table"
+    assert not (gfs[tg : tg + span, S.GF_SPS] > 0).any(), "large shadow entry over a shadowed guest table"
     if direct:
         assert tg == gfn + i * span
         rights, dirty = acc, True
