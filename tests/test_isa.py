@@ -1,4 +1,4 @@
-"""Guest ISA semantics, instruction by instruction, in the reference interpreter (mmu.guest.refcpu).
+"""Guest ISA semantics, instruction by instruction, in the reference interpreter (tests/reference/guest_cpu.py).
 
 Expected values are computed by hand (written out in the tables) or from algebraic
 identities, never by calling the interpreter's own ALU. Each snippet ends in ``halt``, so
@@ -30,8 +30,8 @@ from mmu.guest.isa import (
     decode,
     encode,
 )
-from mmu.guest.refcpu import Machine, run
 from mmu.trace.format import OP_EXIT, OP_FETCH, OP_FORK, OP_MMAP, OP_MUNMAP, OP_READ, OP_SWITCH, OP_WRITE
+from tests.guest_ref import Machine, run
 
 M = (1 << 64) - 1
 MIN = 1 << 63  # INT64_MIN as a bit pattern

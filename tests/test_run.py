@@ -12,9 +12,9 @@ from typer.testing import CliRunner
 from mmu.cli import app
 from mmu.engine import MachineConfig
 from mmu.guest.asm import assemble_file
-from mmu.guest.refcpu import run
 from mmu.guest.run import run_program
 from mmu.replayfile import replay
+from tests.guest_ref import run
 
 PROGRAMS = Path(__file__).resolve().parent.parent / "traces" / "programs"
 SMALL_ARGS = {
