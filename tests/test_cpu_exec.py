@@ -1,8 +1,8 @@
 """The numba interpreter (mmu.guest.cpu via mmu.guest.run) agrees with the reference interpreter.
 
 Each program is checked by its console output, exit status, instruction count and faults,
-which refcpu (mmu.guest.refcpu, the semantic reference) fixes. Register state is made
-visible by dumping every register to a buffer and writing it to the console.
+which the reference (tests/reference/guest_cpu.py, written from docs/isa.md) fixes. Register
+state is made visible by dumping every register to a buffer and writing it to the console.
 """
 
 from __future__ import annotations
@@ -14,8 +14,8 @@ from hypothesis import strategies as st
 from mmu.engine import MachineConfig
 from mmu.guest.asm import assemble
 from mmu.guest.isa import FMT_I, FMT_R, FMT_SHI, OPCODES
-from mmu.guest.refcpu import run
 from mmu.guest.run import run_program
+from tests.guest_ref import run
 
 ALU_R = sorted(name for _op, (name, fmt) in OPCODES.items() if fmt == FMT_R)
 ALU_I = sorted(name for _op, (name, fmt) in OPCODES.items() if fmt == FMT_I and name != "jalr")

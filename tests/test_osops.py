@@ -13,10 +13,10 @@ from mmu.engine import Machine, MachineConfig
 from mmu.guest.asm import assemble
 from mmu.guest.cpu import cpu_event
 from mmu.guest.osops import EV_PROT_GIVEN, EV_PROT_SHIFT, rc_count
-from mmu.guest.refcpu import run
 from mmu.guest.run import run_program
 from mmu.stats import S_CR3_LOADS, S_GUEST_PF_PROTECTION
 from mmu.trace.format import OP_EXIT, OP_FORK, OP_MMAP, OP_MUNMAP, OP_SWITCH, RECORD_DTYPE
+from tests.guest_ref import run
 
 MODES = ["native", "nested", "shadow"]
 

@@ -12,7 +12,7 @@ import pytest
 
 from mmu.guest.asm import assemble_file
 from mmu.guest.isa import DEFAULT_SEED
-from mmu.guest.refcpu import run
+from tests.guest_ref import run
 
 PROGRAMS = Path(__file__).resolve().parent.parent / "traces" / "programs"
 NAMES = ["forkwait", "pfstorm", "pingpong", "gups", "seqscan", "ptrchase", "mmapchurn"]

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from mmu.engine import Machine, MachineConfig
 from mmu.errors import MMUInputError
 from mmu.trace.format import OP_FETCH, OP_READ, OP_WRITE, RECORD_DTYPE, TraceReader
-from tests.reference.shadow import check_shadow
+from tests.invariants.shadow import check_shadow
 from tests.test_nested_replay import guest_tables
 
 TRACES = Path(__file__).resolve().parent.parent / "traces"

@@ -1,7 +1,7 @@
 """Transparent huge pages, process-row reuse and page-table freeing in the guest OS model.
 
 The guest's own state is checked by an independent walker of its tables
-(tests/reference/guest_os.py) after every step; the modes are checked to agree on every
+(tests/invariants/guest_os.py) after every step; the modes are checked to agree on every
 access's guest-physical address and every guest page fault.
 """
 
@@ -18,14 +18,14 @@ from mmu.errors import MMUInputError
 from mmu.guest.asm import assemble_file
 from mmu.guest.isa import PROT_THP
 from mmu.guest.os import MAX_PROCS, P_ROOT
-from mmu.guest.refcpu import run as ref_run
 from mmu.guest.run import run_program
 from mmu.memory import ALIGN_ROOM, FrameAllocator, alloc_block, alloc_frame, alloc_room, free_block, free_frame
 from mmu.replayfile import replay
 from mmu.stats import EXIT_CR3_LOAD, EXIT_INVLPG, S_EXIT_BASE
 from mmu.trace.format import OP_EXIT, OP_FORK, OP_MMAP, OP_MUNMAP, OP_SWITCH, RECORD_DTYPE
-from tests.reference.guest_os import check_guest_os
-from tests.reference.shadow import check_shadow
+from tests.guest_ref import run as ref_run
+from tests.invariants.guest_os import check_guest_os
+from tests.invariants.shadow import check_shadow
 
 MODES = ["native", "nested", "shadow"]
 PROGRAMS = "traces/programs"

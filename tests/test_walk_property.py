@@ -9,7 +9,6 @@ the walk must be identical.
 
 from __future__ import annotations
 
-import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from reference.paging import (
@@ -28,8 +27,6 @@ from reference.paging import (
 )
 
 import mmu
-
-pytestmark = pytest.mark.skipif(not hasattr(mmu, "walk"), reason="mmu.walk is not implemented yet")
 
 P, RW, US, PS = 1, 2, 4, 0x80
 XD = 1 << 63

@@ -8,8 +8,9 @@ records; with recording on, each translated access is appended to the record buf
 replay of the recorded trace repeats the same work. Data lives in the guest frames the
 translation names (64-bit words of :mod:`mmu.memory`; smaller accesses are masked in).
 
-The semantics are those of the reference interpreter :mod:`mmu.guest.refcpu`; the system
-calls, the scheduler and the processes are the Python driver's (:mod:`mmu.guest.run`).
+The semantics are those of ``docs/isa.md`` (held to the reference interpreter in
+``tests/reference/guest_cpu.py`` by the tests); the system calls, the scheduler and the
+processes are the Python driver's (:mod:`mmu.guest.run`).
 """
 
 from __future__ import annotations

@@ -3,8 +3,8 @@
 Everything a program, an assembler or an interpreter must agree on lives here: the
 instruction encoding, the opcode table, the registers and their ABI names, the system
 call numbers and ABI, the process memory layout, the random-number generator and the
-signals that kill a process. The semantics are implemented by the plain-Python reference
-interpreter :mod:`mmu.guest.refcpu`; ``docs/isa.md`` states them in prose.
+signals that kill a process. ``docs/isa.md`` states the semantics; the tests hold the
+interpreter to a reference written from that document (``tests/reference/guest_cpu.py``).
 
 Encoding (one little-endian 64-bit word per instruction)::
 

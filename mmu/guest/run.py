@@ -6,9 +6,10 @@ and performs the system calls, the processes' bookkeeping (parents, zombies, wai
 round-robin scheduling here, in Python: they are rare. Everything the guest kernel does to
 page tables and TLBs -- mmap, munmap, fork, exit, context switches -- is an OS event run by
 the numba kernels of :mod:`mmu.guest.osops` and :mod:`mmu.modes.cpuops`, the same code that
-replays those events from a trace. The rules (scheduling, syscall results, fault order) are
-those of :mod:`mmu.guest.refcpu`, so the console output, exit statuses and instruction counts
-agree with it in every mode.
+replays those events from a trace. The rules (scheduling, syscall results, fault order and
+fault messages) are those of ``docs/isa.md``; the tests hold the console output, exit statuses,
+instruction counts and faults to an independent reference interpreter written from that
+document (``tests/reference/guest_cpu.py``), in every mode.
 
 The program's text and data are not copied in up front: process 1's text and data mappings
 name rows of the program image (``osst.image``), and a demand fault fills the new frame from
@@ -71,6 +72,8 @@ from mmu.guest.isa import (
     REG_A0,
     REG_A1,
     REG_SP,
+    SIGILL,
+    SIGNAL_NAMES,
     SIGSEGV,
     STACK_TOP,
     SYS_ERROR,
@@ -97,7 +100,6 @@ from mmu.guest.osops import (
     os_range_mapped,
     vma_index,
 )
-from mmu.guest.refcpu import Fault
 from mmu.trace.format import TraceWriter, base_header
 from mmu.trace.ops import OP_EXIT, OP_FORK, OP_MMAP, OP_MUNMAP, OP_SWITCH, RECORD_DTYPE
 
@@ -108,6 +110,39 @@ RECORD_BUFFER = 1 << 16  # accesses buffered between writes of a recorded trace
 
 _READY, _BLOCKED, _ZOMBIE, _DEAD = "ready", "blocked", "zombie", "dead"
 _ACCESS_NAMES = ("load", "store", "fetch", "decode")
+
+
+@dataclass(frozen=True)
+class Fault:
+    """A fault that killed a process (``docs/isa.md``, *Faults*).
+
+    Attributes
+    ----------
+    pid, signal, pc : int
+        The process, SIGSEGV / SIGBUS / SIGILL, and the address of the faulting instruction.
+    access : str
+        "fetch", "load", "store", or "decode" (illegal instruction).
+    addr, size : int
+        The address and size of the access (for "decode": the instruction word and 8).
+    reason : str
+        "unmapped", "not writable", "not executable", "misaligned" or "illegal instruction".
+    """
+
+    pid: int
+    signal: int
+    pc: int
+    access: str
+    addr: int
+    size: int
+    reason: str
+
+    @property
+    def message(self) -> str:
+        """The one-line message ``docs/isa.md`` specifies."""
+        head = f"pid {self.pid}: {SIGNAL_NAMES[self.signal]}"
+        if self.signal == SIGILL:
+            return f"{head}: word {self.addr:#018x} at pc {self.pc:#x}"
+        return f"{head}: {self.access} of {self.size} bytes at {self.addr:#x}: {self.reason} (pc {self.pc:#x})"
 
 
 @dataclass(eq=False)
@@ -236,7 +271,7 @@ class _Executor:
         if st != OS_OK:
             raise MMUInputError("the guest ran out of physical frames")
 
-    # -- scheduler (refcpu.Machine.run) ---------------------------------------------------------
+    # -- scheduler (docs/isa.md, *Processes and scheduling*) ---------------------------------------
     def run(self, max_instructions: int) -> str:
         remaining = max_instructions
         reason = "exit"
@@ -347,7 +382,7 @@ class _Executor:
             return 0
         return int(os_prot_of(self.m.osst, np.int64(self.m.osst.pid2slot[pid]), np.int64(addr >> PAGE_SHIFT)))
 
-    # -- system calls (refcpu.Machine._syscall) ---------------------------------------------------
+    # -- system calls (docs/isa.md, *System calls*) -----------------------------------------------
     def _syscall(self, p: _Proc, number: int) -> str | None:
         """System call ``number`` (pc already past it); rand and getpid ran in the kernel."""
         regs = p.regs
@@ -426,7 +461,7 @@ class _Executor:
             return SYS_ERROR
         st = self._event(OP_MUNMAP, p.pid, addr, npages)
         if st != OS_OK:
-            # only a split that finds the mapping table full; refcpu has no such limit
+            # only a split that finds the mapping table full; the ISA has no such limit
             raise MMUInputError(f"pid {p.pid}: munmap needs more than the kernel's mappings per process")
         return 0
 
@@ -496,7 +531,7 @@ def run_program(
     max_instructions : int
         Stop after this many instructions retire (``reason`` "limit").
     seed, quantum : int
-        Process 1's rand() state and the scheduler's slice, as in :func:`mmu.guest.refcpu.run`.
+        Process 1's rand() state and the scheduler's slice (``docs/isa.md``).
 
     Returns
     -------

@@ -1,1 +1,4 @@
-"""Independent plain-Python reference models, read directly from the Intel SDM (see STYLE.md)."""
+"""Independent plain-Python reference models, written from the Intel SDM and the project's specs.
+
+A module here imports nothing from ``mmu`` and shares no code with it (``tests/test_reference_independence.py``).
+"""
