@@ -37,7 +37,7 @@ def guest_tables(m: Machine) -> dict[int, int]:
         pa = int(vm_hpa(m.vm, np.int64(gpa))) if nested else gpa
         return 0 if pa < 0 else int(mem_read(m.mem.state, np.int64(pa)))
 
-    procs, ometa = m.osst[0], m.osst[2]
+    procs, ometa = m.osst.procs, m.osst.ometa
     out: dict[int, int] = {}
 
     def walk(table: int, level: int) -> None:
@@ -107,7 +107,7 @@ def test_lazy_backing_exits_once_per_host_page():
     records = np.array(TraceReader(TRACES / "ls-usr.trace").memmap()[:N])
     m, _ = _run(records, mode="nested")
     s = m.result()
-    backed_pages = int(m.vm[1][8])  # V_BACKED_PAGES
+    backed_pages = int(m.vm.vmeta[8])  # V_BACKED_PAGES
     assert s["exits"]["ept_violation"]["count"] == backed_pages == s["vm_exits"]
     assert s["cycles_breakdown"]["vm_exits"] == s["exits"]["ept_violation"]["cycles"] > 0
     pre = _run(records, mode="nested", prepopulate_mb=64)[0].result()

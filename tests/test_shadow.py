@@ -210,7 +210,7 @@ def test_write_flooding_zaps_upper_level_shadow_pages():
     a = np.zeros(1, dtype=RECORD_DTYPE)
     a[0] = (0x40_0000, 8, 1, OP_READ, 0)
     m.run(a)
-    root = int(m.osst[0][0, 1])
+    root = int(m.osst.procs[0, 1])
     tracing = m.result()["exits"]["tracing_write"]["count"]  # the PML4E stored by the first fault
     for k in range(3):
         m.guest_store(root + 8 * (100 + k), 0)
@@ -221,7 +221,7 @@ def test_write_flooding_zaps_upper_level_shadow_pages():
     check_shadow(m)
     off = Machine(MachineConfig(mode="shadow", flood_threshold=0))
     off.run(a)
-    root = int(off.osst[0][0, 1])
+    root = int(off.osst.procs[0, 1])
     for k in range(10):
         off.guest_store(root + 8 * (100 + k), 0)
     assert off.result()["mode_stats"]["shadow_pages"]["flooded"] == 0
@@ -239,7 +239,7 @@ LEAF_BITS = [0x7, 0x5, 0x27, 0x67, 0x3, 0x0, 0x7 | (1 << 63), 0x65, 0x1]
 
 def _leaf_pte(m: Machine, row: int, va: int) -> int | None:
     """Guest-physical address of the PTE mapping ``va`` in process ``row`` (4 KiB pages only)."""
-    table = int(m.osst[0][row, 1])
+    table = int(m.osst.procs[row, 1])
     for level in (4, 3, 2):
         e = m.read_guest(table + 8 * ((va >> (12 + 9 * (level - 1))) & 511))
         if not e & 1 or (level <= 3 and e & 0x80):
@@ -249,7 +249,7 @@ def _leaf_pte(m: Machine, row: int, va: int) -> int | None:
 
 
 def _pde(m: Machine, row: int, va: int) -> int | None:
-    table = int(m.osst[0][row, 1])
+    table = int(m.osst.procs[row, 1])
     for level in (4, 3):
         e = m.read_guest(table + 8 * ((va >> (12 + 9 * (level - 1))) & 511))
         if not e & 1:
@@ -290,7 +290,7 @@ def _drive(ops, shadow_cfg, upper: bool) -> dict:
             if seen[0] != 2**64 - 1:
                 frames.append(seen[0] >> 12)
             continue
-        row = int(native.osst[2][0])
+        row = int(native.osst.ometa[0])
         if row < 0:
             continue
         if kind == "edit":

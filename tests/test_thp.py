@@ -144,7 +144,7 @@ def test_a_fault_in_an_aligned_anonymous_range_maps_2m():
     assert got["huge_pages"] == {"mapped": 1, "fallbacks": 0, "splits": 0}
     assert got["data_frames"] == 512
     m = r.machines["native"]
-    root = int(m.osst[0][int(m.osst[1][1]), P_ROOT])
+    root = int(m.osst.procs[int(m.osst.pid2slot[1]), P_ROOT])
     w = mmu.walk(m.mem, root, BASE + 0x1234, "r", user=True)
     assert w.page_size == HUGE and len(w.refs) == 3  # PML4E, PDPTE, PDE (the leaf)
     # 4 KiB pages of the same 2 MiB are consecutive frames of one aligned block

@@ -506,7 +506,7 @@ class Twin:
             got = psc_entries(self.psc, lvl)
             want = self.ref.psc.snapshot(lvl)
             assert got == (want if want else [[] for _ in got])
-        assert self.psc[6].tolist() == self.ref.psc.stats()
+        assert self.psc.stats.tolist() == self.ref.psc.stats()
         check_index(self.tlb)
 
 

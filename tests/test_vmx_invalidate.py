@@ -35,7 +35,7 @@ def _machine() -> tuple[Machine, int]:
 
 
 def _translate(m: Machine, va: int) -> tuple[int, int, int]:
-    procs, ometa = m.osst[0], m.osst[2]
+    procs, ometa = m.osst.procs, m.osst.ometa
     row = int(ometa[0])
     cr3, pcid = int(procs[row, 1] | procs[row, 2]), int(procs[row, 2])
     trail, gtrail, htrail, refs, _counts, _flog = m._scratch
@@ -48,7 +48,7 @@ def _translate(m: Machine, va: int) -> tuple[int, int, int]:
 
 
 def _ept_leaf_hpa(m: Machine, gpa: int) -> int:
-    table = int(m.vm[1][1])
+    table = int(m.vm.vmeta[1])
     for level in range(4, 1, -1):
         e = int(mem_read(m.mem.state, np.int64(table + ((gpa >> (12 + 9 * (level - 1))) & 511) * 8)))
         assert e & 7 and not e & 0x80, "a present EPT entry that references a table"
@@ -63,8 +63,8 @@ def _move_guest_frame(m: Machine, gpa: int) -> int:
     new_hfn = int(alloc_frame(m.mem.alloc.state))
     m.mem.reserve(4)
     mem_write(m.mem.state, np.int64(leaf), np.uint64((new_hfn << 12) | (old & 0xFFF)))
-    m.vm[0][gpa >> 12] = new_hfn
-    m.vm[2][new_hfn] = gpa >> 12
+    m.vm.gfn2hfn[gpa >> 12] = new_hfn
+    m.vm.hfn2gfn[new_hfn] = gpa >> 12
     return (new_hfn << 12) | (gpa & 0xFFF)
 
 
@@ -113,9 +113,9 @@ def test_invvpid_all_contexts_spares_vpid_zero_and_bad_operands():
     vpid = int(m.cfg[C_ASID])
     tlb_fill(m.tlb, np.int64(va), 0, 0, 0, np.int64(0x9999000), 12, TA_RW | TA_US)
     assert hw_invvpid(m.tlb, m.psc, 2, 0, np.int64(0)) == HW_OK
-    assert int(((m.tlb[4] >> 12) == vpid)[m.tlb[3] != -1].sum()) == 0
+    assert int(((m.tlb.ctx >> 12) == vpid)[m.tlb.tag != -1].sum()) == 0
     assert tlb_lookup(m.tlb, np.int64(va), 0, 0, 0)[0] > 0
-    assert int(((m.psc[2] >> 12) == vpid)[m.psc[1] != -1].sum()) == 0
+    assert int(((m.psc.ctx >> 12) == vpid)[m.psc.tag != -1].sum()) == 0
     assert hw_invvpid(m.tlb, m.psc, 1, 0, np.int64(0)) == HW_GP  # VPID 0 is not a guest context
     assert hw_invvpid(m.tlb, m.psc, 7, vpid, np.int64(0)) == HW_GP
     assert hw_invept(m.tlb, m.psc, m.hcache, 0) == HW_GP

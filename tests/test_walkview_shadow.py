@@ -52,7 +52,7 @@ def touch(m: Machine, *vas: int, op: int = OP_READ, pid: int = 1) -> None:
 
 
 def guest_root(m: Machine) -> int:
-    return int(m.osst[0][int(m.osst[2][O_CUR]), P_ROOT])
+    return int(m.osst.procs[int(m.osst.ometa[O_CUR]), P_ROOT])
 
 
 def table_rows(text: str) -> list[list[str]]:
@@ -159,8 +159,8 @@ def test_leaf_table_is_write_protected_then_unsync_after_its_second_pte_store():
     view = capture_shadow(m, 0x40_0000, "r", True)
     pt = view.rows[-1]
     gfn = pt.guest_gpa >> 12
-    assert m.sh[2][gfn, GF_WP] == 0 and not pt.guest_table_wp
-    assert pt.shadow_page.unsync and m.sh[0][pt.shadow_page.sp, SP_FLAGS] & F_UNSYNC
+    assert m.sh.gfs[gfn, GF_WP] == 0 and not pt.guest_table_wp
+    assert pt.shadow_page.unsync and m.sh.spt[pt.shadow_page.sp, SP_FLAGS] & F_UNSYNC
     rows = table_rows(render(view))
     assert "writable" in rows[3][2] and "write-protected" not in rows[3][2]
     assert "unsync" in rows[3][4]
@@ -181,7 +181,7 @@ def test_direct_shadow_page_splits_the_guest_large_page(demo):
     pde, pte = view.rows[-2], view.rows[-1]
     assert pde.guest_value & 0x80 and pte.guest_gpa is None  # the guest walk ends at its PDE
     sp = pte.shadow_page
-    assert sp.direct and sp.level == 1 and sp.gfn == 0x400 and demo.sh[0][sp.sp, SP_FLAGS] & F_DIRECT
+    assert sp.direct and sp.level == 1 and sp.gfn == 0x400 and demo.sh.spt[sp.sp, SP_FLAGS] & F_DIRECT
     assert not sp.access & 1  # clean guest page: the direct page's role drops W
     rows = table_rows(render(view))
     assert "inside the guest's 2M page" in rows[3][1]

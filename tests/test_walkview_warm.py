@@ -289,7 +289,7 @@ def test_probe_predicts_program_records(name, program_traces):
                 m.run(recs[i : i + 1])
                 continue
             enter_process(m, int(recs[i]["pid"]))
-            flush = bool(m.sh[7][SM_FLUSH])
+            flush = bool(m.sh.smeta[SM_FLUSH])
             w, delta = probe_then_run(m, recs, i, verify=i % 50 == 0)
             check(w, delta)
             seen |= kinds(w)
@@ -448,7 +448,7 @@ def test_not_predicted_warm_walk_says_why_and_marks_nothing():
 def test_a_pending_shadow_root_reload_is_not_predicted():
     # the VMM would build a new root first (it allocates frames): the probe says so and stops
     m, _ = hand_machine(CONFIGS["shadow"], 5)
-    m.sh[7][SM_RELOAD] = 1
+    m.sh.smeta[SM_RELOAD] = 1
     before = state_arrays(m)
     view = machine_view(m, A, "r", True, "", 5)
     assert same_state(before, state_arrays(m))

@@ -192,8 +192,8 @@ def os_free_row(osst):
     long as at most ``MAX_PROCS`` are alive at once. A reused row keeps its PCID: the exit
     flushed that PCID's TLB and paging-structure-cache entries while it was current.
     """
-    procs = osst[0]
-    ometa = osst[2]
+    procs = osst.procs
+    ometa = osst.ometa
     n = procs.shape[0]
     if ometa[O_NPROCS] < n:
         return ometa[O_NPROCS]
@@ -213,9 +213,9 @@ def os_process(osst, gm, galloc, pid):
 
     Returns (status, row, created).
     """
-    procs = osst[0]
-    pid2slot = osst[1]
-    ometa = osst[2]
+    procs = osst.procs
+    pid2slot = osst.pid2slot
+    ometa = osst.ometa
     row = pid2slot[pid]
     if row >= 0:
         return OS_OK, row, False
@@ -246,7 +246,7 @@ def os_process(osst, gm, galloc, pid):
 @jit
 def os_cr3(osst, row):
     """CR3 value of process ``row``: root table address with the PCID in bits 11:0."""
-    procs = osst[0]
+    procs = osst.procs
     return procs[row, P_ROOT] | procs[row, P_PCID]
 
 

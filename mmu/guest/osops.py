@@ -8,7 +8,7 @@ each virtualization mode sees what its hardware would.
 Two kinds of process:
 
 * **with mappings** (``procs[row, P_VMAS] = 1``, after its first mmap event, or inherited by
-  fork): its address space is its VMAs (``osst[3]``), each with PROT_* bits. A fault outside a
+  fork): its address space is its VMAs (``osst.vmas``), each with PROT_* bits. A fault outside a
   mapping or against its protection fails (the process gets SIGSEGV). PTE bits follow the
   protection: present, user, R/W = PROT_WRITE, XD = not PROT_EXEC (when EFER.NXE is on).
 * **without mappings** (trace replay; traces carry no mmap events): the whole canonical user
@@ -17,7 +17,7 @@ Two kinds of process:
 Demand paging of a process with mappings fills the new frame as Linux does (``clear_page``,
 or the program image for the executor's text and data), so the kernel touches the frame.
 Fork shares every data frame copy-on-write: writable leaf entries become read-only on both
-sides, each shared frame's reference count (``osst[4]``, an open-addressing table of frames
+sides, each shared frame's reference count (``osst.rc``, an open-addressing table of frames
 with more than one owner) goes up, and the parent's TLB is flushed. A write fault on such a
 page copies the frame, or just restores R/W when the faulting process is its last owner.
 munmap and exit clear the entries with guest stores and give frames whose count drops to
@@ -29,7 +29,7 @@ entries actually cleared. After munmap the page tables whose whole span lies in 
 unmapped gap (between the neighbouring mappings) are freed, as Linux's ``free_pgtables``;
 their first pages join the flushed range (``pte_free_tlb``).
 
-Transparent huge pages (``osst[2][O_THP]``: Linux's ``enabled`` = never, madvise or always,
+Transparent huge pages (``osst.ometa[O_THP]``: Linux's ``enabled`` = never, madvise or always,
 without khugepaged): a not-present fault in an anonymous mapping that may have them (always:
 every one, and processes without mappings; madvise: mappings made with ``PROT_THP``, this ISA's
 ``madvise(MADV_HUGEPAGE)``) that covers the whole aligned 2 MiB around the address, whose
@@ -136,7 +136,7 @@ _W_TEARDOWN = 2  # clear and free everything (exit)
 _W_FORK = 3  # copy the tree into the child's root, sharing leaves copy-on-write
 _W_FREE = 4  # free the empty tables whose span lies within [floor, ceiling) (after munmap)
 
-# Walk stack columns (osst[6]): per level, the table, the child's table, next index, base va.
+# Walk stack columns (osst.oscratch): per level, the table, the child's table, next index, base va.
 _K_TABLE = 0
 _K_CHILD = 1
 _K_INDEX = 2
@@ -164,27 +164,27 @@ def _rc_slot(rc, gfn):
 @jit
 def rc_count(osst, gfn):
     """Owners of data frame ``gfn`` (1 unless it is shared)."""
-    rc = osst[4]
+    rc = osst.rc
     i = _rc_slot(rc, gfn)
     return rc[i, 1] if rc[i, 0] == gfn else np.int64(1)
 
 
 @inner
 def _rc_inc(osst, gfn):
-    rc = osst[4]
+    rc = osst.rc
     i = _rc_slot(rc, gfn)
     if rc[i, 0] == gfn:
         rc[i, 1] += 1
     else:
         rc[i, 0] = gfn
         rc[i, 1] = 2
-        osst[2][O_RC_USED] += 1
+        osst.ometa[O_RC_USED] += 1
 
 
 @inner
 def _rc_dec(osst, gfn):
     """Drop one owner of ``gfn``; returns the owners left (0: free the frame)."""
-    rc = osst[4]
+    rc = osst.rc
     i = _rc_slot(rc, gfn)
     if rc[i, 0] != gfn:
         return np.int64(0)
@@ -194,7 +194,7 @@ def _rc_dec(osst, gfn):
         return left
     # One owner left: remove the entry (backward-shift deletion keeps probe chains intact).
     mask = rc.shape[0] - 1
-    osst[2][O_RC_USED] -= 1
+    osst.ometa[O_RC_USED] -= 1
     j = i
     while True:
         rc[j, 0] = 0
@@ -219,16 +219,16 @@ def _rc_dec(osst, gfn):
 @jit
 def vma_index(osst, row, vpn):
     """Index of the mapping of process ``row`` that holds page ``vpn``, or -1."""
-    vmas = osst[3]
+    vmas = osst.vmas
     lo = np.int64(0)
-    hi = osst[0][row, P_NVMAS]
+    hi = osst.procs[row, P_NVMAS]
     while lo < hi:
         mid = (lo + hi) >> 1
         if vmas[row, mid, VMA_END] <= vpn:
             lo = mid + 1
         else:
             hi = mid
-    if lo < osst[0][row, P_NVMAS] and vmas[row, lo, VMA_FIRST] <= vpn:
+    if lo < osst.procs[row, P_NVMAS] and vmas[row, lo, VMA_FIRST] <= vpn:
         return lo
     return np.int64(-1)
 
@@ -236,10 +236,10 @@ def vma_index(osst, row, vpn):
 @jit
 def os_prot_of(osst, row, vpn):
     """PROT_* bits of page ``vpn`` in process ``row``: 0 if unmapped; PROT_ALL without mappings."""
-    if osst[0][row, P_VMAS] == 0:
+    if osst.procs[row, P_VMAS] == 0:
         return np.int64(PROT_ALL)
     i = vma_index(osst, row, vpn)
-    return osst[3][row, i, VMA_PROT] if i >= 0 else np.int64(0)
+    return osst.vmas[row, i, VMA_PROT] if i >= 0 else np.int64(0)
 
 
 @jit(inline="always")
@@ -251,8 +251,8 @@ def _vma_copy(vmas, dst, src):
 @inner
 def _vma_remove(osst, row, first, end):
     """Remove pages ``[first, end)`` from the mappings. False if a split finds no free slot."""
-    vmas = osst[3][row]
-    n = osst[0][row, P_NVMAS]
+    vmas = osst.vmas[row]
+    n = osst.procs[row, P_NVMAS]
     for i in range(n):
         s = vmas[i, VMA_FIRST]
         e = vmas[i, VMA_END]
@@ -266,7 +266,7 @@ def _vma_remove(osst, row, first, end):
             vmas[i + 1, VMA_FIRST] = end
             if vmas[i, VMA_IMAGE] >= 0:
                 vmas[i + 1, VMA_IMAGE] = vmas[i, VMA_IMAGE] + (end - s)
-            osst[0][row, P_NVMAS] = n + 1
+            osst.procs[row, P_NVMAS] = n + 1
             return True
     w = 0
     for i in range(n):
@@ -285,7 +285,7 @@ def _vma_remove(osst, row, first, end):
         if w != i:
             _vma_copy(vmas, w, i)
         w += 1
-    osst[0][row, P_NVMAS] = w
+    osst.procs[row, P_NVMAS] = w
     return True
 
 
@@ -294,8 +294,8 @@ def _vma_add(osst, row, first, end, prot, image):
     """Map pages ``[first, end)`` (replacing what was there). False if the table is full."""
     if not _vma_remove(osst, row, first, end):
         return False
-    vmas = osst[3][row]
-    n = osst[0][row, P_NVMAS]
+    vmas = osst.vmas[row]
+    n = osst.procs[row, P_NVMAS]
     at = 0
     while at < n and vmas[at, VMA_FIRST] < first:
         at += 1
@@ -308,7 +308,7 @@ def _vma_add(osst, row, first, end, prot, image):
                 vmas[p, VMA_END] = vmas[at, VMA_END]
                 for j in range(at, n - 1):
                     _vma_copy(vmas, j, j + 1)
-                osst[0][row, P_NVMAS] = n - 1
+                osst.procs[row, P_NVMAS] = n - 1
             return True
     if image < 0 and at < n:
         if vmas[at, VMA_FIRST] == end and vmas[at, VMA_PROT] == prot and vmas[at, VMA_IMAGE] < 0:
@@ -322,7 +322,7 @@ def _vma_add(osst, row, first, end, prot, image):
     vmas[at, VMA_END] = end
     vmas[at, VMA_PROT] = prot
     vmas[at, VMA_IMAGE] = image
-    osst[0][row, P_NVMAS] = n + 1
+    osst.procs[row, P_NVMAS] = n + 1
     return True
 
 
@@ -332,9 +332,9 @@ def os_mmap_place(osst, row, npages, base_vpn, top_vpn):
 
     Returns the page number, or -1 if there is no room.
     """
-    vmas = osst[3]
+    vmas = osst.vmas
     cur = base_vpn
-    for i in range(osst[0][row, P_NVMAS] if osst[0][row, P_VMAS] != 0 else 0):
+    for i in range(osst.procs[row, P_NVMAS] if osst.procs[row, P_VMAS] != 0 else 0):
         s = vmas[row, i, VMA_FIRST]
         e = vmas[row, i, VMA_END]
         if e <= cur:
@@ -383,7 +383,7 @@ def _new_data_frame(gm, galloc, osst, stats, src_gfn, image_row):
             for k in range(512):
                 data[drow, k] = data[srow, k]
     elif image_row >= 0:
-        image = osst[5]
+        image = osst.image
         if image_row < image.shape[0]:
             drow = mem_frame(mem, hpa >> 12)
             for k in range(512):
@@ -438,7 +438,7 @@ def _huge_shared(osst, head):
     A 2 MiB mapping owns each of its 512 frames once (fork counts them one by one), so a
     huge page split in one process and still mapped whole in another stays accounted for.
     """
-    if osst[2][O_RC_USED] == 0:
+    if osst.ometa[O_RC_USED] == 0:
         return False
     for k in range(BLOCK_FRAMES):
         if rc_count(osst, head + k) > 1:
@@ -513,7 +513,7 @@ def _fault_vma(gm, galloc, osst, stats, cfg, row, va, access):
     """Not-present fault in a process with mappings: map the page if its mapping allows ``access``."""
     vpn = va >> 12
     i = vma_index(osst, row, vpn)
-    prot = osst[3][row, i, VMA_PROT] if i >= 0 else np.int64(0)
+    prot = osst.vmas[row, i, VMA_PROT] if i >= 0 else np.int64(0)
     if (
         prot == 0
         or (access == ACC_WRITE and (prot & PROT_WRITE) == 0)
@@ -521,16 +521,16 @@ def _fault_vma(gm, galloc, osst, stats, cfg, row, va, access):
     ):
         stats[S_BAD_ACCESSES] += 1
         return OS_OK, PF_SEGV
-    levels = osst[2][O_LEVELS]
-    root = osst[0][row, P_ROOT]
-    img = osst[3][row, i, VMA_IMAGE]
+    levels = osst.ometa[O_LEVELS]
+    root = osst.procs[row, P_ROOT]
+    img = osst.vmas[row, i, VMA_IMAGE]
     hvpn = (va & ~(HUGE - 1)) >> 12
-    thp = osst[2][O_THP]
+    thp = osst.ometa[O_THP]
     if (
         (thp == THP_ALWAYS or (thp == THP_MADVISE and (prot & PROT_THP) != 0))
         and img < 0
-        and osst[3][row, i, VMA_FIRST] <= hvpn
-        and hvpn + BLOCK_FRAMES <= osst[3][row, i, VMA_END]
+        and osst.vmas[row, i, VMA_FIRST] <= hvpn
+        and hvpn + BLOCK_FRAMES <= osst.vmas[row, i, VMA_END]
     ):
         # an anonymous mapping covers the whole aligned 2 MiB around va: a transparent huge page
         r = _thp_fault(gm, galloc, stats, root, levels, va, _leaf_bits(prot, cfg[C_CTL]))
@@ -547,7 +547,7 @@ def _fault_vma(gm, galloc, osst, stats, cfg, row, va, access):
     if (guest_read(gm, slot) & PTE_P) != _U0:
         return OS_OK, PF_FIXED  # another path mapped it already (the TLB was stale)
     gfn = _new_data_frame(
-        gm, galloc, osst, stats, np.int64(-1), img + (vpn - osst[3][row, i, VMA_FIRST]) if img >= 0 else img
+        gm, galloc, osst, stats, np.int64(-1), img + (vpn - osst.vmas[row, i, VMA_FIRST]) if img >= 0 else img
     )
     if gfn < 0:
         return OS_OUT_OF_FRAMES, PF_SEGV
@@ -563,9 +563,9 @@ def _cow(gm, galloc, osst, tlb, psc, stats, cfg, row, va):
     A 2 MiB page is reused whole when no frame of it has another owner; otherwise its mapping
     is split into 4 KiB entries and the one page is copied (Linux >= 5.8 ``do_huge_pmd_wp_page``).
     """
-    root = osst[0][row, P_ROOT]
-    levels = osst[2][O_LEVELS]
-    current = osst[2][O_CUR] == row
+    root = osst.procs[row, P_ROOT]
+    levels = osst.ometa[O_LEVELS]
+    current = osst.ometa[O_CUR] == row
     slot = _slot(gm, galloc, stats, root, levels, va, False, 1)
     if slot == -3:
         pmd = _slot(gm, galloc, stats, root, levels, va, False, 2)
@@ -619,8 +619,8 @@ def os_page_fault(gm, galloc, osst, tlb, psc, stats, cfg, row, va, access, code,
     tables allow the access now; a write to a read-only page of a writable (or unmapped-anon)
     region is copy-on-write; anything else fails.
     """
-    procs = osst[0]
-    levels = osst[2][O_LEVELS]
+    procs = osst.procs
+    levels = osst.ometa[O_LEVELS]
     if (code & PF_P) == 0:
         stats[S_GUEST_PF_NOT_PRESENT] += 1
         if not _user_half(va, levels):
@@ -628,7 +628,7 @@ def os_page_fault(gm, galloc, osst, tlb, psc, stats, cfg, row, va, access, code,
             return OS_OK, PF_SEGV
         if procs[row, P_VMAS] != 0:
             return _fault_vma(gm, galloc, osst, stats, cfg, row, va, access)
-        if osst[2][O_THP] == THP_ALWAYS:
+        if osst.ometa[O_THP] == THP_ALWAYS:
             r = _thp_fault(gm, galloc, stats, procs[row, P_ROOT], levels, va, PTE_USER_RW)
             if r < 0:
                 return OS_OUT_OF_FRAMES, PF_SEGV
@@ -672,13 +672,13 @@ def _walk_tree(gm, galloc, osst, tlb, psc, stats, cfg, kind, root, levels, lo, h
     ``out`` (int64[4]) receives: [0] tables seen (below the root), [1] 4 KiB frames mapped by
     the present leaves (a 2 MiB leaf counts 512), [2] lowest and [3] one past the highest
     address cleared (_W_UNMAP: leaves; _W_FREE: the first page of each freed table's span
-    within the range, as Linux's ``pte_free_tlb`` adds it to the flush range). ``osst[6][6]``
+    within the range, as Linux's ``pte_free_tlb`` adds it to the flush range). ``osst.oscratch[6]``
     receives [0] 4 KiB leaves cleared (_W_UNMAP). _W_UNMAP splits a 2 MiB leaf the range covers
     in part; _W_FREE frees each empty table (not the root) whose whole span lies within
     ``[floor, ceiling)``, bottom-up. Returns OS_OK, or OS_OUT_OF_FRAMES (a fork or a split that
     could not allocate).
     """
-    stk = osst[6]
+    stk = osst.oscratch
     aux = stk[6]
     aux[0] = 0
     out[0] = 0
@@ -783,10 +783,10 @@ def _walk_tree(gm, galloc, osst, tlb, psc, stats, cfg, kind, root, levels, lo, h
 def _ensure_current(gm, galloc, osst, tlb, psc, stats, cfg, pid):
     """(status, row) of live process ``pid``, switched to if it is not the current one: OS_OK,
     OS_UNSUPPORTED for an unknown or exited pid, OS_OUT_OF_FRAMES if the switch failed."""
-    row = osst[1][pid]
-    if row < 0 or osst[0][row, P_ALIVE] == 0:
+    row = osst.pid2slot[pid]
+    if row < 0 or osst.procs[row, P_ALIVE] == 0:
         return OS_UNSUPPORTED, np.int64(-1)
-    if osst[2][O_CUR] != row:
+    if osst.ometa[O_CUR] != row:
         if switch_to(gm, galloc, osst, tlb, psc, stats, cfg, pid) != OS_OK:
             return OS_OUT_OF_FRAMES, np.int64(-1)
     return OS_OK, row
@@ -801,7 +801,7 @@ def _ev_mmap(gm, galloc, osst, stats, pid, addr, arg):
     flags = arg >> EV_PROT_SHIFT
     prot = flags & 15 if (flags & EV_PROT_GIVEN) != 0 else np.int64(PROT_ALL)
     first = addr >> 12
-    procs = osst[0]
+    procs = osst.procs
     if procs[row, P_VMAS] == 0:
         procs[row, P_VMAS] = 1
         procs[row, P_NVMAS] = 0
@@ -815,12 +815,12 @@ def _gap(osst, row, lo, hi, top):
     """(floor, ceiling) of the unmapped gap around ``[lo, hi)`` of process ``row``: the end of
     the mapping below and the start of the mapping above (Linux's ``free_pgtables`` bounds). A
     process without mappings treats the range itself as the gap."""
-    if osst[0][row, P_VMAS] == 0:
+    if osst.procs[row, P_VMAS] == 0:
         return lo, hi
-    vmas = osst[3]
+    vmas = osst.vmas
     floor = np.int64(0)
     ceiling = top
-    for i in range(osst[0][row, P_NVMAS]):
+    for i in range(osst.procs[row, P_NVMAS]):
         s = vmas[row, i, VMA_FIRST] << 12
         e = vmas[row, i, VMA_END] << 12
         if e <= lo:
@@ -836,8 +836,8 @@ def _ev_munmap(gm, galloc, osst, tlb, psc, stats, cfg, pid, addr, arg, out):
     st, row = _ensure_current(gm, galloc, osst, tlb, psc, stats, cfg, pid)
     if st != OS_OK:
         return st
-    procs = osst[0]
-    levels = osst[2][O_LEVELS]
+    procs = osst.procs
+    levels = osst.ometa[O_LEVELS]
     root = procs[row, P_ROOT]
     top = np.int64(1) << (12 + 9 * levels)
     lo = addr
@@ -851,7 +851,7 @@ def _ev_munmap(gm, galloc, osst, tlb, psc, stats, cfg, pid, addr, arg, out):
     st = _walk_tree(gm, galloc, osst, tlb, psc, stats, cfg, _W_UNMAP, root, levels, lo, hi, z, z, top, out)
     if st != OS_OK:
         return st
-    first, end, small = out[2], out[3], osst[6][6][0]
+    first, end, small = out[2], out[3], osst.oscratch[6][0]
     # Free the page tables the gap no longer needs (Linux: free_pgtables).
     floor, ceiling = _gap(osst, row, lo, hi, top)
     _walk_tree(gm, galloc, osst, tlb, psc, stats, cfg, _W_FREE, root, levels, lo, hi, z, floor, ceiling, out)
@@ -877,16 +877,16 @@ def _ev_fork(gm, galloc, osst, tlb, psc, stats, cfg, pid, child_pid, out):
     st, prow = _ensure_current(gm, galloc, osst, tlb, psc, stats, cfg, pid)
     if st != OS_OK:
         return st
-    if child_pid <= 0 or child_pid >= osst[1].shape[0] or osst[1][child_pid] >= 0:
+    if child_pid <= 0 or child_pid >= osst.pid2slot.shape[0] or osst.pid2slot[child_pid] >= 0:
         return OS_UNSUPPORTED
-    procs = osst[0]
-    ometa = osst[2]
+    procs = osst.procs
+    ometa = osst.ometa
     levels = ometa[O_LEVELS]
     top = np.int64(1) << (12 + 9 * levels)
     z = np.int64(0)
     _walk_tree(gm, galloc, osst, tlb, psc, stats, cfg, _W_COUNT, procs[prow, P_ROOT], levels, z, top, z, z, top, out)
     # Room first, so a fork either happens whole or not at all.
-    if 4 * (ometa[O_RC_USED] + out[1]) > 3 * osst[4].shape[0]:
+    if 4 * (ometa[O_RC_USED] + out[1]) > 3 * osst.rc.shape[0]:
         return OS_OUT_OF_FRAMES  # the copy-on-write counts are full: a limit of the model
     if not mem_room(gm[0], 4 * out[0] + 64):
         return OS_NEED_ROOM
@@ -897,7 +897,7 @@ def _ev_fork(gm, galloc, osst, tlb, psc, stats, cfg, pid, child_pid, out):
         return st
     procs[crow, P_VMAS] = procs[prow, P_VMAS]
     procs[crow, P_NVMAS] = procs[prow, P_NVMAS]
-    vmas = osst[3]
+    vmas = osst.vmas
     for i in range(procs[prow, P_NVMAS]):
         for c in range(VMA_COLS):
             vmas[crow, i, c] = vmas[prow, i, c]
@@ -918,8 +918,8 @@ def _ev_exit(gm, galloc, osst, tlb, psc, stats, cfg, pid, out):
     st, row = _ensure_current(gm, galloc, osst, tlb, psc, stats, cfg, pid)
     if st != OS_OK:
         return st
-    procs = osst[0]
-    levels = osst[2][O_LEVELS]
+    procs = osst.procs
+    levels = osst.ometa[O_LEVELS]
     top = np.int64(1) << (12 + 9 * levels)
     root = procs[row, P_ROOT]
     z = np.int64(0)
@@ -933,7 +933,7 @@ def _ev_exit(gm, galloc, osst, tlb, psc, stats, cfg, pid, out):
     free_frame(galloc, root >> 12)
     procs[row, P_ALIVE] = 0
     procs[row, P_NVMAS] = 0
-    osst[1][pid] = -1  # the pid may name a new process later
+    osst.pid2slot[pid] = -1  # the pid may name a new process later
     return OS_OK
 
 
@@ -955,7 +955,7 @@ def os_event(gm, galloc, osst, tlb, psc, stats, cfg, op, pid, addr, arg):
     reference-count table lacks room: the event was not performed); OS_TOO_MANY_PROCS;
     OS_UNSUPPORTED (unknown op, unknown or dead pid, child pid in use, mapping table full).
     """
-    out = osst[6][7]
+    out = osst.oscratch[7]
     if op == OP_MMAP:
         return _ev_mmap(gm, galloc, osst, stats, pid, addr, arg)
     if op == OP_MUNMAP:
@@ -973,14 +973,14 @@ def os_event(gm, galloc, osst, tlb, psc, stats, cfg, op, pid, addr, arg):
 @jit
 def os_range_mapped(osst, row, first, last):
     """True if every page ``first..last`` (inclusive) of process ``row`` is mapped (prot != 0)."""
-    if osst[0][row, P_VMAS] == 0:
+    if osst.procs[row, P_VMAS] == 0:
         return True
     vpn = first
     while vpn <= last:
         i = vma_index(osst, row, vpn)
-        if i < 0 or osst[3][row, i, VMA_PROT] == 0:
+        if i < 0 or osst.vmas[row, i, VMA_PROT] == 0:
             return False
-        vpn = osst[3][row, i, VMA_END]
+        vpn = osst.vmas[row, i, VMA_END]
     return True
 
 
@@ -993,8 +993,8 @@ def os_peek_user(mem, vm, osst, row, va, out):
     Pages not faulted in read as their program-image page, or zero.
     """
     native = vm.vmeta[V_MODE] == MODE_NATIVE
-    levels = osst[2][O_LEVELS]
-    root = osst[0][row, P_ROOT]
+    levels = osst.ometa[O_LEVELS]
+    root = osst.procs[row, P_ROOT]
     n = out.shape[0]
     k = 0
     while k < n:
@@ -1015,12 +1015,12 @@ def os_peek_user(mem, vm, osst, row, va, out):
             if level == 1:
                 hpa = table if native else vm_hpa(vm, table)
         img = np.int64(-1)
-        if hpa < 0 and osst[0][row, P_VMAS] != 0:
+        if hpa < 0 and osst.procs[row, P_VMAS] != 0:
             # not faulted in yet: the program image's page, if the mapping has one
             i = vma_index(osst, row, a >> 12)
-            if i >= 0 and osst[3][row, i, VMA_IMAGE] >= 0:
-                img = osst[3][row, i, VMA_IMAGE] + ((a >> 12) - osst[3][row, i, VMA_FIRST])
-                if img >= osst[5].shape[0]:
+            if i >= 0 and osst.vmas[row, i, VMA_IMAGE] >= 0:
+                img = osst.vmas[row, i, VMA_IMAGE] + ((a >> 12) - osst.vmas[row, i, VMA_FIRST])
+                if img >= osst.image.shape[0]:
                     img = -1
         chunk = min(n - k, 4096 - (a & 4095))
         for j in range(chunk):
@@ -1028,7 +1028,7 @@ def os_peek_user(mem, vm, osst, row, va, out):
             if hpa >= 0:
                 w = mem_read(mem, hpa + (b & 4095))
             elif img >= 0:
-                w = osst[5][img, (b & 4095) >> 3]
+                w = osst.image[img, (b & 4095) >> 3]
             else:
                 w = _U0
             out[k + j] = np.uint8((w >> np.uint64(8 * (b & 7))) & np.uint64(255))

@@ -122,14 +122,14 @@ def cold_host_cache():
 @inner
 def host_cache_flush(hcache):
     """INVEPT (single-context or global: one VM here): drop every NTLB and host-PSC entry."""
-    tlb_flush_all(hcache[0], False)
-    psc_flush_all(hcache[1])
+    tlb_flush_all(hcache.ntlb, False)
+    psc_flush_all(hcache.npsc)
 
 
 @inner
 def host_cache_drop(hcache, gpa):
     """Drop the NTLB entries that translate ``gpa`` (an EPT violation invalidates them)."""
-    tlb_invlpg(hcache[0], gpa, 0, 0)
+    tlb_invlpg(hcache.ntlb, gpa, 0, 0)
 
 
 @inner
@@ -150,13 +150,13 @@ def host_translate_cached(
     Returns the same tuple ``(status, code, hpa, page_shift, perms, nrefs)``; ``htrail`` rows
     ``0..nrefs-1`` are the host entries actually read (none on an NTLB hit).
     """
-    hmeta = hcache[2]
+    hmeta = hcache.meta
     if hmeta[H_ENABLED] == 0 or (gpa >> (12 + 9 * hlevels)) != 0:
         return host_translate(
             hmem, hroot, hlevels, ept_ad, npt, gpa, access, user_mode, mbec, xonly, maxphyaddr, htrail
         )
-    ntlb = hcache[0]
-    npsc = hcache[1]
+    ntlb = hcache.ntlb
+    npsc = hcache.npsc
     need = _need_bit(access, mbec and not npt, user_mode)
     if hmeta[H_NTLB_ON] != 0:
         lvl, frame, shift, perms = tlb_lookup(ntlb, gpa, 0, 0, 0)
@@ -229,17 +229,17 @@ INVVPID_SINGLE_KEEP_GLOBALS = 3
 @inner
 def _flush_nonzero_asids(tlb, psc):
     """Drop every TLB and PSC entry tagged with a VPID other than 0 (the guests')."""
-    geom = tlb[0]
-    tag = tlb[3]
-    ctx = tlb[4]
-    hidx = tlb[9]
+    geom = tlb.geom
+    tag = tlb.tag
+    ctx = tlb.ctx
+    hidx = tlb.hidx
     for s in range(geom.shape[0]):
         base = geom[s, TG_BASE]
         for i in range(base, base + geom[s, TG_ENTRIES]):
             if tag[i] != -1 and (ctx[i] >> 12) != 0:
                 _kill(geom, tag, hidx, s, i)
-    ptag = psc[1]
-    pctx = psc[2]
+    ptag = psc.tag
+    pctx = psc.ctx
     for i in range(ptag.shape[0]):
         if ptag[i] != -1 and (pctx[i] >> 12) != 0:
             ptag[i] = -1

@@ -249,8 +249,8 @@ def psc_invalidate_pcid(psc, asid, pcid):
 
     Returns the number of entries removed (mutates ``psc``).
     """
-    tag = psc[1]
-    ctx = psc[2]
+    tag = psc.tag
+    ctx = psc.ctx
     ck = ((asid & 0xFFFF) << 12) | (pcid & 0xFFF)
     n = 0
     for i in range(tag.shape[0]):
@@ -263,8 +263,8 @@ def psc_invalidate_pcid(psc, asid, pcid):
 @jit
 def psc_flush_asid(psc, asid):
     """Remove every entry of ``asid``, all PCIDs. Returns the number removed (mutates ``psc``)."""
-    tag = psc[1]
-    ctx = psc[2]
+    tag = psc.tag
+    ctx = psc.ctx
     a = asid & 0xFFFF
     n = 0
     for i in range(tag.shape[0]):
@@ -277,7 +277,7 @@ def psc_flush_asid(psc, asid):
 @jit
 def psc_flush_all(psc):
     """Remove every entry of every context. Returns the number removed (mutates ``psc``)."""
-    tag = psc[1]
+    tag = psc.tag
     n = 0
     for i in range(tag.shape[0]):
         if tag[i] != -1:
@@ -289,8 +289,8 @@ def psc_flush_all(psc):
 @jit
 def psc_count_valid(psc, c):
     """Valid entries in cache row ``c`` (0 = PDE, 1 = PDPTE, 2 = PML4E, 3 = PML5E)."""
-    geom = psc[0]
-    tag = psc[1]
+    geom = psc.geom
+    tag = psc.tag
     base = geom[c, PG_BASE]
     n = 0
     for i in range(base, base + geom[c, PG_ENTRIES]):
@@ -301,8 +301,8 @@ def psc_count_valid(psc, c):
 
 @jit
 def psc_reset_stats(psc):
-    """Zero the hit/miss counters (mutates ``psc[6]``)."""
-    psc[6][:, :] = 0
+    """Zero the hit/miss counters (mutates ``psc.stats``)."""
+    psc.stats[:, :] = 0
 
 
 def psc_entries(psc: tuple, entry_level: int) -> list[list[tuple[int, int, int, int, int]]]:

@@ -399,7 +399,7 @@ def _insert(tlb, s, q, v, ck, frame_pa, attr, orig_shift):
 @jit
 def _fill_group(tlb, side, lv, v, ck, frame_pa, k, attr):
     """Fill the level-``lv`` (0-based) group of ``side`` with a page of size index ``k``."""
-    route = tlb[2]
+    route = tlb.route
     s = route[side, lv, k, 0]
     if s < 0:
         return
@@ -414,10 +414,10 @@ def _fill_group(tlb, side, lv, v, ck, frame_pa, k, attr):
 @inner
 def _promote(tlb, side, v, i, vpn, shift):
     """Re-install the original translation of L2 slot ``i`` in the L1 group of ``side``."""
-    ctx = tlb[4]
-    frame = tlb[5]
-    attrs = tlb[6]
-    osh = tlb[8][i]
+    ctx = tlb.ctx
+    frame = tlb.frame
+    attrs = tlb.attrs
+    osh = tlb.orig[i]
     ofr = frame[i] - ((vpn << shift) & ((np.int64(1) << osh) - 1))
     _fill_group(tlb, side, 0, v, ctx[i], ofr, (osh - 12) // 9, attrs[i])
 
@@ -610,11 +610,11 @@ def _inv_addr(tlb, va, asid, pcid, mode):
 @inner
 def _inv_all(tlb, asid, pcid, mode):
     """Remove every entry selected by ``mode`` (see :func:`_doomed`). Returns the number."""
-    geom = tlb[0]
-    tag = tlb[3]
-    ctx = tlb[4]
-    attrs = tlb[6]
-    hidx = tlb[9]
+    geom = tlb.geom
+    tag = tlb.tag
+    ctx = tlb.ctx
+    attrs = tlb.attrs
+    hidx = tlb.hidx
     a = asid & 0xFFFF
     ck = (a << 12) | (pcid & 0xFFF)
     n = 0
@@ -688,8 +688,8 @@ def tlb_invpcid(tlb, asid, kind, pcid, va):
 @jit
 def tlb_count_valid(tlb, structure_index):
     """Number of valid entries in structure ``structure_index``."""
-    geom = tlb[0]
-    tag = tlb[3]
+    geom = tlb.geom
+    tag = tlb.tag
     base = geom[structure_index, TG_BASE]
     n = 0
     for i in range(base, base + geom[structure_index, TG_ENTRIES]):
@@ -701,7 +701,7 @@ def tlb_count_valid(tlb, structure_index):
 @inner
 def tlb_reset_stats(tlb):
     """Zero the hit/miss counters (mutates ``tlb[T_STATS]``)."""
-    tlb[10][:, :] = 0
+    tlb.stats[:, :] = 0
 
 
 @jit

@@ -147,7 +147,7 @@ def nested_walk_core(
         Execute-only EPT entries are supported.
     hcache : tuple
         Nested TLB and host paging-structure caches (:mod:`mmu.hw.ntlb`); with
-        ``hcache[2][H_ENABLED] == 0`` every host translation is a cold walk.
+        ``hcache.meta[H_ENABLED] == 0`` every host translation is a cold walk.
 
     Returns
     -------

@@ -299,9 +299,9 @@ def grow_shadow(sh, guest_frames: int, host_frames: int):
 @inner
 def sh_budget(sh, galloc, halloc):
     """How many records can run before the shadow state's arrays might need to grow (0: now)."""
-    a = (sh[0].shape[0] - sh[7][SM_NEXT]) // SP_PER_RECORD
-    b = (sh[2].shape[0] - galloc[0][0]) // FRAMES_PER_RECORD
-    c = (sh[3].shape[0] - halloc[0][0]) // FRAMES_PER_RECORD
+    a = (sh.spt.shape[0] - sh.smeta[SM_NEXT]) // SP_PER_RECORD
+    b = (sh.gfs.shape[0] - galloc[0][0]) // FRAMES_PER_RECORD
+    c = (sh.hfn2sp.shape[0] - halloc[0][0]) // FRAMES_PER_RECORD
     return max(np.int64(0), min(a, min(b, c)))
 
 
@@ -312,13 +312,13 @@ def sh_budget(sh, galloc, halloc):
 def _charge(sh, stats, work, n):
     """Count ``n`` units of handler work ``work`` (a ``W_*``) to the exit reason being handled
     (priced after the run, :func:`mmu.stats.price`)."""
-    stats[S_WORK_BASE + sh[7][SM_REASON] * N_WORK + work] += n
+    stats[S_WORK_BASE + sh.smeta[SM_REASON] * N_WORK + work] += n
 
 
 @inner
 def _request_flush(sh, stats):
-    if sh[7][SM_FLUSH] == 0:
-        sh[7][SM_FLUSH] = 1
+    if sh.smeta[SM_FLUSH] == 0:
+        sh.smeta[SM_FLUSH] = 1
         _charge(sh, stats, W_VMM_FLUSH, 1)
 
 
@@ -330,21 +330,21 @@ def _bucket(gfn):
 @inner
 def _head(sh, owner):
     if owner & 1:
-        return sh[0][owner >> 1, SP_PHEAD]
-    return sh[2][owner >> 1, GF_RHEAD]
+        return sh.spt[owner >> 1, SP_PHEAD]
+    return sh.gfs[owner >> 1, GF_RHEAD]
 
 
 @inner
 def _set_head(sh, owner, slot):
     if owner & 1:
-        sh[0][owner >> 1, SP_PHEAD] = slot
+        sh.spt[owner >> 1, SP_PHEAD] = slot
     else:
-        sh[2][owner >> 1, GF_RHEAD] = slot
+        sh.gfs[owner >> 1, GF_RHEAD] = slot
 
 
 @inner
 def _rl_add(sh, slot, owner):
-    rl = sh[1]
+    rl = sh.rl
     h = _head(sh, owner)
     rl[slot, RL_NEXT] = h
     rl[slot, RL_PREV] = -1
@@ -356,7 +356,7 @@ def _rl_add(sh, slot, owner):
 
 @inner
 def _rl_del(sh, slot):
-    rl = sh[1]
+    rl = sh.rl
     owner = rl[slot, RL_OWNER]
     if owner < 0:
         return
@@ -375,14 +375,14 @@ def _rl_del(sh, slot):
 
 @inner
 def _slot_pa(sh, slot):
-    return sh[0][slot >> 9, SP_HPA] + (slot & 511) * 8
+    return sh.spt[slot >> 9, SP_HPA] + (slot & 511) * 8
 
 
 @inner
 def sh_find(sh, gfn, role):
     """The live shadow page of (``gfn``, ``role``), or -1."""
-    spt = sh[0]
-    s = sh[4][_bucket(gfn)]
+    spt = sh.spt
+    s = sh.sph[_bucket(gfn)]
     while s >= 0:
         if spt[s, SP_GFN] == gfn and spt[s, SP_ROLE] == role and (spt[s, SP_FLAGS] & F_INVALID) == 0:
             return s
@@ -392,8 +392,8 @@ def sh_find(sh, gfn, role):
 
 @inner
 def _hash_remove(sh, sp):
-    spt = sh[0]
-    sph = sh[4]
+    spt = sh.spt
+    sph = sh.sph
     b = _bucket(spt[sp, SP_GFN])
     s = sph[b]
     prev = np.int64(-1)
@@ -411,18 +411,18 @@ def _hash_remove(sh, sp):
 
 @inner
 def _ulist_add(sh, sp):
-    smeta = sh[7]
+    smeta = sh.smeta
     k = smeta[SM_NUNSYNC]
-    sh[6][k] = sp
-    sh[0][sp, SP_UIDX] = k
+    sh.ulist[k] = sp
+    sh.spt[sp, SP_UIDX] = k
     smeta[SM_NUNSYNC] = k + 1
 
 
 @inner
 def _ulist_remove(sh, sp):
-    smeta = sh[7]
-    ulist = sh[6]
-    spt = sh[0]
+    smeta = sh.smeta
+    ulist = sh.ulist
+    spt = sh.spt
     k = spt[sp, SP_UIDX]
     last = smeta[SM_NUNSYNC] - 1
     moved = ulist[last]
@@ -435,9 +435,9 @@ def _ulist_remove(sh, sp):
 @inner
 def _write_protect_gfn(mem, sh, stats, gfn):
     """Clear R/W in every leaf shadow entry that maps guest frame ``gfn``; True if any was writable."""
-    rl = sh[1]
+    rl = sh.rl
     changed = False
-    s = sh[2][gfn, GF_RHEAD]
+    s = sh.gfs[gfn, GF_RHEAD]
     while s >= 0:
         pa = _slot_pa(sh, s)
         e = mem_read(mem, pa)
@@ -452,7 +452,7 @@ def _write_protect_gfn(mem, sh, stats, gfn):
 @inner
 def _drop_spte(mem, sh, stats, sp, idx):
     """Zap one shadow entry (unlinking it from its reverse map); True if it was present."""
-    pa = sh[0][sp, SP_HPA] + idx * 8
+    pa = sh.spt[sp, SP_HPA] + idx * 8
     e = mem_read(mem, pa)
     if (e & PTE_P) == _U0:
         return False
@@ -467,7 +467,7 @@ def _release_root(mem, sh, stats, sp):
     """Drop one root-cache reference; a zapped (invalid) page is freed with its last one."""
     if sp < 0:
         return
-    spt = sh[0]
+    spt = sh.spt
     spt[sp, SP_ROOTS] -= 1
     if spt[sp, SP_ROOTS] == 0 and (spt[sp, SP_FLAGS] & F_INVALID) != 0:
         _free_slot(sh, stats, sp)
@@ -475,8 +475,8 @@ def _release_root(mem, sh, stats, sp):
 
 @inner
 def _free_slot(sh, stats, sp):
-    spt = sh[0]
-    smeta = sh[7]
+    spt = sh.spt
+    smeta = sh.smeta
     spt[sp, SP_FLAGS] = 0
     spt[sp, SP_NEXT_FREE] = smeta[SM_FREE]
     smeta[SM_FREE] = sp
@@ -488,9 +488,9 @@ def sh_zap(mem, sh, stats, sp):
     """Unshadow one shadow page (``kvm_mmu_prepare_zap_page``): clear its entries and the parent
     entries pointing to it, stop write-protecting its guest frame, free it (or mark it invalid
     while the root cache still holds it)."""
-    spt = sh[0]
-    gfs = sh[2]
-    rl = sh[1]
+    spt = sh.spt
+    gfs = sh.gfs
+    rl = sh.rl
     flags = spt[sp, SP_FLAGS]
     if (flags & F_ALIVE) == 0:
         return
@@ -527,8 +527,8 @@ def sh_zap(mem, sh, stats, sp):
         _request_flush(sh, stats)
     if spt[sp, SP_ROOTS] > 0:
         spt[sp, SP_FLAGS] = (flags & ~(F_UNSYNC | F_ALIVE)) | F_INVALID
-        if sh[5][0, 1] == sp:
-            sh[7][SM_RELOAD] = 1
+        if sh.roots[0, 1] == sp:
+            sh.smeta[SM_RELOAD] = 1
     else:
         _free_slot(sh, stats, sp)
 
@@ -536,9 +536,9 @@ def sh_zap(mem, sh, stats, sp):
 @inner
 def _drop_large(mem, sh, stats, base):
     """Zap the large shadow entries that map the region starting at guest frame ``base``."""
-    spt = sh[0]
-    rl = sh[1]
-    s = sh[2][base, GF_RHEAD]
+    spt = sh.spt
+    rl = sh.rl
+    s = sh.gfs[base, GF_RHEAD]
     while s >= 0:
         nxt = rl[s, RL_NEXT]
         if (spt[s >> 9, SP_ROLE] & 7) > 1:
@@ -552,7 +552,7 @@ def _account_frame(mem, sh, stats, gfn, delta):
     """Guest frame ``gfn`` starts (+1) or stops (-1) holding a shadowed guest table: KVM's
     ``disallow_lpage`` counters. No large shadow entry may map a region holding one, so those
     that do are zapped (the next access refills the region with 4 KiB entries)."""
-    gfs = sh[2]
+    gfs = sh.gfs
     b2 = gfn & ~np.int64(511)
     b3 = gfn & ~np.int64((1 << 18) - 1)
     gfs[b2, GF_LP2] += delta
@@ -566,9 +566,9 @@ def _account_frame(mem, sh, stats, gfn, delta):
 def _sh_alloc(mem, halloc, sh, stats, gfn, role):
     """A new shadow page for (``gfn``, ``role``) (``kvm_mmu_alloc_shadow_page`` +
     ``account_shadowed``); -1 if the host is out of frames."""
-    spt = sh[0]
-    smeta = sh[7]
-    gfs = sh[2]
+    spt = sh.spt
+    smeta = sh.smeta
+    gfs = sh.gfs
     sp = smeta[SM_FREE]
     if sp >= 0:
         smeta[SM_FREE] = spt[sp, SP_NEXT_FREE]
@@ -580,7 +580,7 @@ def _sh_alloc(mem, halloc, sh, stats, gfn, role):
         sp = smeta[SM_NEXT]
         smeta[SM_NEXT] = sp + 1
         spt[sp, SP_HPA] = hfn << 12
-        sh[3][hfn] = sp
+        sh.hfn2sp[hfn] = sp
     direct = (role & R_DIRECT) != 0
     level = role & 7
     spt[sp, SP_GFN] = gfn
@@ -593,8 +593,8 @@ def _sh_alloc(mem, halloc, sh, stats, gfn, role):
     spt[sp, SP_STAMP] = smeta[SM_STAMP]
     smeta[SM_STAMP] += 1
     b = _bucket(gfn)
-    spt[sp, SP_HNEXT] = sh[4][b]
-    sh[4][b] = sp
+    spt[sp, SP_HNEXT] = sh.sph[b]
+    sh.sph[b] = sp
     stats[S_SH_CREATED] += 1
     stats[S_SH_LIVE] += 1
     if stats[S_SH_LIVE] > stats[S_SH_PEAK]:
@@ -603,7 +603,7 @@ def _sh_alloc(mem, halloc, sh, stats, gfn, role):
     if not direct:
         if level > 1:
             # A frame now used as an upper-level table: its unsync leaf shadows go (KVM zaps them).
-            s = sh[4][b]
+            s = sh.sph[b]
             while s >= 0:
                 nxt = spt[s, SP_HNEXT]
                 if spt[s, SP_GFN] == gfn and (spt[s, SP_FLAGS] & F_UNSYNC) != 0:
@@ -625,13 +625,13 @@ def _make_room(mem, sh, stats):
     :data:`MIN_FREE_PAGES` are left, zap the oldest pages not in use as roots until
     :data:`REFILL_PAGES` are free (``kvm_mmu_zap_oldest_mmu_pages``). Runs before a fault's
     fill and a root load, as KVM's do."""
-    cap = sh[7][SM_MAX_PAGES]
+    cap = sh.smeta[SM_MAX_PAGES]
     if cap <= 0 or cap - stats[S_SH_LIVE] >= MIN_FREE_PAGES:
         return
-    spt = sh[0]
+    spt = sh.spt
     while cap - stats[S_SH_LIVE] < REFILL_PAGES:
         oldest = np.int64(-1)
-        for sp in range(sh[7][SM_NEXT]):
+        for sp in range(sh.smeta[SM_NEXT]):
             if (spt[sp, SP_FLAGS] & F_ALIVE) != 0 and spt[sp, SP_ROOTS] == 0:
                 if oldest < 0 or spt[sp, SP_STAMP] < spt[oldest, SP_STAMP]:
                     oldest = sp
@@ -646,7 +646,7 @@ def _get_sp(mem, halloc, vm, sh, stats, ctl, gfn, role):
     """Find or create the shadow page of (gfn, role), synchronising a found unsync one."""
     sp = sh_find(sh, gfn, role)
     if sp >= 0:
-        if (sh[0][sp, SP_FLAGS] & F_UNSYNC) != 0:
+        if (sh.spt[sp, SP_FLAGS] & F_UNSYNC) != 0:
             sh_sync_page(mem, vm, sh, stats, ctl, sp)
         return sp
     return _sh_alloc(mem, halloc, sh, stats, gfn, role)
@@ -655,7 +655,7 @@ def _get_sp(mem, halloc, vm, sh, stats, ctl, gfn, role):
 @inner
 def _gwp(sh, gfn):
     """Shadow pages keeping guest frame ``gfn`` write-protected (0 beyond the tracked range)."""
-    gfs = sh[2]
+    gfs = sh.gfs
     if gfn < 0 or gfn >= gfs.shape[0]:
         return np.int64(0)
     return gfs[gfn, GF_WP]
@@ -664,20 +664,20 @@ def _gwp(sh, gfn):
 @inner
 def _tracked(sh, gfn):
     """True if writes to guest frame ``gfn`` must be emulated (it cannot go unsync)."""
-    gfs = sh[2]
-    return gfs[gfn, GF_UPPER] > 0 or (sh[7][SM_UNSYNC] == 0 and gfs[gfn, GF_SPS] > 0)
+    gfs = sh.gfs
+    return gfs[gfn, GF_UPPER] > 0 or (sh.smeta[SM_UNSYNC] == 0 and gfs[gfn, GF_SPS] > 0)
 
 
 @inner
 def _unsync_gfn(sh, stats, gfn):
     """Let the guest write leaf table ``gfn`` freely (``mmu_try_to_unsync_pages``)."""
-    spt = sh[0]
-    s = sh[4][_bucket(gfn)]
+    spt = sh.spt
+    s = sh.sph[_bucket(gfn)]
     while s >= 0:
         f = spt[s, SP_FLAGS]
         if spt[s, SP_GFN] == gfn and (f & F_ALIVE) != 0 and (f & (F_DIRECT | F_UNSYNC)) == 0:
             spt[s, SP_FLAGS] = f | F_UNSYNC
-            sh[2][gfn, GF_WP] -= 1
+            sh.gfs[gfn, GF_WP] -= 1
             _ulist_add(sh, s)
             stats[S_SH_UNSYNCED] += 1
         s = spt[s, SP_HNEXT]
@@ -702,7 +702,7 @@ def _leaf_spte(hpa, attrs, writable, accessed):
 @inner
 def _install_leaf(mem, sh, stats, sp, idx, new, gfn):
     """Write leaf entry ``new`` (mapping guest frame ``gfn``) at ``sp[idx]``; True if rights shrank."""
-    pa = sh[0][sp, SP_HPA] + idx * 8
+    pa = sh.spt[sp, SP_HPA] + idx * 8
     old = mem_read(mem, pa)
     mask = ~(PTE_A | PTE_D)
     if (old & PTE_P) != _U0:
@@ -723,8 +723,8 @@ def _install_leaf(mem, sh, stats, sp, idx, new, gfn):
 
 @inner
 def _link_child(mem, sh, stats, sp, idx, child):
-    pa = sh[0][sp, SP_HPA] + idx * 8
-    mem_write(mem, pa, np.uint64(sh[0][child, SP_HPA]) | _NONLEAF)
+    pa = sh.spt[sp, SP_HPA] + idx * 8
+    mem_write(mem, pa, np.uint64(sh.spt[child, SP_HPA]) | _NONLEAF)
     _rl_add(sh, sp * 512 + idx, 2 * child + 1)
     stats[S_SH_SPTE_WRITES] += 1
     _charge(sh, stats, W_SPTE_WRITE, 1)
@@ -742,7 +742,7 @@ def _gpte_attrs(sh, ctl, sp, gpte):
     rsvd = np.uint64(0x000F_FFFF_FFFF_FFFF) & ~np.uint64((1 << 52) - 1)
     if not nxe:
         rsvd |= PTE_XD
-    role_attrs = (sh[0][sp, SP_ROLE] >> R_ACC_SHIFT) & _ACC
+    role_attrs = (sh.spt[sp, SP_ROLE] >> R_ACC_SHIFT) & _ACC
     kind, _leaf, attrs = entry_step(gpte, 1, rsvd, nxe, ctl, role_attrs)
     if kind != ENTRY_OK or (gpte & PTE_A) == _U0:
         return False, attrs
@@ -754,11 +754,11 @@ def _sync_spte(mem, vm, sh, stats, ctl, sp, idx):
     """Bring shadow entry ``sp[idx]`` in line with its guest entry (``FNAME(sync_spte)``): drop it
     if the guest entry no longer maps the same frame, else recompute its rights. True if a flush
     is needed."""
-    pa = sh[0][sp, SP_HPA] + idx * 8
+    pa = sh.spt[sp, SP_HPA] + idx * 8
     e = mem_read(mem, pa)
     if (e & PTE_P) == _U0:
         return False
-    ghpa = vm_hpa(vm, (sh[0][sp, SP_GFN] << 12) + idx * 8)
+    ghpa = vm_hpa(vm, (sh.spt[sp, SP_GFN] << 12) + idx * 8)
     gpte = _U0 if ghpa < 0 else mem_read(mem, ghpa)
     ok, attrs = _gpte_attrs(sh, ctl, sp, gpte)
     tgfn = np.int64(gpte & ADDR_MASK_52) >> 12
@@ -776,11 +776,11 @@ def _sync_spte(mem, vm, sh, stats, ctl, sp, idx):
 def sh_sync_page(mem, vm, sh, stats, ctl, sp):
     """Resynchronise unsync shadow page ``sp`` (``mmu_sync_children``/``kvm_sync_page``):
     write-protect its guest frame again, then compare all 512 entries with the guest's."""
-    spt = sh[0]
+    spt = sh.spt
     gfn = spt[sp, SP_GFN]
     spt[sp, SP_FLAGS] &= ~F_UNSYNC
     _ulist_remove(sh, sp)
-    sh[2][gfn, GF_WP] += 1
+    sh.gfs[gfn, GF_WP] += 1
     flush = _write_protect_gfn(mem, sh, stats, gfn)
     for idx in range(512):
         if _sync_spte(mem, vm, sh, stats, ctl, sp, idx):
@@ -796,8 +796,8 @@ def sh_sync_page(mem, vm, sh, stats, ctl, sp):
 def _reaches(sh, sp, root):
     """True if shadow page ``sp`` is linked below shadow page ``root`` (its parent lists lead
     there within four steps: a leaf page under a 4- or 5-level root)."""
-    spt = sh[0]
-    rl = sh[1]
+    spt = sh.spt
+    rl = sh.rl
     a = spt[sp, SP_PHEAD]
     while a >= 0:
         p1 = a >> 9
@@ -830,8 +830,8 @@ def sh_sync_root(mem, vm, sh, stats, ctl, root):
     ``kvm_mmu_sync_roots``: ``mmu_sync_children`` follows ``unsync_child_bitmap`` down from the
     current root). Unsync pages of other roots stay unsync until a flush under their own root,
     an INVLPG, or a fault that links them (``_get_sp`` syncs a found unsync page)."""
-    ulist = sh[6]
-    k = sh[7][SM_NUNSYNC] - 1
+    ulist = sh.ulist
+    k = sh.smeta[SM_NUNSYNC] - 1
     while k >= 0:
         # downwards: a sync moves the last entry (already visited) into slot k
         sp = ulist[k]
@@ -845,22 +845,22 @@ def sh_sync_root(mem, vm, sh, stats, ctl, root):
 
 @inner
 def _root_role(sh, levels):
-    return np.int64(levels) | np.int64((TA_RW | TA_US) << R_ACC_SHIFT) | sh[7][SM_ROLE_FLAGS]
+    return np.int64(levels) | np.int64((TA_RW | TA_US) << R_ACC_SHIFT) | sh.smeta[SM_ROLE_FLAGS]
 
 
 @inner
 def _new_root(mem, halloc, vm, sh, stats, ctl, root_gpa):
     _make_room(mem, sh, stats)
-    sp = _get_sp(mem, halloc, vm, sh, stats, ctl, root_gpa >> 12, _root_role(sh, sh[7][SM_LEVELS]))
+    sp = _get_sp(mem, halloc, vm, sh, stats, ctl, root_gpa >> 12, _root_role(sh, sh.smeta[SM_LEVELS]))
     if sp >= 0:
-        sh[0][sp, SP_ROOTS] += 1
+        sh.spt[sp, SP_ROOTS] += 1
     return sp
 
 
 @jit(inline="always")
 def sh_root_hpa(sh):
     """Host address of the current shadow root (what the hardware's CR3 holds)."""
-    return sh[0][sh[5][0, 1], SP_HPA]
+    return sh.spt[sh.roots[0, 1], SP_HPA]
 
 
 @inner
@@ -870,8 +870,8 @@ def sh_load_cr3(mem, halloc, vm, sh, stats, ctl, root_gpa, pcid, no_flush):
     page and flush the VM's TLB entries; on a flushing load, resynchronise the unsync pages
     reachable from the new root.
     Returns False if the host ran out of frames."""
-    smeta = sh[7]
-    rt = sh[5]
+    smeta = sh.smeta
+    rt = sh.roots
     smeta[SM_REASON] = EXIT_CR3_LOAD
     stats[S_VM_EXITS] += 1
     stats[S_EXIT_BASE + EXIT_CR3_LOAD] += 1
@@ -879,7 +879,7 @@ def sh_load_cr3(mem, halloc, vm, sh, stats, ctl, root_gpa, pcid, no_flush):
     n = 1 + smeta[SM_NROOTS]
     found = -1
     for k in range(n):
-        if rt[k, 0] == key and rt[k, 1] >= 0 and (sh[0][rt[k, 1], SP_FLAGS] & F_INVALID) == 0:
+        if rt[k, 0] == key and rt[k, 1] >= 0 and (sh.spt[rt[k, 1], SP_FLAGS] & F_INVALID) == 0:
             found = k
             break
     if found >= 0:
@@ -913,19 +913,19 @@ def sh_load_cr3(mem, halloc, vm, sh, stats, ctl, root_gpa, pcid, no_flush):
 @jit(inline="always")
 def sh_pending(sh):
     """True if the VMM has requests to carry out before the guest resumes."""
-    return sh[7][SM_FLUSH] != 0 or sh[7][SM_RELOAD] != 0
+    return sh.smeta[SM_FLUSH] != 0 or sh.smeta[SM_RELOAD] != 0
 
 
 @inner
 def sh_before_entry(mem, halloc, vm, sh, tlb, psc, stats, ctl, asid):
     """Pending VMM requests, done before the guest resumes: reload a zapped current root, flush
     the VM's TLB entries and paging-structure caches. False if out of frames."""
-    smeta = sh[7]
-    rt = sh[5]
+    smeta = sh.smeta
+    rt = sh.roots
     if smeta[SM_RELOAD] != 0:
         smeta[SM_RELOAD] = 0
         old = rt[0, 1]
-        root_gpa = sh[0][old, SP_GFN] << 12
+        root_gpa = sh.spt[old, SP_GFN] << 12
         sp = _new_root(mem, halloc, vm, sh, stats, ctl, root_gpa)
         _release_root(mem, sh, stats, old)
         rt[0, 1] = sp
@@ -948,12 +948,12 @@ def _track_write(mem, sh, stats, gpa):
     """``kvm_mmu_track_write``: a write to a write-tracked guest table at ``gpa`` was emulated.
     Upper-level shadows count towards write flooding (and are zapped at the threshold); the
     written entry is zapped in every other shadow of the frame."""
-    spt = sh[0]
+    spt = sh.spt
     gfn = gpa >> 12
     idx = (gpa & 0xFFF) >> 3
-    thr = sh[7][SM_FLOOD]
+    thr = sh.smeta[SM_FLOOD]
     stats[S_SH_EMULATED] += 1
-    s = sh[4][_bucket(gfn)]
+    s = sh.sph[_bucket(gfn)]
     while s >= 0:
         nxt = spt[s, SP_HNEXT]
         f = spt[s, SP_FLAGS]
@@ -978,19 +978,19 @@ def sh_guest_store(mem, vm, sh, stats, gpa, value):
     unsync the leaf table). The caller then performs the store: emulated or not, the guest's
     memory ends up holding ``value``."""
     gfn = gpa >> 12
-    gfs = sh[2]
+    gfs = sh.gfs
     if gfn >= gfs.shape[0] or gfs[gfn, GF_WP] == 0:
         return
     stats[S_VM_EXITS] += 1
     if _tracked(sh, gfn):
-        sh[7][SM_REASON] = EXIT_TRACING_WRITE
+        sh.smeta[SM_REASON] = EXIT_TRACING_WRITE
         stats[S_EXIT_BASE + EXIT_TRACING_WRITE] += 1
         _track_write(mem, sh, stats, gpa)
     else:
         # The store faults on the read-only mapping; KVM's fault path unsyncs the leaf table.
-        sh[7][SM_REASON] = EXIT_WP_UNSYNC
+        sh.smeta[SM_REASON] = EXIT_WP_UNSYNC
         stats[S_EXIT_BASE + EXIT_WP_UNSYNC] += 1
-        levels = sh[7][SM_LEVELS]
+        levels = sh.smeta[SM_LEVELS]
         stats[S_SH_SW_WALK_STEPS] += levels
         _charge(sh, stats, W_SW_WALK_STEP, levels)
         _unsync_gfn(sh, stats, gfn)
@@ -1000,9 +1000,9 @@ def sh_guest_store(mem, vm, sh, stats, gpa, value):
 def sh_invlpg(mem, vm, sh, tlb, psc, stats, ctl, asid, va):
     """The VMM's handling of a trapped guest INVLPG (``kvm_mmu_invalidate_addr`` over every cached
     root): resynchronise the entry for ``va`` in unsync shadow pages, then INVVPID the address."""
-    smeta = sh[7]
-    rt = sh[5]
-    spt = sh[0]
+    smeta = sh.smeta
+    rt = sh.roots
+    spt = sh.spt
     smeta[SM_REASON] = EXIT_INVLPG
     stats[S_VM_EXITS] += 1
     stats[S_EXIT_BASE + EXIT_INVLPG] += 1
@@ -1025,7 +1025,7 @@ def sh_invlpg(mem, vm, sh, tlb, psc, stats, ctl, asid, va):
             e = mem_read(mem, spt[sp, SP_HPA] + idx * 8)
             if (e & PTE_P) == _U0 or (e & PTE_PS) != _U0:
                 break
-            sp = sh[3][np.int64(e & ADDR_MASK_52) >> 12]
+            sp = sh.hfn2sp[np.int64(e & ADDR_MASK_52) >> 12]
     hw_invvpid(tlb, psc, INVVPID_ADDRESS, asid, va)
 
 
@@ -1037,10 +1037,10 @@ def _prefetch(mem, vm, sh, stats, ctl, sp, idx):
     """Fill the not-present entries of the aligned group around ``sp[idx]`` (``FNAME(pte_prefetch)``,
     ``__direct_pte_prefetch``): only from accessed guest entries to frames already backed, never
     writable to a write-protected or clean frame, and with A clear."""
-    n = sh[7][SM_PREFETCH]
+    n = sh.smeta[SM_PREFETCH]
     if n <= 1:
         return
-    spt = sh[0]
+    spt = sh.spt
     base = idx & ~(n - 1)
     direct = (spt[sp, SP_FLAGS] & F_DIRECT) != 0
     for j in range(base, min(base + n, 512)):
@@ -1077,11 +1077,11 @@ def _child(mem, halloc, vm, sh, stats, ctl, sp, idx, gfn, role):
     the linked one if it matches, else found or created and linked (a mismatching entry is
     dropped first). Returns ``(SHF_RETRY, child)``; ``(SHF_OUT_OF_FRAMES, -1)``; or
     ``(SHF_RETRY, -1)`` when ``sp`` itself was zapped meanwhile (the fault starts over)."""
-    spt = sh[0]
+    spt = sh.spt
     e = mem_read(mem, spt[sp, SP_HPA] + idx * 8)
     if (e & PTE_P) != _U0:
         if (e & PTE_PS) == _U0:
-            child = sh[3][np.int64(e & ADDR_MASK_52) >> 12]
+            child = sh.hfn2sp[np.int64(e & ADDR_MASK_52) >> 12]
             if spt[child, SP_GFN] == gfn and spt[child, SP_ROLE] == role:
                 return SHF_RETRY, child
         _drop_spte(mem, sh, stats, sp, idx)
@@ -1108,8 +1108,8 @@ def sh_page_fault(mem, halloc, vm, sh, stats, pkru, maxphy, root_gpa, va, access
     Returns ``(outcome, code_or_gpa)``: SHF_RETRY; SHF_INJECT with the guest #PF error code;
     SHF_EMULATED with the guest-physical address written; SHF_OUT_OF_FRAMES.
     """
-    spt = sh[0]
-    smeta = sh[7]
+    spt = sh.spt
+    smeta = sh.smeta
     levels = smeta[SM_LEVELS]
     stats[S_VM_EXITS] += 1
     smeta[SM_REASON] = EXIT_HIDDEN_FAULT
@@ -1129,7 +1129,7 @@ def sh_page_fault(mem, halloc, vm, sh, stats, pkru, maxphy, root_gpa, va, access
         attrs = (attrs | TA_RW) & ~TA_US
     role_flags = smeta[SM_ROLE_FLAGS]
     _make_room(mem, sh, stats)
-    sp = sh[5][0, 1]
+    sp = sh.roots[0, 1]
     guest_leaf = trail[n - 1, TR_LEVEL]
     # upper levels: one shadow page per guest table on the path
     for k in range(n - 1):
@@ -1156,10 +1156,10 @@ def sh_page_fault(mem, halloc, vm, sh, stats, pkru, maxphy, root_gpa, va, access
             idx = (va >> (12 + 9 * (level - 1))) & 511
             span = np.int64(1) << (9 * (level - 1))  # frames this entry covers
             dgfn = (gpa >> 12) & ~(span - 1)
-            if dgfn + span > sh[2].shape[0]:
+            if dgfn + span > sh.gfs.shape[0]:
                 return SHF_NO_MEMSLOT, np.int64(0)
             if host_shift >= 12 + 9 * (level - 1):
-                if sh[2][dgfn, GF_LP2 if level == 2 else GF_LP3] == 0:
+                if sh.gfs[dgfn, GF_LP2 if level == 2 else GF_LP3] == 0:
                     leaf_level = level
                     break
                 stats[S_SH_LPAGE_REFUSED] += 1
@@ -1171,7 +1171,7 @@ def sh_page_fault(mem, halloc, vm, sh, stats, pkru, maxphy, root_gpa, va, access
     lspan = np.int64(1) << (9 * (leaf_level - 1))
     idx = (va >> (12 + 9 * (leaf_level - 1))) & 511
     tgfn = (gpa >> 12) & ~(lspan - 1)
-    if tgfn >= sh[2].shape[0]:
+    if tgfn >= sh.gfs.shape[0]:
         return SHF_NO_MEMSLOT, np.int64(0)
     hpa = vm_hpa(vm, tgfn << 12)
     if hpa < 0:
@@ -1219,7 +1219,7 @@ def sh_zero_frame(mem, vm, sh, stats, gfn):
     table goes unsync at the first, an upper-level one is zapped by write flooding -- whatever
     the frame held. Returns its host address."""
     hpa = vm_hpa(vm, gfn << 12)
-    gfs = sh[2]
+    gfs = sh.gfs
     if gfn < gfs.shape[0] and gfs[gfn, GF_SPS] > 0:
         for i in range(512):
             sh_guest_store(mem, vm, sh, stats, (gfn << 12) + i * 8, _U0)

@@ -124,13 +124,13 @@ def grow_vm(vm, guest_frames: int, host_frames: int):
 @inner
 def vm_room(vm, galloc, halloc):
     """True if the maps have room for every frame the allocators may hand out during one record."""
-    vmeta = vm[1]
+    vmeta = vm.vmeta
     large_used = (vmeta[V_LARGE_NEXT] - LARGE_BASE) >> (vmeta[V_HOST_SHIFT] - 12)
     span = np.int64(1) << (vmeta[V_HOST_SHIFT] - 12)
     return (
-        galloc[0][0] + ROOM + span <= vm[0].shape[0]
-        and halloc[0][0] + ROOM <= vm[2].shape[0]
-        and large_used + ROOM <= vm[3].shape[0]
+        galloc[0][0] + ROOM + span <= vm.gfn2hfn.shape[0]
+        and halloc[0][0] + ROOM <= vm.hfn2gfn.shape[0]
+        and large_used + ROOM <= vm.large2gfn.shape[0]
     )
 
 
@@ -172,8 +172,8 @@ def vm_back(hmem, halloc, vm, gfn):
 
     Returns VM_OK, VM_OUT_OF_FRAMES or VM_NEED_ROOM.
     """
-    gfn2hfn = vm[0]
-    vmeta = vm[1]
+    gfn2hfn = vm.gfn2hfn
+    vmeta = vm.vmeta
     shift = vmeta[V_HOST_SHIFT]
     span = np.int64(1) << (shift - 12)
     first = gfn & ~(span - 1)
@@ -193,9 +193,9 @@ def vm_back(hmem, halloc, vm, gfn):
     for k in range(span):
         gfn2hfn[first + k] = hfn + k
     if span == 1:
-        vm[2][hfn] = first
+        vm.hfn2gfn[hfn] = first
     else:
-        vm[3][(hfn - LARGE_BASE) >> (shift - 12)] = first
+        vm.large2gfn[(hfn - LARGE_BASE) >> (shift - 12)] = first
     vmeta[V_BACKED_PAGES] += 1
     vmeta[V_BACKED_FRAMES] += span
     return VM_OK
@@ -205,7 +205,7 @@ def vm_back(hmem, halloc, vm, gfn):
 def vm_hpa(vm, gpa):
     """Host-physical address of ``gpa`` in the memslot view, or -1 if not backed."""
     gfn = gpa >> 12
-    gfn2hfn = vm[0]
+    gfn2hfn = vm.gfn2hfn
     if gfn >= gfn2hfn.shape[0]:
         return np.int64(-1)
     hfn = gfn2hfn[gfn]
@@ -219,14 +219,14 @@ def vm_gpa_of(vm, hpa):
     """Guest-physical address backed by host-physical ``hpa`` (the VMM's reverse map), or -1."""
     hfn = hpa >> 12
     if hfn < LARGE_BASE:
-        if hfn >= vm[2].shape[0] or vm[2][hfn] < 0:
+        if hfn >= vm.hfn2gfn.shape[0] or vm.hfn2gfn[hfn] < 0:
             return np.int64(-1)
-        return (vm[2][hfn] << 12) | (hpa & 0xFFF)
-    shift = vm[1][V_HOST_SHIFT]
+        return (vm.hfn2gfn[hfn] << 12) | (hpa & 0xFFF)
+    shift = vm.vmeta[V_HOST_SHIFT]
     idx = (hfn - LARGE_BASE) >> (shift - 12)
-    if idx >= vm[3].shape[0] or vm[3][idx] < 0:
+    if idx >= vm.large2gfn.shape[0] or vm.large2gfn[idx] < 0:
         return np.int64(-1)
-    return (vm[3][idx] << 12) + (hpa - ((LARGE_BASE + (idx << (shift - 12))) << 12))
+    return (vm.large2gfn[idx] << 12) + (hpa - ((LARGE_BASE + (idx << (shift - 12))) << 12))
 
 
 @jit
@@ -235,10 +235,10 @@ def vm_prepopulate(hmem, halloc, vm, frames):
 
     Returns VM_OK, VM_OUT_OF_FRAMES or VM_NEED_ROOM (the caller grows the maps / memory first).
     """
-    span = np.int64(1) << (vm[1][V_HOST_SHIFT] - 12)
+    span = np.int64(1) << (vm.vmeta[V_HOST_SHIFT] - 12)
     gfn = np.int64(0)
     while gfn < frames:
-        if vm[0][gfn] < 0:
+        if vm.gfn2hfn[gfn] < 0:
             st = vm_back(hmem, halloc, vm, gfn)
             if st != VM_OK:
                 return st

@@ -1187,7 +1187,7 @@ def capture_shadow(machine: Any, va: int, access: str = "r", user: bool = True, 
     acc = check_walk_args(access, machine.config.maxphyaddr, 0)
     sh, mem, cfg = machine.sh, machine.mem.state, machine.cfg
     row = int(machine.osst.ometa[O_CUR])
-    if row < 0 or sh[5][0, 1] < 0:
+    if row < 0 or sh.roots[0, 1] < 0:
         raise MMUInputError("no shadow root yet: the guest has not run a process")
     groot = int(machine.osst.procs[row, P_ROOT])
     pcid = int(machine.osst.procs[row, P_PCID])

@@ -42,17 +42,17 @@ class OsView:
 
 
 def _vmas(m: Machine, row: int) -> list[tuple[int, int, int, int]] | None:
-    procs, vmas = m.osst[0], m.osst[3]
+    procs, vmas = m.osst.procs, m.osst.vmas
     if not procs[row, G.P_VMAS]:
         return None
     return [tuple(int(x) for x in vmas[row, i]) for i in range(int(procs[row, G.P_NVMAS]))]  # type: ignore[misc]
 
 
 def _walk(m: Machine, pid: int, row: int, view: OsView, nxe: bool) -> None:
-    levels = int(m.osst[2][G.O_LEVELS])
-    thp = bool(m.osst[2][G.O_THP])
+    levels = int(m.osst.ometa[G.O_LEVELS])
+    thp = bool(m.osst.ometa[G.O_THP])
     vmas = _vmas(m, row)
-    root = int(m.osst[0][row, G.P_ROOT])
+    root = int(m.osst.procs[row, G.P_ROOT])
 
     def covering(first_page: int, end_page: int) -> tuple[int, int, int, int] | None:
         assert vmas is not None
@@ -113,7 +113,7 @@ def _walk(m: Machine, pid: int, row: int, view: OsView, nxe: bool) -> None:
 
 def check_guest_os(m: Machine) -> OsView:
     """Assert the invariants above on ``m``'s guest OS; returns what was found."""
-    procs, pid2slot, ometa = m.osst[0], m.osst[1], m.osst[2]
+    procs, pid2slot, ometa = m.osst.procs, m.osst.pid2slot, m.osst.ometa
     nxe = bool(m.config.nxe)
     view = OsView()
     live_rows = [r for r in range(int(ometa[G.O_NPROCS])) if procs[r, G.P_ALIVE]]

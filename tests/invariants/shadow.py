@@ -28,8 +28,8 @@ def _host(m: Machine, hpa: int) -> int:
 def _reachable(m: Machine) -> set[int]:
     """Shadow pages the hardware can reach from the current root: followed through present
     non-leaf shadow entries in host memory (not through the MMU's parent lists)."""
-    spt, hfn2sp = m.sh[0], m.sh[3]
-    root = int(m.sh[5][0, 1])
+    spt, hfn2sp = m.sh.spt, m.sh.hfn2sp
+    root = int(m.sh.roots[0, 1])
     seen = {root}
     todo = [root]
     while todo:
@@ -154,12 +154,12 @@ def check_shadow(m: Machine, include_unsync: bool = False) -> int:
 def _check_large(m: Machine, sp: int, i: int, level: int, e: int, acc: int, direct: bool, gfn: int, g) -> int:
     """A large shadow entry maps a whole guest large page, aligned, over host memory backing it,
     with no guest page table inside the region, and no more rights than the guest's."""
-    gfs = m.sh[2]
+    gfs = m.sh.gfs
     span = 512 ** (level - 1)
     tgpa = int(vm_gpa_of(m.vm, np.int64(e & ADDR)))
     assert tgpa >= 0 and tgpa % (span * 4096) == 0, "large shadow entry over unaligned or unbacked memory"
     tg = tgpa >> 12
-    assert m.sh[1][sp * 512 + i, S.RL_OWNER] == 2 * tg
+    assert m.sh.rl[sp * 512 + i, S.RL_OWNER] == 2 * tg
     assert not (gfs[tg : tg + span, S.GF_SPS] > 0).any(), "large shadow entry over a shadowed guest table"
     if direct:
         assert tg == gfn + i * span
