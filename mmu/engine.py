@@ -49,7 +49,7 @@ from mmu.modes.vmm import (
     vm_prepopulate,
     vm_room,
 )
-from mmu.state import MachineState, Scratch
+from mmu.state import GuestMemory, MachineState, Scratch
 from mmu.stats import (
     S_ACCESSES,
     S_DATA_FRAMES,
@@ -110,7 +110,7 @@ def replay_kernel(addr, arg, pid, op, flags, start, stop, m, out, pos):
     emit = cfg[C_EMIT] != 0
     virt = vm.vmeta[V_MODE] != MODE_NATIVE
     shadow = vm.vmeta[V_MODE] == MODE_SHADOW
-    gm = (mem, halloc, vm, stats, sh)
+    gm = GuestMemory(mem, halloc, vm, stats, sh)
     budget = np.int64(0)  # records the shadow state has room for (checked in batches: it is big)
     for i in range(start, stop):
         if (
@@ -193,7 +193,7 @@ def guest_op_kernel(kind, a, b, m):
     Returns 0, or 1 if the guest ran out of frames.
     """
     osst, tlb, psc, stats, cfg = m.osst, m.tlb, m.psc, m.stats, m.cfg
-    gm = (m.mem, m.halloc, m.vm, stats, m.sh)
+    gm = GuestMemory(m.mem, m.halloc, m.vm, stats, m.sh)
     if kind == GOP_STORE:
         return 0 if guest_store(gm, a, np.uint64(b)) else 1
     if kind == GOP_INVLPG:

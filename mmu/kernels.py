@@ -29,6 +29,8 @@ from typing import Any
 import numba
 import numpy as np
 
+from mmu.state import GuestMemory
+
 # Phase 1: groups of internal roots compiled in parallel (each is typed from a real machine's
 # state, exactly as its callers pass it). Phase 2: the entry points.
 ROOT_GROUPS: tuple[tuple[str, ...], ...] = (
@@ -75,7 +77,7 @@ def _specs() -> dict[str, tuple[Any, tuple]]:
     d = _dispatchers()
     m = Machine(MachineConfig(mode="nested"))
     s = m.state
-    gm = (s.mem, s.halloc, s.vm, s.stats, s.sh)
+    gm = GuestMemory(s.mem, s.halloc, s.vm, s.stats, s.sh)
     i = np.int64(0)
     records = np.zeros(2, dtype=RECORD_DTYPE)
     fields = (records["addr"], records["arg"], records["pid"], records["op"], records["flags"])

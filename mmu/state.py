@@ -32,6 +32,18 @@ from typing import NamedTuple
 import numpy as np
 
 
+class GuestMemory(NamedTuple):
+    """What the guest OS's kernels need to reach guest memory (``gm``): the memory holding its
+    contents, the host allocator and the VMM's view (to back a frame first), the counters, and
+    the shadow MMU (whose traps the page-table hooks of :mod:`mmu.modes.hooks` run)."""
+
+    mem: tuple
+    halloc: tuple
+    vm: tuple
+    stats: np.ndarray
+    sh: tuple
+
+
 class Scratch(NamedTuple):
     """Work arrays of one translation (no state survives a call except ``counts`` and ``flog``)."""
 

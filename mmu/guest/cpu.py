@@ -45,6 +45,7 @@ from mmu.modes.cpuops import switch_to
 from mmu.modes.dispatch import translate_access, translate_hit
 from mmu.modes.shadow import sh_budget
 from mmu.modes.vmm import MODE_NATIVE, MODE_SHADOW, V_MODE, vm_hpa, vm_room
+from mmu.state import GuestMemory
 from mmu.stats import S_ACCESSES, S_EVENTS, S_READS
 from mmu.trace.ops import OP_SWITCH
 from mmu.x86.bits import ACC_FETCH, ACC_READ, ACC_WRITE
@@ -154,7 +155,7 @@ def cpu_slice(m, regs, cpu, used_mask, budget, rec, rpos):
     """
     mem, halloc, galloc, vm, hcache, sh, osst = m.mem, m.halloc, m.galloc, m.vm, m.hcache, m.sh, m.osst
     tlb, psc, ptc, stats, cfg, scratch = m.tlb, m.psc, m.ptc, m.stats, m.cfg, m.scratch
-    gm = (mem, halloc, vm, stats, sh)
+    gm = GuestMemory(mem, halloc, vm, stats, sh)
     raddr, rarg, rpid, rop = rec
     cap = raddr.shape[0] - 2
     recording = cpu[X_RECORD] != 0
@@ -346,7 +347,7 @@ def cpu_event(m, op, pid, addr, arg):
     since only then is it recorded). Returns an ``OS_*`` status.
     """
     galloc, osst, tlb, psc, stats, cfg = m.galloc, m.osst, m.tlb, m.psc, m.stats, m.cfg
-    gm = (m.mem, m.halloc, m.vm, stats, m.sh)
+    gm = GuestMemory(m.mem, m.halloc, m.vm, stats, m.sh)
     if op == OP_SWITCH:
         st = switch_to(gm, galloc, osst, tlb, psc, stats, cfg, pid)
     else:

@@ -120,7 +120,7 @@ def make_os(pcide: bool = True, la57: bool = False, thp: int = THP_NEVER) -> OSS
 
 # --- guest-physical memory as the guest kernel sees it ------------------------------------------
 #
-# ``gm = (mem, halloc, vm, stats, sh)``: the memory holding guest-physical contents (the guest's
+# ``gm = GuestMemory(mem, halloc, vm, stats, sh)`` (mmu.state): the memory holding guest-physical contents (the guest's
 # own memory natively, host memory in a VM), the host frame allocator, the VM state
 # (:mod:`mmu.modes.vmm`), the stats array (exits are counted there) and the shadow MMU
 # (:mod:`mmu.modes.shadow`; a dummy outside shadow mode). Every guest-physical
@@ -131,18 +131,18 @@ def make_os(pcide: bool = True, la57: bool = False, thp: int = THP_NEVER) -> OSS
 
 @inner
 def guest_hpa(gm, gpa):
-    """Where guest-physical ``gpa`` lives in ``gm[0]``, backing it first if needed; -1 if impossible."""
-    vm = gm[2]
+    """Where guest-physical ``gpa`` lives in ``gm.mem``, backing it first if needed; -1 if impossible."""
+    vm = gm.vm
     if vm.vmeta[V_MODE] == MODE_NATIVE:
         return gpa
     hpa = vm_hpa(vm, gpa)
     if hpa >= 0:
         return hpa
-    stats = gm[3]
+    stats = gm.stats
     stats[S_VM_EXITS] += 1
     # nested: an EPT violation; shadow: a hidden fault on the kernel's mapping of the frame
     stats[S_EXIT_BASE + (EXIT_HIDDEN_FAULT if vm.vmeta[V_MODE] == MODE_SHADOW else EXIT_EPT_VIOLATION)] += 1
-    if vm_back(gm[0], gm[1], vm, gpa >> 12) != VM_OK:
+    if vm_back(gm.mem, gm.halloc, vm, gpa >> 12) != VM_OK:
         return np.int64(-1)
     return vm_hpa(vm, gpa)
 
@@ -153,7 +153,7 @@ def guest_read(gm, gpa):
     hpa = guest_hpa(gm, gpa)
     if hpa < 0:
         return np.uint64(0)
-    return mem_read(gm[0], hpa)
+    return mem_read(gm.mem, hpa)
 
 
 @jit
@@ -166,7 +166,7 @@ def guest_store(gm, gpa, value):
     if hpa < 0:
         return False
     on_pt_store(gm, gpa, value)  # the mode's hook: under shadow paging, a write-protected table traps
-    mem_write(gm[0], hpa, value)
+    mem_write(gm.mem, hpa, value)
     return True
 
 
@@ -209,7 +209,7 @@ def os_free_row(osst):
 @inner
 def os_process(osst, gm, galloc, pid):
     """Row of process ``pid``, creating it (with an empty root table) on first sight; a new
-    process and its root table are counted in the stats (``gm[3]``).
+    process and its root table are counted in the stats (``gm.stats``).
 
     Returns (status, row, created).
     """
@@ -237,7 +237,7 @@ def os_process(osst, gm, galloc, pid):
     procs[row, P_LOADS] = 0
     procs[row, P_NVMAS] = 0
     procs[row, P_VMAS] = 0
-    stats = gm[3]
+    stats = gm.stats
     stats[S_PROCESSES] += 1
     stats[S_PT_FRAMES] += 1  # its root table
     return OS_OK, row, True

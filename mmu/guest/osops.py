@@ -371,7 +371,7 @@ def _new_data_frame(gm, galloc, osst, stats, src_gfn, image_row):
     hpa = _clear_frame(gm, gfn)
     if hpa < 0:
         return np.int64(-1)
-    mem = gm[0]
+    mem = gm.mem
     data = mem[0]
     if src_gfn >= 0:
         shpa = guest_hpa(gm, src_gfn << 12)
@@ -888,7 +888,7 @@ def _ev_fork(gm, galloc, osst, tlb, psc, stats, cfg, pid, child_pid, out):
     # Room first, so a fork either happens whole or not at all.
     if 4 * (ometa[O_RC_USED] + out[1]) > 3 * osst.rc.shape[0]:
         return OS_OUT_OF_FRAMES  # the copy-on-write counts are full: a limit of the model
-    if not mem_room(gm[0], 4 * out[0] + 64):
+    if not mem_room(gm.mem, 4 * out[0] + 64):
         return OS_NEED_ROOM
     if os_free_row(osst) < 0:
         return OS_TOO_MANY_PROCS

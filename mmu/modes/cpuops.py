@@ -23,11 +23,11 @@ def load_cr3(gm, osst, tlb, psc, stats, cfg, row, no_flush):
     procs = osst.procs
     ometa = osst.ometa
     stats[S_CR3_LOADS] += 1
-    vm = gm[2]
+    vm = gm.vm
     if vm.vmeta[V_MODE] == MODE_SHADOW:
         # CR3 loads trap: the VMM switches shadow roots (and flushes on its own terms).
         ctl = cfg[C_CTL] | CTL_USER
-        return sh_load_cr3(gm[0], gm[1], vm, gm[4], stats, ctl, procs[row, P_ROOT], procs[row, P_PCID], no_flush)
+        return sh_load_cr3(gm.mem, gm.halloc, vm, gm.sh, stats, ctl, procs[row, P_ROOT], procs[row, P_PCID], no_flush)
     hw_mov_cr3(tlb, psc, cfg[C_ASID], ometa[O_PCIDE] != 0, procs[row, P_PCID], no_flush)
     return True
 
@@ -55,10 +55,10 @@ def cpu_invlpg(gm, osst, tlb, psc, stats, cfg, va):
     procs = osst.procs
     ometa = osst.ometa
     row = ometa[O_CUR]
-    vm = gm[2]
+    vm = gm.vm
     ctl = cfg[C_CTL] | CTL_USER
     if vm.vmeta[V_MODE] == MODE_SHADOW:
-        sh_invlpg(gm[0], vm, gm[4], tlb, psc, stats, ctl, cfg[C_ASID], va)
+        sh_invlpg(gm.mem, vm, gm.sh, tlb, psc, stats, ctl, cfg[C_ASID], va)
     else:
         hw_invlpg(tlb, psc, va, cfg[C_ASID], procs[row, P_PCID], (ctl & CTL_LA57) != 0)
 

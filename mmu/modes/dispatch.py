@@ -10,7 +10,7 @@ translation path serves every input:
 
 The guest kernel's privileged instructions (MOV CR3, INVLPG) are in :mod:`mmu.modes.cpuops`.
 
-``gm = (mem, halloc, vm, stats, sh)`` is the guest-memory context of :mod:`mmu.guest.os`.
+``gm = GuestMemory(mem, halloc, vm, stats, sh)`` (:mod:`mmu.state`) is the guest-memory context of :mod:`mmu.guest.os`.
 ``hcache`` is the nested TLB and host PSCs; outside nested mode it is a disabled one that is
 never touched (one signature for every mode, so the path compiles once).
 """
@@ -100,9 +100,9 @@ def translate_access(gm, galloc, hcache, osst, tlb, psc, ptc, stats, cfg, row, v
     Returns (status, gpa): status OS_OK with the guest-physical address (or -1 when the guest
     could not map it), OS_OUT_OF_FRAMES.
     """
-    mem = gm[0]
-    vm = gm[2]
-    sh = gm[4]
+    mem = gm.mem
+    vm = gm.vm
+    sh = gm.sh
     trail, gtrail, htrail, refs, counts, flog = scratch
     procs = osst.procs
     cr3 = os_cr3(osst, row)
@@ -122,7 +122,7 @@ def translate_access(gm, galloc, hcache, osst, tlb, psc, ptc, stats, cfg, row, v
                 if vm_hpa(vm, pa) >= 0:
                     stats[S_BAD_ACCESSES] += 1  # a rights violation the VMM did not cause
                     return OS_OK, np.int64(-1)
-                st = vm_back(mem, gm[1], vm, pa >> 12)
+                st = vm_back(mem, gm.halloc, vm, pa >> 12)
                 if st != VM_OK:
                     return OS_OUT_OF_FRAMES, np.int64(-1)
                 host_cache_drop(hcache, pa)
@@ -136,7 +136,7 @@ def translate_access(gm, galloc, hcache, osst, tlb, psc, ptc, stats, cfg, row, v
             hcr3 = cr3
             hctl = ctl
             if shadow:
-                if sh_pending(sh) and not sh_before_entry(mem, gm[1], vm, sh, tlb, psc, stats, ctl, cfg[C_ASID]):
+                if sh_pending(sh) and not sh_before_entry(mem, gm.halloc, vm, sh, tlb, psc, stats, ctl, cfg[C_ASID]):
                     return OS_OUT_OF_FRAMES, np.int64(-1)
                 # The hardware walks the shadow tables, with CR0.WP forced on (as KVM runs it).
                 hcr3 = sh_root_hpa(sh) | pcid
@@ -148,7 +148,7 @@ def translate_access(gm, galloc, hcache, osst, tlb, psc, ptc, stats, cfg, row, v
                 elif status == WALK_PF:
                     # #PF exits to the VMM, which decides what the guest sees.
                     r, v = sh_page_fault(
-                        mem, gm[1], vm, sh, stats, cfg[C_PKRU], cfg[C_MAXPHYADDR], procs[row, P_ROOT], va, access,
+                        mem, gm.halloc, vm, sh, stats, cfg[C_PKRU], cfg[C_MAXPHYADDR], procs[row, P_ROOT], va, access,
                         ctl, trail,
                     )  # fmt: skip
                     if r == SHF_RETRY:

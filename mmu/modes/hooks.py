@@ -21,9 +21,9 @@ from mmu.modes.vmm import MODE_SHADOW, V_MODE
 @inner
 def on_pt_store(gm, gpa, value):
     """The guest kernel is about to store ``value`` at guest-physical ``gpa`` (a PTE edit);
-    ``gm = (mem, halloc, vm, stats, sh)``. The caller then performs the store."""
-    if gm[2].vmeta[V_MODE] == MODE_SHADOW:
-        sh_guest_store(gm[0], gm[2], gm[4], gm[3], gpa, value)
+    ``gm`` (:class:`mmu.state.GuestMemory`). The caller then performs the store."""
+    if gm.vm.vmeta[V_MODE] == MODE_SHADOW:
+        sh_guest_store(gm.mem, gm.vm, gm.sh, gm.stats, gpa, value)
 
 
 @inner
@@ -31,7 +31,7 @@ def zero_guest_frame(gm, gfn, hpa):
     """The guest kernel clears guest frame ``gfn`` (512 stores), backed at host address ``hpa``:
     under shadow paging a frame that still holds a shadowed (recycled) table traps like any
     store; otherwise the frame is simply zeroed."""
-    if gm[2].vmeta[V_MODE] == MODE_SHADOW:
-        sh_zero_frame(gm[0], gm[2], gm[4], gm[3], gfn)
+    if gm.vm.vmeta[V_MODE] == MODE_SHADOW:
+        sh_zero_frame(gm.mem, gm.vm, gm.sh, gm.stats, gfn)
     else:
-        mem_zero_frame(gm[0], hpa >> 12)
+        mem_zero_frame(gm.mem, hpa >> 12)
