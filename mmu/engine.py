@@ -22,13 +22,13 @@ from mmu._jit import jit
 from mmu.errors import MMUInputError
 from mmu.guest.os import O_CUR, OS_OK, OS_OUT_OF_FRAMES, OS_TOO_MANY_PROCS, THP_POLICIES, guest_store, make_os
 from mmu.guest.osops import EV_PROT_GIVEN, EV_PROT_SHIFT, OS_NEED_ROOM, OS_UNSUPPORTED, os_event
-from mmu.hw.cache import make_line_cache
+from mmu.hw.cache import WalkCaches, make_line_cache
 from mmu.hw.cost import K_L2_LINES, K_L2_WAYS, K_LLC_LINES, K_LLC_WAYS, cost_array, cost_dict
 from mmu.hw.ntlb import cold_host_cache, make_host_cache
 from mmu.hw.presets import get_preset, with_stlb_entries
 from mmu.hw.pwc import make_psc
 from mmu.hw.tlb import make_tlb
-from mmu.memory import ALIGN_ROOM, FrameAllocator, PhysicalMemory, alloc_room, mem_read, mem_room
+from mmu.memory import A_NEXT, ALIGN_ROOM, FrameAllocator, PhysicalMemory, alloc_room, mem_read, mem_room
 from mmu.modes.cpuops import cpu_flush_tlb, cpu_invlpg, switch_to
 from mmu.modes.dispatch import FLOG_N, FLOG_ON, translate_access, translate_hit
 from mmu.modes.native import C_ASID, C_CTL, C_EMIT, C_LEN, C_MAXPHYADDR, C_PKRU
@@ -385,7 +385,7 @@ class Machine:
         self.osst = make_os(pcide=config.pcide, la57=config.la57, thp=THP_POLICIES[config.thp])
         self.tlb = make_tlb(self.preset)
         self.psc = make_psc(self.preset if config.psc else [])
-        self.ptc = (
+        self.ptc = WalkCaches(
             make_line_cache(int(self.cost[K_L2_LINES]), int(self.cost[K_L2_WAYS])),
             make_line_cache(int(self.cost[K_LLC_LINES]), int(self.cost[K_LLC_WAYS])),
         )
@@ -442,9 +442,11 @@ class Machine:
         self.galloc.reserve_frees(ALIGN_ROOM)  # a huge-page fault may free the frames it skips
         if event:
             self.galloc.reserve_frees(self.galloc.live + 1)
-        self.vm = grow_vm(self.vm, self.galloc.state[0][0], self.mem.alloc.state[0][0])
+        self.vm = grow_vm(self.vm, self.galloc.state.ameta[A_NEXT], self.mem.alloc.state.ameta[A_NEXT])
         if self.config.mode == "shadow":
-            self.sh = grow_shadow(self.sh, int(self.galloc.state[0][0]), int(self.mem.alloc.state[0][0]))
+            self.sh = grow_shadow(
+                self.sh, int(self.galloc.state.ameta[A_NEXT]), int(self.mem.alloc.state.ameta[A_NEXT])
+            )
 
     def _guest_op(self, kind: int, a: int = 0, b: int = 0) -> None:
         self._grow()
@@ -483,7 +485,7 @@ class Machine:
         span = 1 << (host_shift - 12)
         frames = -(-frames // span) * span
         # room: the maps, plus host frames for the EPT tables (one leaf table per 512 entries)
-        host_next = int(self.mem.alloc.state[0][0])
+        host_next = int(self.mem.alloc.state.ameta[A_NEXT])
         self.vm = grow_vm(self.vm, frames, host_next + frames + frames // 512 + 64)
         self.mem.reserve(frames // span // 512 + 64)
         if vm_prepopulate(self.mem.state, self.mem.alloc.state, self.vm, np.int64(frames)) != VM_OK:

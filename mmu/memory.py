@@ -2,8 +2,8 @@
 
 A :class:`PhysicalMemory` models a 52-bit physical address space in 4 KiB frames.
 Only frames that were written hold storage, so memory use grows with frames
-touched, not with the size of the space. The state is a tuple of arrays
-(``mem = (data, keys, vals, meta)``) that numba kernels take as one argument:
+touched, not with the size of the space. The state is a named tuple of arrays
+(``mem = MemState(data, keys, vals, meta)``) that numba kernels take as one argument:
 
 ``data``  uint64[nslots, 512]
     Frame contents, one row per backed frame, as little-endian 64-bit words.
@@ -21,11 +21,13 @@ instead a kernel that may write checks :func:`mem_room` before each event and
 returns a status asking the Python layer to :meth:`PhysicalMemory.reserve`
 room, then resumes. Frames are never dropped, so ``data`` rows are stable.
 
-A :class:`FrameAllocator` hands out frame numbers (``alloc = (ameta, afree)``):
+A :class:`FrameAllocator` hands out frame numbers (``alloc = AllocState(ameta, afree)``):
 a bump pointer over ``[base, limit)`` plus a LIFO free list.
 """
 
 from __future__ import annotations
+
+from typing import NamedTuple
 
 import numpy as np
 
@@ -43,6 +45,23 @@ A_PEAK = 4  # most frames allocated at once
 A_BLOCKS = 5  # free 2 MiB blocks, stacked from the far end of the free array
 AMETA_LEN = 8
 
+
+class MemState(NamedTuple):
+    """Physical memory as the kernels take it (layouts in the module docstring)."""
+
+    data: np.ndarray
+    keys: np.ndarray
+    vals: np.ndarray
+    meta: np.ndarray
+
+
+class AllocState(NamedTuple):
+    """A frame allocator as the kernels take it: ``ameta`` counters (``A_*``), ``afree`` stacks."""
+
+    ameta: np.ndarray
+    afree: np.ndarray
+
+
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 MAX_PHYS_BITS = 52
 FRAME_WORDS = 512
@@ -56,10 +75,10 @@ def _hash_slot(pfn, shift):
 @jit
 def mem_find(mem, pfn):
     """Row of ``data`` backing frame ``pfn``, or -1 if the frame was never written."""
-    keys = mem[1]
-    vals = mem[2]
+    keys = mem.keys
+    vals = mem.vals
     mask = keys.shape[0] - 1
-    i = _hash_slot(pfn, mem[3][M_SHIFT])
+    i = _hash_slot(pfn, mem.meta[M_SHIFT])
     while True:
         k = keys[i]
         if k == pfn:
@@ -75,9 +94,9 @@ def mem_frame(mem, pfn):
 
     The caller must have ensured room (:func:`mem_room`).
     """
-    keys = mem[1]
-    vals = mem[2]
-    meta = mem[3]
+    keys = mem.keys
+    vals = mem.vals
+    meta = mem.meta
     mask = keys.shape[0] - 1
     i = _hash_slot(pfn, meta[M_SHIFT])
     while True:
@@ -96,8 +115,8 @@ def mem_frame(mem, pfn):
 @inner
 def mem_room(mem, frames):
     """True if ``frames`` more frames can be backed without growing (load factor <= 1/2)."""
-    used = mem[3][M_USED]
-    return used + frames <= mem[0].shape[0] and 2 * (used + frames) <= mem[1].shape[0]
+    used = mem.meta[M_USED]
+    return used + frames <= mem.data.shape[0] and 2 * (used + frames) <= mem.keys.shape[0]
 
 
 @jit
@@ -106,14 +125,14 @@ def mem_read(mem, pa):
     row = mem_find(mem, pa >> 12)
     if row < 0:
         return np.uint64(0)
-    return mem[0][row, (pa >> 3) & 511]
+    return mem.data[row, (pa >> 3) & 511]
 
 
 @jit
 def mem_write(mem, pa, value):
     """Store uint64 ``value`` at physical address ``pa`` (8-byte aligned). Needs room for one frame."""
     row = mem_frame(mem, pa >> 12)
-    mem[0][row, (pa >> 3) & 511] = value
+    mem.data[row, (pa >> 3) & 511] = value
 
 
 @jit
@@ -121,7 +140,7 @@ def mem_zero_frame(mem, pfn):
     """Zero frame ``pfn`` if it is backed (an unbacked frame already reads as zero)."""
     row = mem_find(mem, pfn)
     if row >= 0:
-        mem[0][row, :] = np.uint64(0)
+        mem.data[row, :] = np.uint64(0)
 
 
 @jit
@@ -187,14 +206,14 @@ class PhysicalMemory:
         vals = np.full(hcap, -1, dtype=np.int64)
         meta = np.zeros(META_LEN, dtype=np.int64)
         meta[M_SHIFT] = 64 - (hcap.bit_length() - 1)
-        self.state = (data, keys, vals, meta)
+        self.state = MemState(data, keys, vals, meta)
         self.alloc = FrameAllocator(alloc_base, alloc_limit)
 
     # -- capacity -------------------------------------------------------------------------------
     @property
     def frames_backed(self) -> int:
         """Frames that hold storage (were written at least once)."""
-        return int(self.state[3][M_USED])
+        return int(self.state.meta[M_USED])
 
     @property
     def nbytes(self) -> int:
@@ -226,7 +245,7 @@ class PhysicalMemory:
             meta = meta.copy()
             meta[M_SHIFT] = shift
             keys, vals = new_keys, new_vals
-        self.state = (data, keys, vals, meta)
+        self.state = MemState(data, keys, vals, meta)
 
     # -- access ---------------------------------------------------------------------------------
     def read_u64(self, pa: int) -> int:
@@ -274,8 +293,8 @@ class PhysicalMemory:
 @jit
 def alloc_frame(alloc):
     """Next free frame number, or -1 when the range is exhausted."""
-    ameta = alloc[0]
-    free = alloc[1]
+    ameta = alloc.ameta
+    free = alloc.afree
     top = ameta[A_FREE_TOP]
     if top > 0:
         pfn = free[top - 1]
@@ -294,8 +313,8 @@ def alloc_frame(alloc):
 @jit
 def free_frame(alloc, pfn):
     """Push ``pfn`` on the free list. Returns False if the free list is full (caller grows it)."""
-    ameta = alloc[0]
-    free = alloc[1]
+    ameta = alloc.ameta
+    free = alloc.afree
     top = ameta[A_FREE_TOP]
     if top + ameta[A_BLOCKS] >= free.shape[0]:
         return False
@@ -308,7 +327,7 @@ def free_frame(alloc, pfn):
 @jit
 def alloc_room(alloc, frees):
     """True if ``frees`` more frames (or blocks) can be freed without growing the free list."""
-    return alloc[0][A_FREE_TOP] + alloc[0][A_BLOCKS] + frees <= alloc[1].shape[0]
+    return alloc.ameta[A_FREE_TOP] + alloc.ameta[A_BLOCKS] + frees <= alloc.afree.shape[0]
 
 
 BLOCK_FRAMES = 512  # frames of a 2 MiB block
@@ -323,8 +342,8 @@ def alloc_block(alloc):
     frames skipped go on the free list, so they are not lost) and the block is taken after it.
     Needs free-list room for :data:`ALIGN_ROOM` frames (else -1: callers keep that room).
     """
-    ameta = alloc[0]
-    free = alloc[1]
+    ameta = alloc.ameta
+    free = alloc.afree
     nb = ameta[A_BLOCKS]
     if nb > 0:
         head = free[free.shape[0] - nb]
@@ -350,8 +369,8 @@ def alloc_block(alloc):
 def free_block(alloc, head):
     """Return the block of 512 frames at ``head`` for reuse by :func:`alloc_block`. False if the
     free list is full (caller grows it)."""
-    ameta = alloc[0]
-    free = alloc[1]
+    ameta = alloc.ameta
+    free = alloc.afree
     nb = ameta[A_BLOCKS]
     if ameta[A_FREE_TOP] + nb >= free.shape[0]:
         return False
@@ -374,7 +393,7 @@ class FrameAllocator:
         ameta = np.zeros(AMETA_LEN, dtype=np.int64)
         ameta[A_NEXT] = base
         ameta[A_LIMIT] = limit
-        self.state = (ameta, np.zeros(max(16, free_capacity), dtype=np.int64))
+        self.state = AllocState(ameta, np.zeros(max(16, free_capacity), dtype=np.int64))
 
     def reserve_frees(self, n: int) -> None:
         """Grow the free list so ``n`` more frames can be freed."""
@@ -390,7 +409,7 @@ class FrameAllocator:
         new[:top] = free[:top]
         if blocks:
             new[size - blocks :] = free[free.shape[0] - blocks :]
-        self.state = (ameta, new)
+        self.state = AllocState(ameta, new)
 
     def alloc(self) -> int:
         pfn = int(alloc_frame(self.state))
@@ -404,8 +423,8 @@ class FrameAllocator:
 
     @property
     def live(self) -> int:
-        return int(self.state[0][A_LIVE])
+        return int(self.state.ameta[A_LIVE])
 
     @property
     def peak(self) -> int:
-        return int(self.state[0][A_PEAK])
+        return int(self.state.ameta[A_PEAK])

@@ -14,6 +14,7 @@ from mmu.guest.asm import assemble
 from mmu.guest.cpu import cpu_event
 from mmu.guest.osops import EV_PROT_GIVEN, EV_PROT_SHIFT, rc_count
 from mmu.guest.run import run_program
+from mmu.memory import A_NEXT
 from mmu.stats import S_CR3_LOADS, S_GUEST_PF_PROTECTION
 from mmu.trace.format import OP_EXIT, OP_FORK, OP_MMAP, OP_MUNMAP, OP_SWITCH, RECORD_DTYPE
 from tests.guest_ref import run
@@ -184,7 +185,7 @@ def test_shared_frames_are_counted():
     m.run(_writes(1, base, 2))
     _event(m, OP_FORK, 1, 0, 2)
     _event(m, OP_FORK, 1, 0, 3)
-    counts = [int(rc_count(m.osst, np.int64(g))) for g in range(1, m.galloc.state[0][0])]
+    counts = [int(rc_count(m.osst, np.int64(g))) for g in range(1, m.galloc.state.ameta[A_NEXT])]
     assert sorted(counts)[-2:] == [3, 3]  # both data frames have three owners
     loads = int(m.stats[S_CR3_LOADS])
     _event(m, OP_EXIT, 3)  # not current: the kernel switches to it first

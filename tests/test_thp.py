@@ -19,7 +19,17 @@ from mmu.guest.asm import assemble_file
 from mmu.guest.isa import PROT_THP
 from mmu.guest.os import MAX_PROCS, P_ROOT
 from mmu.guest.run import run_program
-from mmu.memory import ALIGN_ROOM, FrameAllocator, alloc_block, alloc_frame, alloc_room, free_block, free_frame
+from mmu.memory import (
+    A_LIMIT,
+    A_NEXT,
+    ALIGN_ROOM,
+    FrameAllocator,
+    alloc_block,
+    alloc_frame,
+    alloc_room,
+    free_block,
+    free_frame,
+)
 from mmu.replayfile import replay
 from mmu.stats import EXIT_CR3_LOAD, EXIT_INVLPG, S_EXIT_BASE
 from mmu.trace.format import OP_EXIT, OP_FORK, OP_MMAP, OP_MUNMAP, OP_SWITCH, RECORD_DTYPE
@@ -72,7 +82,7 @@ def test_reserve_frees_keeps_free_blocks():
         assert free_block(a.state, np.int64(h))
     for f in range(5):
         assert free_frame(a.state, np.int64(f + 1))
-    a.reserve_frees(10 * a.state[1].shape[0])  # grows the array: both stacks must survive
+    a.reserve_frees(10 * a.state.afree.shape[0])  # grows the array: both stacks must survive
     assert sorted(int(alloc_block(a.state)) for _ in range(3)) == sorted(heads)
     assert int(alloc_frame(a.state)) == 5
 
@@ -270,7 +280,7 @@ def test_munmap_of_huge_pages_flushes_per_2m_like_linux():
 def test_no_aligned_block_falls_back_to_4k():
     r = Run(modes=["native"], thp="always")
     m = r.machines["native"]
-    m.galloc.state[0][1] = int(m.galloc.state[0][0]) + 600  # the guest has 600 frames left
+    m.galloc.state.ameta[A_LIMIT] = int(m.galloc.state.ameta[A_NEXT]) + 600  # the guest has 600 frames left
     r.step([_mmap(1, BASE, 1024), _touch(1, BASE)])
     res = m.result()
     assert res["huge_pages"] == {"mapped": 0, "fallbacks": 1, "splits": 0}

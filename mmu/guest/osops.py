@@ -372,7 +372,7 @@ def _new_data_frame(gm, galloc, osst, stats, src_gfn, image_row):
     if hpa < 0:
         return np.int64(-1)
     mem = gm.mem
-    data = mem[0]
+    data = mem.data
     if src_gfn >= 0:
         shpa = guest_hpa(gm, src_gfn << 12)
         if shpa < 0:

@@ -17,6 +17,8 @@ A cache with zero sets (``make_line_cache(0, ...)``) always misses.
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import numpy as np
 
 from mmu._jit import inner
@@ -26,7 +28,22 @@ LC_HITS = 1
 LC_MISSES = 2
 
 
-def make_line_cache(lines: int, ways: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+class LineCache(NamedTuple):
+    """One walk-line cache: ``tags``/``stamps`` int64[sets, ways], ``meta`` (``LC_*`` counters)."""
+
+    tags: np.ndarray
+    stamps: np.ndarray
+    meta: np.ndarray
+
+
+class WalkCaches(NamedTuple):
+    """The machine's walk-line caches (``ptc``): an L2-like and an LLC-like one."""
+
+    l2: LineCache
+    llc: LineCache
+
+
+def make_line_cache(lines: int, ways: int) -> LineCache:
     """Build an empty cache of ``lines`` 64-byte lines, ``ways``-way set associative."""
     lines = int(lines)
     ways = max(1, int(ways))
@@ -35,15 +52,15 @@ def make_line_cache(lines: int, ways: int) -> tuple[np.ndarray, np.ndarray, np.n
     sets = lines // ways
     tags = np.full((sets, ways), -1, dtype=np.int64)
     stamps = np.zeros((sets, ways), dtype=np.int64)
-    return tags, stamps, np.zeros(4, dtype=np.int64)
+    return LineCache(tags, stamps, np.zeros(4, dtype=np.int64))
 
 
 @inner
-def line_access(ptc, pa):
+def line_access(lc, pa):
     """Touch the line holding ``pa``; return True on a hit. Fills on a miss (LRU victim)."""
-    tags = ptc[0]
-    stamps = ptc[1]
-    meta = ptc[2]
+    tags = lc.tags
+    stamps = lc.stamps
+    meta = lc.meta
     sets = tags.shape[0]
     if sets == 0:
         meta[LC_MISSES] += 1

@@ -46,9 +46,9 @@ C_LEN = 8
 @inner
 def count_walk_ref(ptc, stats, pa):
     """Classify one page-walk reference at ``pa`` by where its line is (walk-line caches L2, LLC)."""
-    if line_access(ptc[0], pa):
+    if line_access(ptc.l2, pa):
         stats[S_REF_L2_HITS] += 1
-    elif line_access(ptc[1], pa):
+    elif line_access(ptc.llc, pa):
         stats[S_REF_LLC_HITS] += 1
     else:
         stats[S_REF_DRAM] += 1

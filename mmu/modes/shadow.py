@@ -56,7 +56,7 @@ from mmu._jit import inner, jit
 from mmu.hw.ntlb import INVVPID_ADDRESS, hw_invvpid
 from mmu.hw.pwc import psc_flush_asid
 from mmu.hw.tlb import tlb_flush_asid
-from mmu.memory import alloc_frame, mem_read, mem_write, mem_zero_frame
+from mmu.memory import A_NEXT, alloc_frame, mem_read, mem_write, mem_zero_frame
 from mmu.modes.vmm import VM_OK, vm_back, vm_gpa_of, vm_hpa
 from mmu.stats import (
     EXIT_AD_DIRTY,
@@ -300,8 +300,8 @@ def grow_shadow(sh, guest_frames: int, host_frames: int):
 def sh_budget(sh, galloc, halloc):
     """How many records can run before the shadow state's arrays might need to grow (0: now)."""
     a = (sh.spt.shape[0] - sh.smeta[SM_NEXT]) // SP_PER_RECORD
-    b = (sh.gfs.shape[0] - galloc[0][0]) // FRAMES_PER_RECORD
-    c = (sh.hfn2sp.shape[0] - halloc[0][0]) // FRAMES_PER_RECORD
+    b = (sh.gfs.shape[0] - galloc.ameta[A_NEXT]) // FRAMES_PER_RECORD
+    c = (sh.hfn2sp.shape[0] - halloc.ameta[A_NEXT]) // FRAMES_PER_RECORD
     return max(np.int64(0), min(a, min(b, c)))
 
 

@@ -34,7 +34,7 @@ from typing import NamedTuple
 import numpy as np
 
 from mmu._jit import inner, jit
-from mmu.memory import alloc_frame, mem_read, mem_write, mem_zero_frame
+from mmu.memory import A_NEXT, alloc_frame, mem_read, mem_write, mem_zero_frame
 
 MODE_NATIVE = 0
 MODE_NESTED = 1
@@ -128,8 +128,8 @@ def vm_room(vm, galloc, halloc):
     large_used = (vmeta[V_LARGE_NEXT] - LARGE_BASE) >> (vmeta[V_HOST_SHIFT] - 12)
     span = np.int64(1) << (vmeta[V_HOST_SHIFT] - 12)
     return (
-        galloc[0][0] + ROOM + span <= vm.gfn2hfn.shape[0]
-        and halloc[0][0] + ROOM <= vm.hfn2gfn.shape[0]
+        galloc.ameta[A_NEXT] + ROOM + span <= vm.gfn2hfn.shape[0]
+        and halloc.ameta[A_NEXT] + ROOM <= vm.hfn2gfn.shape[0]
         and large_used + ROOM <= vm.large2gfn.shape[0]
     )
 
