@@ -192,7 +192,7 @@ class PhysicalMemory:
     Attributes
     ----------
     state : tuple
-        ``(data, keys, vals, meta)``, the arrays kernels take (see the module docstring).
+        ``MemState(data, keys, vals, meta)``, the arrays kernels take (see the module docstring).
         Replaced (not mutated in shape) by :meth:`reserve`.
     alloc : FrameAllocator
         The frame allocator of this address space.
@@ -383,7 +383,7 @@ def free_block(alloc, head):
 class FrameAllocator:
     """Frame numbers from ``[base, limit)``: a bump pointer plus a LIFO free list.
 
-    ``state = (ameta, afree)``: int64[AMETA_LEN] counters and int64[n] holding two stacks: free
+    ``state = AllocState(ameta, afree)``: int64[AMETA_LEN] counters and int64[n] holding two stacks: free
     frames from the front, free 2 MiB blocks (first frame numbers) from the back.
     """
 

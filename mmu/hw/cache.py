@@ -6,7 +6,7 @@ no timing), so it keeps one cache that holds only the lines that walks touched.
 Each walk reference costs ``hit`` cycles if its line is present and ``miss`` cycles
 otherwise (see :mod:`mmu.hw.cost` for the latencies and their sources).
 
-State ``ptc = (tags, stamps, meta)``:
+State of one cache, ``LineCache(tags, stamps, meta)`` (the machine's two are ``ptc = WalkCaches(l2, llc)``):
 
 ``tags``   int64[sets, ways]  line address (pa >> 6) or -1
 ``stamps`` int64[sets, ways]  LRU time stamps
