@@ -60,22 +60,22 @@ S_THP_SPLITS = S_OS_BASE + 2  # huge mappings split into 512 entries (partial mu
 S_PT_FREED = S_OS_BASE + 3  # page-table frames freed by munmap (exit frees the rest)
 N_OS_STATS = 8
 # Handler work whose amount varies per exit (a resync compares N entries, a fill allocates
-# shadow pages ...), counted in units by exit reason: S_WORK_BASE + reason * N_WORK + W_*.
+# shadow pages ...), counted in units by exit reason: S_WORK_BASE + reason * N_WORK + U_*.
 # Kernels count units only; cycles are units times the cost parameter of the same name, so a
 # run can be re-priced under other costs without running it again (:func:`price`).
 S_WORK_BASE = S_OS_BASE + N_OS_STATS
-W_SW_WALK_STEP = 0  # a guest or shadow entry the VMM reads walking in software
-W_SP_ALLOC = 1  # a shadow page allocated, zeroed and hashed
-W_SPTE_WRITE = 2  # a shadow entry written or zapped, with its reverse map
-W_SYNC_ENTRY = 3  # a guest entry compared with its shadow during a resync
-W_VMM_FLUSH = 4  # a VM-wide TLB flush the VMM requests
+U_SW_WALK_STEP = 0  # a guest or shadow entry the VMM reads walking in software
+U_SP_ALLOC = 1  # a shadow page allocated, zeroed and hashed
+U_SPTE_WRITE = 2  # a shadow entry written or zapped, with its reverse map
+U_SYNC_ENTRY = 3  # a guest entry compared with its shadow during a resync
+U_VMM_FLUSH = 4  # a VM-wide TLB flush the VMM requests
 N_WORK = 8
 WORK_NAMES: dict[int, str] = {  # each is also the name of the cost parameter that prices it
-    W_SW_WALK_STEP: "sw_walk_step",
-    W_SP_ALLOC: "sp_alloc",
-    W_SPTE_WRITE: "spte_write",
-    W_SYNC_ENTRY: "sync_entry",
-    W_VMM_FLUSH: "vmm_flush",
+    U_SW_WALK_STEP: "sw_walk_step",
+    U_SP_ALLOC: "sp_alloc",
+    U_SPTE_WRITE: "spte_write",
+    U_SYNC_ENTRY: "sync_entry",
+    U_VMM_FLUSH: "vmm_flush",
 }
 N_STATS = S_WORK_BASE + N_EXIT_REASONS * N_WORK
 # nested mode

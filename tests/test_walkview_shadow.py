@@ -26,7 +26,7 @@ from typer.testing import CliRunner
 from mmu.cli import app
 from mmu.engine import Machine, MachineConfig
 from mmu.guest.os import O_CUR, P_ROOT
-from mmu.modes.shadow import F_DIRECT, F_UNSYNC, GF_WP, SP_FLAGS, sh_root_hpa
+from mmu.modes.shadow import GF_WP, SP_FLAGS, SPF_DIRECT, SPF_UNSYNC, sh_root_hpa
 from mmu.report.demo_guest import SHADOW_LAYOUT, build_shadow
 from mmu.report.walkview import LEVEL_NAMES, WalkViewShadow, capture_shadow, hx, table_index, walk_renderable
 from mmu.trace.format import OP_READ, OP_SWITCH, OP_WRITE, RECORD_DTYPE, write_trace
@@ -160,7 +160,7 @@ def test_leaf_table_is_write_protected_then_unsync_after_its_second_pte_store():
     pt = view.rows[-1]
     gfn = pt.guest_gpa >> 12
     assert m.sh.gfs[gfn, GF_WP] == 0 and not pt.guest_table_wp
-    assert pt.shadow_page.unsync and m.sh.spt[pt.shadow_page.sp, SP_FLAGS] & F_UNSYNC
+    assert pt.shadow_page.unsync and m.sh.spt[pt.shadow_page.sp, SP_FLAGS] & SPF_UNSYNC
     rows = table_rows(render(view))
     assert "writable" in rows[3][2] and "write-protected" not in rows[3][2]
     assert "unsync" in rows[3][4]
@@ -181,7 +181,7 @@ def test_direct_shadow_page_splits_the_guest_large_page(demo):
     pde, pte = view.rows[-2], view.rows[-1]
     assert pde.guest_value & 0x80 and pte.guest_gpa is None  # the guest walk ends at its PDE
     sp = pte.shadow_page
-    assert sp.direct and sp.level == 1 and sp.gfn == 0x400 and demo.sh.spt[sp.sp, SP_FLAGS] & F_DIRECT
+    assert sp.direct and sp.level == 1 and sp.gfn == 0x400 and demo.sh.spt[sp.sp, SP_FLAGS] & SPF_DIRECT
     assert not sp.access & 1  # clean guest page: the direct page's role drops W
     rows = table_rows(render(view))
     assert "inside the guest's 2M page" in rows[3][1]

@@ -89,11 +89,11 @@ from mmu.stats import (
     S_SH_ZAPPED,
     S_VM_EXITS,
     S_WORK_BASE,
-    W_SP_ALLOC,
-    W_SPTE_WRITE,
-    W_SW_WALK_STEP,
-    W_SYNC_ENTRY,
-    W_VMM_FLUSH,
+    U_SP_ALLOC,
+    U_SPTE_WRITE,
+    U_SW_WALK_STEP,
+    U_SYNC_ENTRY,
+    U_VMM_FLUSH,
 )
 from mmu.x86.bits import (
     ACC_WRITE,
@@ -131,10 +131,10 @@ SP_NEXT_FREE = 9
 SP_STAMP = 10  # creation order (the oldest pages are reclaimed first under the cap)
 SP_COLS = 11
 
-F_ALIVE = 1
-F_UNSYNC = 2
-F_DIRECT = 4
-F_INVALID = 8  # zapped while the root cache still referenced it
+SPF_ALIVE = 1
+SPF_UNSYNC = 2
+SPF_DIRECT = 4
+SPF_INVALID = 8  # zapped while the root cache still referenced it
 
 # role bits: level (3 bits), direct, inherited rights (TA_RW | TA_US | TA_XD), CR0.WP, EFER.NXE
 R_DIRECT = 1 << 3
@@ -310,7 +310,7 @@ def sh_budget(sh, galloc, halloc):
 
 @inner
 def _charge(sh, stats, work, n):
-    """Count ``n`` units of handler work ``work`` (a ``W_*``) to the exit reason being handled
+    """Count ``n`` units of handler work ``work`` (a ``U_*``) to the exit reason being handled
     (priced after the run, :func:`mmu.stats.price`)."""
     stats[S_WORK_BASE + sh.smeta[SM_REASON] * N_WORK + work] += n
 
@@ -319,7 +319,7 @@ def _charge(sh, stats, work, n):
 def _request_flush(sh, stats):
     if sh.smeta[SM_FLUSH] == 0:
         sh.smeta[SM_FLUSH] = 1
-        _charge(sh, stats, W_VMM_FLUSH, 1)
+        _charge(sh, stats, U_VMM_FLUSH, 1)
 
 
 @inner
@@ -384,7 +384,7 @@ def sh_find(sh, gfn, role):
     spt = sh.spt
     s = sh.sph[_bucket(gfn)]
     while s >= 0:
-        if spt[s, SP_GFN] == gfn and spt[s, SP_ROLE] == role and (spt[s, SP_FLAGS] & F_INVALID) == 0:
+        if spt[s, SP_GFN] == gfn and spt[s, SP_ROLE] == role and (spt[s, SP_FLAGS] & SPF_INVALID) == 0:
             return s
         s = spt[s, SP_HNEXT]
     return np.int64(-1)
@@ -469,7 +469,7 @@ def _release_root(mem, sh, stats, sp):
         return
     spt = sh.spt
     spt[sp, SP_ROOTS] -= 1
-    if spt[sp, SP_ROOTS] == 0 and (spt[sp, SP_FLAGS] & F_INVALID) != 0:
+    if spt[sp, SP_ROOTS] == 0 and (spt[sp, SP_FLAGS] & SPF_INVALID) != 0:
         _free_slot(sh, stats, sp)
 
 
@@ -492,7 +492,7 @@ def sh_zap(mem, sh, stats, sp):
     gfs = sh.gfs
     rl = sh.rl
     flags = spt[sp, SP_FLAGS]
-    if (flags & F_ALIVE) == 0:
+    if (flags & SPF_ALIVE) == 0:
         return
     flush = False
     for idx in range(512):
@@ -511,8 +511,8 @@ def sh_zap(mem, sh, stats, sp):
     spt[sp, SP_PHEAD] = -1
     gfn = spt[sp, SP_GFN]
     level = spt[sp, SP_ROLE] & 7
-    if (flags & F_DIRECT) == 0:
-        if (flags & F_UNSYNC) != 0:
+    if (flags & SPF_DIRECT) == 0:
+        if (flags & SPF_UNSYNC) != 0:
             _ulist_remove(sh, sp)
         else:
             gfs[gfn, GF_WP] -= 1
@@ -526,7 +526,7 @@ def sh_zap(mem, sh, stats, sp):
     if flush:
         _request_flush(sh, stats)
     if spt[sp, SP_ROOTS] > 0:
-        spt[sp, SP_FLAGS] = (flags & ~(F_UNSYNC | F_ALIVE)) | F_INVALID
+        spt[sp, SP_FLAGS] = (flags & ~(SPF_UNSYNC | SPF_ALIVE)) | SPF_INVALID
         if sh.roots[0, 1] == sp:
             sh.smeta[SM_RELOAD] = 1
     else:
@@ -585,7 +585,7 @@ def _sh_alloc(mem, halloc, sh, stats, gfn, role):
     level = role & 7
     spt[sp, SP_GFN] = gfn
     spt[sp, SP_ROLE] = role
-    spt[sp, SP_FLAGS] = F_ALIVE | (F_DIRECT if direct else 0)
+    spt[sp, SP_FLAGS] = SPF_ALIVE | (SPF_DIRECT if direct else 0)
     spt[sp, SP_FLOOD] = 0
     spt[sp, SP_ROOTS] = 0
     spt[sp, SP_PHEAD] = -1
@@ -599,14 +599,14 @@ def _sh_alloc(mem, halloc, sh, stats, gfn, role):
     stats[S_SH_LIVE] += 1
     if stats[S_SH_LIVE] > stats[S_SH_PEAK]:
         stats[S_SH_PEAK] = stats[S_SH_LIVE]
-    _charge(sh, stats, W_SP_ALLOC, 1)
+    _charge(sh, stats, U_SP_ALLOC, 1)
     if not direct:
         if level > 1:
             # A frame now used as an upper-level table: its unsync leaf shadows go (KVM zaps them).
             s = sh.sph[b]
             while s >= 0:
                 nxt = spt[s, SP_HNEXT]
-                if spt[s, SP_GFN] == gfn and (spt[s, SP_FLAGS] & F_UNSYNC) != 0:
+                if spt[s, SP_GFN] == gfn and (spt[s, SP_FLAGS] & SPF_UNSYNC) != 0:
                     sh_zap(mem, sh, stats, s)
                 s = nxt
             gfs[gfn, GF_UPPER] += 1
@@ -632,7 +632,7 @@ def _make_room(mem, sh, stats):
     while cap - stats[S_SH_LIVE] < REFILL_PAGES:
         oldest = np.int64(-1)
         for sp in range(sh.smeta[SM_NEXT]):
-            if (spt[sp, SP_FLAGS] & F_ALIVE) != 0 and spt[sp, SP_ROOTS] == 0:
+            if (spt[sp, SP_FLAGS] & SPF_ALIVE) != 0 and spt[sp, SP_ROOTS] == 0:
                 if oldest < 0 or spt[sp, SP_STAMP] < spt[oldest, SP_STAMP]:
                     oldest = sp
         if oldest < 0:
@@ -646,7 +646,7 @@ def _get_sp(mem, halloc, vm, sh, stats, ctl, gfn, role):
     """Find or create the shadow page of (gfn, role), synchronising a found unsync one."""
     sp = sh_find(sh, gfn, role)
     if sp >= 0:
-        if (sh.spt[sp, SP_FLAGS] & F_UNSYNC) != 0:
+        if (sh.spt[sp, SP_FLAGS] & SPF_UNSYNC) != 0:
             sh_sync_page(mem, vm, sh, stats, ctl, sp)
         return sp
     return _sh_alloc(mem, halloc, sh, stats, gfn, role)
@@ -675,8 +675,8 @@ def _unsync_gfn(sh, stats, gfn):
     s = sh.sph[_bucket(gfn)]
     while s >= 0:
         f = spt[s, SP_FLAGS]
-        if spt[s, SP_GFN] == gfn and (f & F_ALIVE) != 0 and (f & (F_DIRECT | F_UNSYNC)) == 0:
-            spt[s, SP_FLAGS] = f | F_UNSYNC
+        if spt[s, SP_GFN] == gfn and (f & SPF_ALIVE) != 0 and (f & (SPF_DIRECT | SPF_UNSYNC)) == 0:
+            spt[s, SP_FLAGS] = f | SPF_UNSYNC
             sh.gfs[gfn, GF_WP] -= 1
             _ulist_add(sh, s)
             stats[S_SH_UNSYNCED] += 1
@@ -712,7 +712,7 @@ def _install_leaf(mem, sh, stats, sp, idx, new, gfn):
     mem_write(mem, pa, new)
     _rl_add(sh, sp * 512 + idx, 2 * gfn)
     stats[S_SH_SPTE_WRITES] += 1
-    _charge(sh, stats, W_SPTE_WRITE, 1)
+    _charge(sh, stats, U_SPTE_WRITE, 1)
     if (old & PTE_P) == _U0:
         return False
     lost_w = (old & PTE_RW) != _U0 and (new & PTE_RW) == _U0
@@ -727,7 +727,7 @@ def _link_child(mem, sh, stats, sp, idx, child):
     mem_write(mem, pa, np.uint64(sh.spt[child, SP_HPA]) | _NONLEAF)
     _rl_add(sh, sp * 512 + idx, 2 * child + 1)
     stats[S_SH_SPTE_WRITES] += 1
-    _charge(sh, stats, W_SPTE_WRITE, 1)
+    _charge(sh, stats, U_SPTE_WRITE, 1)
 
 
 # --- synchronisation -------------------------------------------------------------------------------
@@ -765,7 +765,7 @@ def _sync_spte(mem, vm, sh, stats, ctl, sp, idx):
     cur = vm_gpa_of(vm, np.int64(e & ADDR_MASK_52))
     if not ok or cur < 0 or (cur >> 12) != tgfn:
         _drop_spte(mem, sh, stats, sp, idx)
-        _charge(sh, stats, W_SPTE_WRITE, 1)
+        _charge(sh, stats, U_SPTE_WRITE, 1)
         return True
     w = (attrs & TA_RW) != 0 and (attrs & TA_D) != 0 and _gwp(sh, tgfn) == 0
     new = _leaf_spte(np.int64(e & ADDR_MASK_52), attrs, w, (e & PTE_A) != _U0) | (e & PTE_D)
@@ -778,7 +778,7 @@ def sh_sync_page(mem, vm, sh, stats, ctl, sp):
     write-protect its guest frame again, then compare all 512 entries with the guest's."""
     spt = sh.spt
     gfn = spt[sp, SP_GFN]
-    spt[sp, SP_FLAGS] &= ~F_UNSYNC
+    spt[sp, SP_FLAGS] &= ~SPF_UNSYNC
     _ulist_remove(sh, sp)
     sh.gfs[gfn, GF_WP] += 1
     flush = _write_protect_gfn(mem, sh, stats, gfn)
@@ -787,7 +787,7 @@ def sh_sync_page(mem, vm, sh, stats, ctl, sp):
             flush = True
     stats[S_SH_RESYNCED] += 1
     stats[S_SH_SYNC_ENTRIES] += 512
-    _charge(sh, stats, W_SYNC_ENTRY, 512)
+    _charge(sh, stats, U_SYNC_ENTRY, 512)
     if flush:
         _request_flush(sh, stats)
 
@@ -879,7 +879,7 @@ def sh_load_cr3(mem, halloc, vm, sh, stats, ctl, root_gpa, pcid, no_flush):
     n = 1 + smeta[SM_NROOTS]
     found = -1
     for k in range(n):
-        if rt[k, 0] == key and rt[k, 1] >= 0 and (sh.spt[rt[k, 1], SP_FLAGS] & F_INVALID) == 0:
+        if rt[k, 0] == key and rt[k, 1] >= 0 and (sh.spt[rt[k, 1], SP_FLAGS] & SPF_INVALID) == 0:
             found = k
             break
     if found >= 0:
@@ -957,7 +957,7 @@ def _track_write(mem, sh, stats, gpa):
     while s >= 0:
         nxt = spt[s, SP_HNEXT]
         f = spt[s, SP_FLAGS]
-        if spt[s, SP_GFN] == gfn and (f & F_ALIVE) != 0 and (f & F_DIRECT) == 0:
+        if spt[s, SP_GFN] == gfn and (f & SPF_ALIVE) != 0 and (f & SPF_DIRECT) == 0:
             flooded = False
             if (spt[s, SP_ROLE] & 7) > 1 and thr > 0:
                 spt[s, SP_FLOOD] += 1
@@ -966,7 +966,7 @@ def _track_write(mem, sh, stats, gpa):
                 stats[S_SH_FLOODED] += 1
                 sh_zap(mem, sh, stats, s)
             elif _drop_spte(mem, sh, stats, s, idx):
-                _charge(sh, stats, W_SPTE_WRITE, 1)
+                _charge(sh, stats, U_SPTE_WRITE, 1)
                 _request_flush(sh, stats)
         s = nxt
 
@@ -992,7 +992,7 @@ def sh_guest_store(mem, vm, sh, stats, gpa, value):
         stats[S_EXIT_BASE + EXIT_WP_UNSYNC] += 1
         levels = sh.smeta[SM_LEVELS]
         stats[S_SH_SW_WALK_STEPS] += levels
-        _charge(sh, stats, W_SW_WALK_STEP, levels)
+        _charge(sh, stats, U_SW_WALK_STEP, levels)
         _unsync_gfn(sh, stats, gfn)
 
 
@@ -1009,17 +1009,17 @@ def sh_invlpg(mem, vm, sh, tlb, psc, stats, ctl, asid, va):
     levels = smeta[SM_LEVELS]
     for k in range(1 + smeta[SM_NROOTS]):
         sp = rt[k, 1]
-        if sp < 0 or (spt[sp, SP_FLAGS] & F_INVALID) != 0:
+        if sp < 0 or (spt[sp, SP_FLAGS] & SPF_INVALID) != 0:
             continue
         for level in range(levels, 0, -1):
             idx = (va >> (12 + 9 * (level - 1))) & 511
             stats[S_SH_SW_WALK_STEPS] += 1
-            _charge(sh, stats, W_SW_WALK_STEP, 1)
-            if (spt[sp, SP_FLAGS] & F_UNSYNC) != 0:
+            _charge(sh, stats, U_SW_WALK_STEP, 1)
+            if (spt[sp, SP_FLAGS] & SPF_UNSYNC) != 0:
                 if _sync_spte(mem, vm, sh, stats, ctl, sp, idx):
                     _request_flush(sh, stats)
                 stats[S_SH_SYNC_ENTRIES] += 1
-                _charge(sh, stats, W_SYNC_ENTRY, 1)
+                _charge(sh, stats, U_SYNC_ENTRY, 1)
             if level == 1:
                 break
             e = mem_read(mem, spt[sp, SP_HPA] + idx * 8)
@@ -1042,7 +1042,7 @@ def _prefetch(mem, vm, sh, stats, ctl, sp, idx):
         return
     spt = sh.spt
     base = idx & ~(n - 1)
-    direct = (spt[sp, SP_FLAGS] & F_DIRECT) != 0
+    direct = (spt[sp, SP_FLAGS] & SPF_DIRECT) != 0
     for j in range(base, min(base + n, 512)):
         if j == idx:
             continue
@@ -1089,7 +1089,7 @@ def _child(mem, halloc, vm, sh, stats, ctl, sp, idx, gfn, role):
     child = _get_sp(mem, halloc, vm, sh, stats, ctl, gfn, role)
     if child < 0:
         return SHF_OUT_OF_FRAMES, np.int64(-1)
-    if (spt[sp, SP_FLAGS] & F_ALIVE) == 0:
+    if (spt[sp, SP_FLAGS] & SPF_ALIVE) == 0:
         return SHF_RETRY, np.int64(-1)
     _link_child(mem, sh, stats, sp, idx, child)
     return SHF_RETRY, child
@@ -1120,7 +1120,7 @@ def sh_page_fault(mem, halloc, vm, sh, stats, pkru, maxphy, root_gpa, va, access
         smeta[SM_REASON] = EXIT_PF_INJECT
         stats[S_EXIT_BASE + EXIT_PF_INJECT] += 1
         stats[S_SH_SW_WALK_STEPS] += n
-        _charge(sh, stats, W_SW_WALK_STEP, n)
+        _charge(sh, stats, U_SW_WALK_STEP, n)
         return SHF_INJECT, np.int64(code)
     stats[S_SH_SW_WALK_STEPS] += n
     # CR0.WP=0: a supervisor write through a read-only guest entry maps it writable but
@@ -1197,7 +1197,7 @@ def sh_page_fault(mem, halloc, vm, sh, stats, pkru, maxphy, root_gpa, va, access
         reason = EXIT_HIDDEN_FAULT
     smeta[SM_REASON] = reason
     stats[S_EXIT_BASE + reason] += 1
-    _charge(sh, stats, W_SW_WALK_STEP, n)
+    _charge(sh, stats, U_SW_WALK_STEP, n)
     new = _leaf_spte(hpa & ~np.int64(0xFFF), attrs, w, True)
     if leaf_level > 1:
         new |= PTE_PS
@@ -1296,12 +1296,12 @@ def shadow_page_at(sh: tuple, table_hpa: int) -> dict | None:
         "sp": sp,
         "gfn": int(spt[sp, SP_GFN]),
         "level": role & 7,
-        "direct": bool(flags & F_DIRECT),
+        "direct": bool(flags & SPF_DIRECT),
         "access": (role >> R_ACC_SHIFT) & R_ACC_MASK,
         "cr0_wp": bool(role & R_WP),
         "nxe": bool(role & R_NXE),
-        "unsync": bool(flags & F_UNSYNC),
-        "invalid": bool(flags & F_INVALID),
+        "unsync": bool(flags & SPF_UNSYNC),
+        "invalid": bool(flags & SPF_INVALID),
     }
 
 

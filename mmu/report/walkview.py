@@ -1049,15 +1049,15 @@ class ShadowPage:
     level : int
         Level of the table it holds (its role's level).
     direct : bool
-        It splits a guest large page and shadows no guest table (role.direct, ``F_DIRECT``).
+        It splits a guest large page and shadows no guest table (role.direct, ``SPF_DIRECT``).
     access : int
         TA_RW | TA_US | TA_XD rights inherited from the guest entries above (role.access).
     cr0_wp, nxe : bool
         The role's CR0.WP and EFER.NXE bits.
     unsync : bool
-        Its guest table may be written freely until the guest's next INVLPG or flush (``F_UNSYNC``).
+        Its guest table may be written freely until the guest's next INVLPG or flush (``SPF_UNSYNC``).
     invalid : bool
-        Zapped while the root cache still refers to it (``F_INVALID``).
+        Zapped while the root cache still refers to it (``SPF_INVALID``).
     """
 
     sp: int

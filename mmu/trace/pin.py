@@ -47,9 +47,9 @@ _TAB = 9
 _CR = 13
 
 # state[] slots carried across kernel calls
-S_EOF = 0  # number of '#eof' lines seen
-S_PREV_IP = 1  # ip of the previous data line (for fetch_ip)
-S_DATA_AFTER_EOF = 2  # data lines after the last '#eof'
+PS_EOF = 0  # number of '#eof' lines seen
+PS_PREV_IP = 1  # ip of the previous data line (for fetch_ip)
+PS_DATA_AFTER_EOF = 2  # data lines after the last '#eof'
 
 
 @inner
@@ -117,8 +117,8 @@ def _parse_pin(buf, pos, end, hexv, out_addr, out_arg, out_op, fetch_ip, data_si
                 and buf[pos + 3] == 102
                 and (buf[pos + 4] == _NL or buf[pos + 4] == _CR)
             ):
-                state[S_EOF] += 1
-                state[S_DATA_AFTER_EOF] = 0
+                state[PS_EOF] += 1
+                state[PS_DATA_AFTER_EOF] = 0
             while buf[pos] != _NL:
                 pos += 1
             pos += 1
@@ -158,13 +158,13 @@ def _parse_pin(buf, pos, end, hexv, out_addr, out_arg, out_op, fetch_ip, data_si
             c = buf[pos]
         if c != _NL:
             return ST_BAD_LINE, start, n, lines
-        if fetch_ip and ip != state[S_PREV_IP] and ip != 0:
+        if fetch_ip and ip != state[PS_PREV_IP] and ip != 0:
             out_addr[n] = np.uint64(ip)
             out_arg[n] = fetch_size
             out_op[n] = 2
             n += 1
-        state[S_PREV_IP] = ip
-        state[S_DATA_AFTER_EOF] += 1
+        state[PS_PREV_IP] = ip
+        state[PS_DATA_AFTER_EOF] += 1
         out_addr[n] = np.uint64(addr)
         out_arg[n] = data_size
         out_op[n] = kind
@@ -220,7 +220,7 @@ def import_pin(
     _check_pid(pid)
     t0 = time.perf_counter()
     state = np.zeros(3, dtype=np.int64)
-    state[S_PREV_IP] = -1
+    state[PS_PREV_IP] = -1
 
     def step(buf, pos, end, out):
         return _parse_pin(
@@ -252,7 +252,7 @@ def import_pin(
             pid=pid,
             max_accesses=max_accesses,
         )
-        eof_marker = bool(state[S_EOF] > 0 and state[S_DATA_AFTER_EOF] == 0)
+        eof_marker = bool(state[PS_EOF] > 0 and state[PS_DATA_AFTER_EOF] == 0)
         if not eof_marker and not truncated:
             w.update_header(eof_marker=False, notes=notes + "; no final #eof: the traced program may not have finished")
     return ImportSummary(

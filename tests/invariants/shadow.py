@@ -70,17 +70,17 @@ def check_shadow(m: Machine, include_unsync: bool = False) -> int:
     spt, rl, gfs, hfn2sp, _sph, _rt, _ulist, smeta = m.sh
     checked = 0
     if include_unsync:
-        stale = [sp for sp in _reachable(m) if spt[sp, S.SP_FLAGS] & S.F_UNSYNC]
+        stale = [sp for sp in _reachable(m) if spt[sp, S.SP_FLAGS] & S.SPF_UNSYNC]
         assert not stale, f"unsync shadow pages {stale} below the current root after a flush"
     for sp in range(int(smeta[S.SM_NEXT])):
         flags = int(spt[sp, S.SP_FLAGS])
-        if not flags & S.F_ALIVE:
+        if not flags & S.SPF_ALIVE:
             continue
         role = int(spt[sp, S.SP_ROLE])
         level = role & 7
         acc = (role >> S.R_ACC_SHIFT) & 7
-        direct = bool(flags & S.F_DIRECT)
-        unsync = bool(flags & S.F_UNSYNC)
+        direct = bool(flags & S.SPF_DIRECT)
+        unsync = bool(flags & S.SPF_UNSYNC)
         gfn = int(spt[sp, S.SP_GFN])
         assert hfn2sp[int(spt[sp, S.SP_HPA]) >> 12] == sp
         if not direct:
@@ -101,7 +101,7 @@ def check_shadow(m: Machine, include_unsync: bool = False) -> int:
                 continue
             if level > 1:
                 child = int(hfn2sp[target])
-                assert child >= 0 and spt[child, S.SP_FLAGS] & S.F_ALIVE, "upper entry to a dead shadow page"
+                assert child >= 0 and spt[child, S.SP_FLAGS] & S.SPF_ALIVE, "upper entry to a dead shadow page"
                 assert rl[slot, S.RL_OWNER] == 2 * child + 1
                 assert e & (RW | US) == RW | US and not e & XD
                 crole = int(spt[child, S.SP_ROLE])
@@ -113,7 +113,7 @@ def check_shadow(m: Machine, include_unsync: bool = False) -> int:
                 assert g & P, f"shadow entry over a not-present guest entry (sp {sp}, index {i})"
                 if level <= 3 and g & PS:
                     # a guest large page split by direct shadow pages
-                    assert spt[child, S.SP_FLAGS] & S.F_DIRECT
+                    assert spt[child, S.SP_FLAGS] & S.SPF_DIRECT
                     base = (g & ADDR) >> 12 & ~(512 ** (level - 1) - 1)
                     assert int(spt[child, S.SP_GFN]) == base
                     want = child_access(acc, g)
