@@ -15,6 +15,7 @@ from mmu.engine import MachineConfig
 from mmu.guest.asm import assemble
 from mmu.guest.isa import FMT_I, FMT_R, FMT_SHI, OPCODES
 from mmu.guest.run import run_program
+from mmu.trace.format import read_trace
 from tests.guest_ref import run
 
 ALU_R = sorted(name for _op, (name, fmt) in OPCODES.items() if fmt == FMT_R)
@@ -73,16 +74,23 @@ def insn(draw) -> str:
     return f"{draw(st.sampled_from(BRANCHES))} {rs1}, {rs2}, .+16"
 
 
-def compare(src: str, args=(), modes=("native",), **kw) -> None:
+def compare(src: str, args=(), modes=("native",), events_in=None, **kw) -> None:
+    """The executor in each of ``modes`` against the reference; with ``events_in`` (a folder),
+    also the recorded trace against the reference's event stream, record for record."""
     prog = assemble(src)
-    ref = run(prog, args, **kw)
+    ref = run(prog, args, trace=events_in is not None, **kw)
     for mode in modes:
-        got = run_program(prog, args, MachineConfig(mode=mode), **kw)
+        record = None if events_in is None else events_in / f"{mode}.trace"
+        got = run_program(prog, args, MachineConfig(mode=mode), record_path=record, **kw)
         assert got["console"] == ref.text
         assert got["exit_code"] == ref.exit_code
         assert got["instructions"] == ref.instructions
         assert got["reason"] == ref.reason
         assert got["faults"] == [f.message for f in ref.faults]
+        if record is not None:
+            recs = read_trace(record)
+            events = list(zip(*(recs[k].tolist() for k in ("op", "pid", "addr", "arg", "flags")), strict=True))
+            assert events == ref.events
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -143,9 +151,11 @@ tail:   jalr    t1, t1, 0        # rd == rs1: the target is read first (t1 = 0 -
     ],
 )
 @pytest.mark.parametrize("mode", ["native", "nested", "shadow"])
-def test_faults_kill_with_the_reference_message(snippet, mode):
+def test_faults_kill_with_the_reference_message(tmp_path, snippet, mode):
+    # and the recorded events equal the reference's: a faulting access that passes the
+    # alignment check is translated (an event) before the kernel kills the process
     src = "_start: li a0, 1\n" + "\n".join(f"        {s.strip()}" for s in snippet.split("\n")) + "\n" + DUMP
-    compare(src, modes=(mode,))
+    compare(src, modes=(mode,), events_in=tmp_path)
 
 
 @pytest.mark.parametrize("mode", ["native", "nested", "shadow"])

@@ -43,6 +43,7 @@ SYSCALLS = ("exit", "write", "mmap", "munmap", "fork", "wait", "yield", "getpid"
 
 # event op codes (docs/trace-format.md)
 OP_READ, OP_WRITE, OP_FETCH = 0, 1, 2
+_ACCESS_OPS = {"load": OP_READ, "store": OP_WRITE, "fetch": OP_FETCH}
 OP_SWITCH, OP_MMAP, OP_MUNMAP, OP_FORK, OP_EXIT = 16, 17, 18, 19, 20
 
 # --- decoding (docs/isa.md, "Encoding" and "Opcode formats") -----------------------------------------
@@ -426,16 +427,22 @@ class Machine:
         return "room", done
 
     def _check(self, p: Proc, access: str, addr: int, size: int) -> None:
-        """Alignment first, then the page's protection (docs/isa.md, "Faults")."""
+        """Alignment first, then the page's protection (docs/isa.md, "Faults"). An aligned access
+        the page does not allow is still an event (the engine translates it before the kernel
+        kills the process: docs/isa.md, "Event stream")."""
         if addr % size:
             raise _Kill(SIGBUS, access, addr, size, "misaligned")
         prot = p.prot(addr // PAGE) if addr < USER_TOP else 0
+        reason = None
         if not prot:
-            raise _Kill(SIGSEGV, access, addr, size, "unmapped")
-        if access == "store" and not prot & WRITE:
-            raise _Kill(SIGSEGV, access, addr, size, "not writable")
-        if access == "fetch" and not prot & EXEC:
-            raise _Kill(SIGSEGV, access, addr, size, "not executable")
+            reason = "unmapped"
+        elif access == "store" and not prot & WRITE:
+            reason = "not writable"
+        elif access == "fetch" and not prot & EXEC:
+            reason = "not executable"
+        if reason is not None:
+            self._record(_ACCESS_OPS[access], p.pid, addr, size)
+            raise _Kill(SIGSEGV, access, addr, size, reason)
 
     def _step(self, p: Proc) -> str | None:
         """Execute one instruction of ``p``; raise :class:`_Kill` if it faults (it then does not
