@@ -40,9 +40,7 @@ SWEEP_HELP = (
 def sweep_cmd(
     inputs: Annotated[
         list[str] | None,
-        typer.Argument(
-            metavar="[INPUT]...", help="Traces, or guest programs as PROG.s[:ARG,ARG...].", show_default=False
-        ),
+        typer.Argument(metavar="INPUT", help="Traces, or guest programs as PROG.s[:ARG,ARG...].", show_default=False),
     ] = None,
     modes: Annotated[
         str, typer.Option("--modes", help="Comma-separated MODE[:HOSTPAGE][+thp].")
