@@ -268,6 +268,7 @@ def test_parquet_has_typed_columns(small_trace, tmp_path):
     assert str(table.schema.field("cycles").type) == "int64"
     assert str(table.schema.field("cycles_per_access").type) == "double"
     assert str(table.schema.field("simulated").type) == "bool"
+    assert str(table.schema.field("key").type) == "string"  # text even if a key were all digits
     assert table.column("cycles").to_pylist() == [int(x["cycles"]) for x in rows_of(out)]
 
 

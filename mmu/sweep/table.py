@@ -35,6 +35,10 @@ ID_COLUMNS = (
 )
 
 
+# Identity columns that are text whatever they look like (a key or hash may be all digits).
+TEXT_COLUMNS = ("key", "input", "input_kind", "input_sha256", "mode", "mode_label", "status", "error", "mmu_version")
+
+
 class SweepTable:
     """The rows of ``path`` (read back if it exists) plus the rows added since."""
 
@@ -126,7 +130,12 @@ def write_parquet(rows: list[dict[str, Any]], columns: list[str], path: Path) ->
         import pyarrow.parquet as pq
     except ImportError:
         raise MMUInputError('--parquet needs pyarrow, which is not installed: pip install "mmu-lab[parquet]"') from None
-    data = {c: _typed_column([r.get(c, "") for r in rows]) for c in columns}
+    data = {
+        c: pa.array([None if r.get(c, "") in ("", None) else str(r[c]) for r in rows], type=pa.string())
+        if c in TEXT_COLUMNS
+        else _typed_column([r.get(c, "") for r in rows])
+        for c in columns
+    }
     table = pa.table(data)
     folder = path.parent if str(path.parent) else Path(".")
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
