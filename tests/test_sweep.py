@@ -293,3 +293,52 @@ def test_rows_carry_the_version_the_hash_and_every_parameter(small_trace, tmp_pa
     assert row["input_sha256"] == hashlib.sha256(small_trace.read_bytes()).hexdigest()
     assert row["param.ntlb_entries"] == "16" and row["param.host_page"] == "4k" and row["cost.exit"] == "2000"
     assert json.loads(row["exits.ept_violation.count"]) > 0
+
+
+def _children(pid: int) -> list[int]:
+    try:
+        text = Path(f"/proc/{pid}/task/{pid}/children").read_text()
+    except OSError:
+        return []
+    return [int(c) for c in text.split()]
+
+
+def _busy_worker(pid: int) -> int | None:
+    """A spawned worker of ``pid`` that has run over a second of CPU (it is simulating)."""
+    for child in _children(pid):
+        try:
+            cmd = Path(f"/proc/{child}/cmdline").read_bytes()
+            stat = Path(f"/proc/{child}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if b"spawn_main" in cmd and int(stat[11]) > 100:  # utime, in clock ticks (100/s)
+            return child
+    return None
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").exists(), reason="needs Linux's /proc to find the workers")
+def test_a_worker_killed_by_the_os_does_not_end_the_sweep(tmp_path):
+    """SIGKILL (as the out-of-memory killer sends) to a busy pool worker: its simulation runs
+    again in a fresh worker and the sweep completes."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    out = tmp_path / "killed.csv"
+    cmd = [sys.executable, "-m", "mmu", "sweep", f"{PROGRAMS / 'gups.s'}:21,3000000", "--modes", "shadow,nested"]
+    proc = subprocess.Popen([*cmd, "--workers", "2", "-o", str(out), "-q"], stderr=subprocess.PIPE, text=True)
+    killed = None
+    deadline = time.monotonic() + 120
+    while killed is None and proc.poll() is None and time.monotonic() < deadline:
+        victim = _busy_worker(proc.pid)
+        if victim is not None:
+            os.kill(victim, signal.SIGKILL)
+            killed = victim
+        time.sleep(0.2)
+    _, err = proc.communicate(timeout=300)
+    assert killed is not None, "a worker was found simulating and killed"
+    assert proc.returncode == 0, err
+    rows = rows_of(out)
+    assert [x["mode"] for x in rows] == ["shadow", "nested"] and all(x["status"] == "ok" for x in rows)

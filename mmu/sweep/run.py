@@ -66,7 +66,15 @@ def run_task(task: Task, path: str | None = None, program: Any = None) -> list[d
         error = "out of memory"
     except Exception as exc:  # a simulator bug: recorded in its row, so that the sweep goes on
         error = f"internal error: {type(exc).__name__}: {exc}"
-    wall = round(time.perf_counter() - t0, 3)
+    return _rows(task, result, error, round(time.perf_counter() - t0, 3))
+
+
+def error_rows(task: Task, error: str) -> list[dict[str, Any]]:
+    """The rows of ``task`` when it could not run at all (``status = "error"``)."""
+    return _rows(task, {}, error, 0.0)
+
+
+def _rows(task: Task, result: dict[str, Any], error: str, wall: float) -> list[dict[str, Any]]:
     rows = []
     for k in range(len(task.prices)):
         row: dict[str, Any] = {

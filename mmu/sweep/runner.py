@@ -10,6 +10,7 @@ from typing import Any
 
 from mmu.errors import MMUInputError
 from mmu.pool import cpu_count, spawn_pool, stop_pool
+from mmu.sweep.run import error_rows
 from mmu.sweep.spec import Task
 from mmu.sweep.table import SweepTable
 
@@ -78,21 +79,45 @@ def run_sweep(
     return SweepOutcome(rows=total, skipped=skipped, simulations=len(todo), failed=failed, table=table)
 
 
+WORKER_DIED = "the worker process running this simulation died (killed by the operating system: out of memory?) twice"
+
+
 def _run_pool(todo: list[Task], workers: int, finished: Callable[[list[dict[str, Any]]], None]) -> None:
+    """Run ``todo`` on a pool of ``workers`` spawned processes. A worker that dies (the OS's
+    out-of-memory killer) breaks the pool: the simulations it left unfinished run again, each in
+    a pool of its own, and one whose worker dies again gets an error row."""
     from concurrent.futures import as_completed
+    from concurrent.futures.process import BrokenProcessPool
 
     from mmu.sweep.run import run_task
 
-    # spawned workers load the compiled kernels from numba's cache; Ctrl-C ends them at once
-    pool = spawn_pool(workers)
-    try:
-        futures = [pool.submit(run_task, t) for t in _largest_first(todo)]
-        for fut in as_completed(futures):
-            finished(fut.result())
-    except BaseException:
+    left = _largest_first(todo)
+    attempts: dict[int, int] = {}
+    while left:
+        # after a death, one simulation per pool, so that a second death names its simulation
+        pool = spawn_pool(workers if not attempts else 1)
+        batch = left if not attempts else left[:1]
+        unfinished = []
+        try:
+            futures = {pool.submit(run_task, t): t for t in batch}
+            for fut in as_completed(futures):
+                try:
+                    rows = fut.result()
+                except BrokenProcessPool:
+                    unfinished.append(futures[fut])
+                    continue
+                finished(rows)
+        except BaseException:
+            stop_pool(pool)
+            raise
         stop_pool(pool)
-        raise
-    pool.shutdown()
+        done_ids = {id(t) for t in batch} - {id(t) for t in unfinished}
+        left = [t for t in left if id(t) not in done_ids]
+        for t in unfinished:
+            attempts[id(t)] = attempts.get(id(t), 0) + 1
+            if attempts[id(t)] >= 2 and len(unfinished) == 1:
+                finished(error_rows(t, WORKER_DIED))
+                left = [x for x in left if x is not t]
 
 
 def _largest_first(todo: list[Task]) -> list[Task]:
