@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from typer.testing import CliRunner
 
 from mmu.cli import app
@@ -22,3 +24,24 @@ def assert_clean_failure(result, *fragments):
     assert "Traceback" not in result.output
     for f in fragments:
         assert f in err, err
+
+
+def _children(pid: int) -> list[int]:
+    try:
+        text = Path(f"/proc/{pid}/task/{pid}/children").read_text()
+    except OSError:
+        return []
+    return [int(c) for c in text.split()]
+
+
+def busy_worker(pid: int) -> int | None:
+    """A spawned worker of ``pid`` that has run over a second of CPU (it is simulating)."""
+    for child in _children(pid):
+        try:
+            cmd = Path(f"/proc/{child}/cmdline").read_bytes()
+            stat = Path(f"/proc/{child}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if b"spawn_main" in cmd and int(stat[11]) > 100:  # utime, in clock ticks (100/s)
+            return child
+    return None

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from clicheck import assert_clean_failure, run
+from clicheck import assert_clean_failure, busy_worker, run
 
 from mmu.engine import MachineConfig, replay
 from mmu.errors import MMUInputError
@@ -295,27 +295,6 @@ def test_rows_carry_the_version_the_hash_and_every_parameter(small_trace, tmp_pa
     assert json.loads(row["exits.ept_violation.count"]) > 0
 
 
-def _children(pid: int) -> list[int]:
-    try:
-        text = Path(f"/proc/{pid}/task/{pid}/children").read_text()
-    except OSError:
-        return []
-    return [int(c) for c in text.split()]
-
-
-def _busy_worker(pid: int) -> int | None:
-    """A spawned worker of ``pid`` that has run over a second of CPU (it is simulating)."""
-    for child in _children(pid):
-        try:
-            cmd = Path(f"/proc/{child}/cmdline").read_bytes()
-            stat = Path(f"/proc/{child}/stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if b"spawn_main" in cmd and int(stat[11]) > 100:  # utime, in clock ticks (100/s)
-            return child
-    return None
-
-
 @pytest.mark.skipif(not Path("/proc/self/task").exists(), reason="needs Linux's /proc to find the workers")
 def test_a_worker_killed_by_the_os_does_not_end_the_sweep(tmp_path):
     """SIGKILL (as the out-of-memory killer sends) to a busy pool worker: its simulation runs
@@ -332,7 +311,7 @@ def test_a_worker_killed_by_the_os_does_not_end_the_sweep(tmp_path):
     killed = None
     deadline = time.monotonic() + 120
     while killed is None and proc.poll() is None and time.monotonic() < deadline:
-        victim = _busy_worker(proc.pid)
+        victim = busy_worker(proc.pid)
         if victim is not None:
             os.kill(victim, signal.SIGKILL)
             killed = victim

@@ -18,6 +18,7 @@ import queue
 import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from typing import Any
 
 from mmu.errors import MMUInputError
@@ -135,7 +136,14 @@ def run_parallel(
                 pool = start_pool()
                 continue
             if isinstance(payload, Future):
-                payload = payload.result()  # a worker that died raises BrokenProcessPool here
+                try:
+                    payload = payload.result()
+                except BrokenProcessPool:  # a worker died: SIGKILL (the OOM killer), a crash
+                    what = f"job {i + 1} of {n}" if i is not None else "a worker starting up"
+                    raise MMUInputError(
+                        f"a worker process died running {what} (killed by the operating system: "
+                        "out of memory?); try --workers 1"
+                    ) from None
             if kind == "free" and pool is not None:
                 give(pool)
                 continue
