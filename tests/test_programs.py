@@ -15,7 +15,7 @@ from mmu.guest.isa import DEFAULT_SEED
 from tests.guest_ref import run
 
 PROGRAMS = Path(__file__).resolve().parent.parent / "traces" / "programs"
-NAMES = ["forkwait", "pfstorm", "pingpong", "gups", "seqscan", "ptrchase", "mmapchurn"]
+NAMES = ["forkwait", "pfstorm", "pingpong", "gups", "seqscan", "ptrchase", "mmapchurn", "twophase"]
 
 
 def xorshift_stream(seed: int):
@@ -34,7 +34,7 @@ def prog(name: str):
 def result(name: str, args, **kw):
     res = run(prog(name), args, **kw)
     assert res.reason == "exit" and res.exit_code == 0, (res.reason, res.exit_code, [f.message for f in res.faults])
-    assert not res.faults and all(s == 0 or name in ("forkwait", "pingpong") for s in res.statuses.values())
+    assert not res.faults and all(s == 0 or name in ("forkwait", "pingpong", "twophase") for s in res.statuses.values())
     return res
 
 
@@ -136,6 +136,8 @@ CASES = [
     ("gups", [8, 700], expect_gups(8, 700)),
     ("gups", [4], expect_gups(4, 0)),  # updates absent: 4 * 2**logn
     ("gups", [0, 5], expect_gups(0, 5)),
+    ("twophase", [4, 2, 6, 300], expect_forkwait(4, 2) + expect_gups(6, 300)),
+    ("twophase", [0, 0, 3], expect_forkwait(0, 0) + expect_gups(3, 0)),  # phase 1 empty
     ("seqscan", [2, 2], expect_seqscan(2, 2, 8)),
     ("seqscan", [3, 1, 4096], expect_seqscan(3, 1, 4096)),
     ("seqscan", [1, 3, 4100], expect_seqscan(1, 3, 4100)),

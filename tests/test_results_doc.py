@@ -58,3 +58,14 @@ def test_section_2_table_matches_a_fresh_run(label, program, args):
             "INVLPG": "invlpg",
         }[name.strip()]
         assert runs[1]["exits"][key]["count"] == int(count.replace(",", "")), name
+
+
+def test_section_6_phase_one_row_matches_a_fresh_run():
+    cells = _row("phase 1 only (1000 forks × 4 pages)")
+    prog = assemble_file(ROOT / "traces" / "programs" / "twophase.s")
+    runs = [run_program(prog, [1000, 4, 0, 1], MachineConfig(mode=m)) for m in ("native", "shadow", "nested")]
+    base = runs[0]["cycles"]
+    assert cells[1] == f"{base:,}"
+    for cell, r in zip(cells[2:4], runs[1:], strict=True):
+        assert cell == f"{r['cycles'] / base:.3f}×"
+    assert runs[1]["cycles"] > 10 * runs[2]["cycles"], "shadow paging loses the fork phase"

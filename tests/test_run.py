@@ -26,6 +26,7 @@ SMALL_ARGS = {
     "seqscan": [12, 2, 8],
     "ptrchase": [7, 300, 64],
     "mmapchurn": [60, 6, 5],
+    "twophase": [5, 2, 7, 500],
 }
 MODES = ["native", "nested", "shadow"]
 # Fields of the stats object that depend on wall-clock time, not on the simulation.
