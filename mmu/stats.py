@@ -22,7 +22,6 @@ S_READS = 1
 S_WRITES = 2
 S_FETCHES = 3
 S_TRANSLATIONS = 4  # page translations (an access that crosses a page needs two)
-S_CYCLES = 5  # unused: cycles are priced after the run (price())
 S_TLB_L1_HITS = 6
 S_TLB_L2_HITS = 7
 S_TLB_MISSES = 8
@@ -42,13 +41,9 @@ S_PROCESSES = 21
 S_CR3_LOADS = 22
 S_DIRTY_REWALKS = 23  # writes through a TLB entry with D=0 (re-walk to set D)
 S_SPLIT = 24  # accesses that cross a 4 KiB boundary
-S_TRANSLATION_CYCLES = 25  # unused: cycles are priced after the run (price())
-S_PF_CYCLES = 26  # unused: cycles are priced after the run (price())
-S_WALK_CYCLES = 27  # unused: cycles are priced after the run (price())
-S_TLB_CYCLES = 28  # unused: cycles are priced after the run (price())
 S_EVENTS = 29  # OS event records (switch, mmap, ...)
 S_VM_EXITS = 30
-S_EXIT_CYCLES = 31  # unused: cycles are priced after the run (price())
+# slots 5, 25-28 and 31 held cycle totals; cycles are now priced after the run (price())
 S_EXIT_BASE = 32  # S_EXIT_BASE + reason: exits by reason
 N_EXIT_REASONS = 16
 S_MODE_BASE = S_EXIT_BASE + N_EXIT_REASONS  # mode-specific counters

@@ -45,3 +45,20 @@ def busy_worker(pid: int) -> int | None:
         if b"spawn_main" in cmd and int(stat[11]) > 100:  # utime, in clock ticks (100/s)
             return child
     return None
+
+
+def kill_busy_worker(proc, timeout: float = 120.0) -> int | None:
+    """SIGKILL (as the out-of-memory killer sends) the first spawned worker of the running
+    ``proc`` that is simulating; its pid, or None if ``proc`` ended or ``timeout`` passed first."""
+    import os
+    import signal
+    import time
+
+    deadline = time.monotonic() + timeout
+    while proc.poll() is None and time.monotonic() < deadline:
+        victim = busy_worker(proc.pid)
+        if victim is not None:
+            os.kill(victim, signal.SIGKILL)
+            return victim
+        time.sleep(0.2)
+    return None

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from clicheck import assert_clean_failure, busy_worker, run
+from clicheck import assert_clean_failure, kill_busy_worker, run
 from rich.console import Console
 
 import mmu.cli
@@ -210,23 +210,13 @@ def test_demo_takes_max_instructions():
 @pytest.mark.skipif(not Path("/proc/self/task").exists(), reason="needs Linux's /proc to find the workers")
 def test_a_worker_killed_by_the_os_is_a_one_line_error():
     """SIGKILL (as the out-of-memory killer sends) to a busy compare worker: one line, exit 2."""
-    import os
-    import signal
     import subprocess
     import sys
-    import time
 
     prog = Path(__file__).resolve().parent.parent / "traces" / "programs" / "gups.s"
     cmd = [sys.executable, "-m", "mmu", "compare", str(prog), "--modes", "shadow,nested", "--workers", "2", "-q"]
     proc = subprocess.Popen([*cmd, "--", "21", "3000000"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    killed = None
-    deadline = time.monotonic() + 120
-    while killed is None and proc.poll() is None and time.monotonic() < deadline:
-        victim = busy_worker(proc.pid)
-        if victim is not None:
-            os.kill(victim, signal.SIGKILL)
-            killed = victim
-        time.sleep(0.2)
+    killed = kill_busy_worker(proc)
     _, err = proc.communicate(timeout=300)
     assert killed is not None, "a worker was found simulating and killed"
     assert proc.returncode == 2, err

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from clicheck import assert_clean_failure, busy_worker, run
+from clicheck import assert_clean_failure, kill_busy_worker, run
 
 from mmu.engine import MachineConfig, replay
 from mmu.errors import MMUInputError
@@ -299,23 +299,13 @@ def test_rows_carry_the_version_the_hash_and_every_parameter(small_trace, tmp_pa
 def test_a_worker_killed_by_the_os_does_not_end_the_sweep(tmp_path):
     """SIGKILL (as the out-of-memory killer sends) to a busy pool worker: its simulation runs
     again in a fresh worker and the sweep completes."""
-    import os
-    import signal
     import subprocess
     import sys
-    import time
 
     out = tmp_path / "killed.csv"
     cmd = [sys.executable, "-m", "mmu", "sweep", f"{PROGRAMS / 'gups.s'}:21,3000000", "--modes", "shadow,nested"]
     proc = subprocess.Popen([*cmd, "--workers", "2", "-o", str(out), "-q"], stderr=subprocess.PIPE, text=True)
-    killed = None
-    deadline = time.monotonic() + 120
-    while killed is None and proc.poll() is None and time.monotonic() < deadline:
-        victim = busy_worker(proc.pid)
-        if victim is not None:
-            os.kill(victim, signal.SIGKILL)
-            killed = victim
-        time.sleep(0.2)
+    killed = kill_busy_worker(proc)
     _, err = proc.communicate(timeout=300)
     assert killed is not None, "a worker was found simulating and killed"
     assert proc.returncode == 0, err

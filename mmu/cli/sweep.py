@@ -74,7 +74,7 @@ def sweep_cmd(
 ) -> None:
     from mmu.sweep.runner import run_sweep
     from mmu.sweep.spec import plan, spec_from_cli, spec_from_toml
-    from mmu.sweep.table import SweepTable, write_parquet
+    from mmu.sweep.table import SweepTable, require_pyarrow, write_parquet
 
     try:
         if workers < 0:
@@ -96,12 +96,7 @@ def sweep_cmd(
 
                 ratio_modes([m.label for m in grid.modes])
         if parquet is not None:
-            try:
-                import pyarrow  # noqa: F401
-            except ImportError:
-                raise MMUInputError(
-                    '--parquet needs pyarrow, which is not installed: pip install "mmu-lab[parquet]"'
-                ) from None
+            require_pyarrow()
         tasks = plan(grid)
         table = SweepTable(out)
     except MMUInputError as exc:

@@ -123,13 +123,20 @@ def _typed_column(values: list[Any]) -> list[Any]:
     return [None if v in ("", None) else str(v) for v in values]
 
 
-def write_parquet(rows: list[dict[str, Any]], columns: list[str], path: Path) -> None:
-    """``rows`` as a Parquet file with one type per column (needs the optional pyarrow)."""
+def require_pyarrow() -> None:
+    """MMUInputError with the install hint unless the optional pyarrow is installed."""
     try:
-        import pyarrow as pa
-        import pyarrow.parquet as pq
+        import pyarrow  # noqa: F401
     except ImportError:
         raise MMUInputError('--parquet needs pyarrow, which is not installed: pip install "mmu-lab[parquet]"') from None
+
+
+def write_parquet(rows: list[dict[str, Any]], columns: list[str], path: Path) -> None:
+    """``rows`` as a Parquet file with one type per column (needs the optional pyarrow)."""
+    require_pyarrow()
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
     data = {
         c: pa.array([None if r.get(c, "") in ("", None) else str(r[c]) for r in rows], type=pa.string())
         if c in TEXT_COLUMNS
