@@ -108,6 +108,8 @@ EXIT_INVLPG = 5  # shadow: INVLPG traps; resync the entry, INVVPID the address
 EXIT_PF_INJECT = 6  # shadow: a true guest fault, reflected into the guest as #PF
 EXIT_AD_DIRTY = 7  # shadow: first write to a clean page; the VMM sets the guest's D
 EXIT_WP_UNSYNC = 8  # shadow: a store to a write-protected leaf table, which goes unsync
+EXIT_CR3_READ = 9  # shadow: MOV from CR3 traps (CR3-store exiting is on without EPT)
+EXIT_UNPROTECT_RETRY = 10  # shadow: a non-page-table instruction (rep stos) hit a tracked frame: unshadow it, retry
 EXIT_REASONS: dict[int, str] = {
     EXIT_EPT_VIOLATION: "ept_violation",
     EXIT_EPT_MISCONFIG: "ept_misconfig",
@@ -118,6 +120,8 @@ EXIT_REASONS: dict[int, str] = {
     EXIT_PF_INJECT: "pf_inject",
     EXIT_AD_DIRTY: "ad_dirty",
     EXIT_WP_UNSYNC: "wp_unsync",
+    EXIT_CR3_READ: "cr3_read",
+    EXIT_UNPROTECT_RETRY: "unprotect_retry",
 }
 
 
@@ -136,6 +140,8 @@ EXIT_HANDLER_COST: dict[str, str] = {
     "pf_inject": "pf_inject",
     "ad_dirty": "shadow_fault",
     "wp_unsync": "shadow_fault",
+    "cr3_read": "cr3_read_exit",
+    "unprotect_retry": "shadow_fault",
 }
 
 

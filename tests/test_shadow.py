@@ -121,10 +121,16 @@ def test_unsync_pages_are_resynced_at_flushing_cr3_loads():
     recs = _pt_heavy()
     s = _run(recs, mode="shadow", pcide=False)[0].result()
     assert s["mode_stats"]["shadow_pages"]["resynced"] > 0
-    assert s["mode_stats"]["resync_entries"] == 512 * s["mode_stats"]["shadow_pages"]["resynced"]
+    # a resync compares the present entries only (kvm_sync_spte skips empty ones)
+    assert 0 < s["mode_stats"]["resync_entries"] < 512 * s["mode_stats"]["shadow_pages"]["resynced"]
+    # with PCIDs only a process's first CR3 load flushes; a root-cache miss resyncs anyway
+    # (kvm_mmu_load -> kvm_mmu_sync_roots), so with 6 processes and 3 previous roots every
+    # switch resyncs as without PCIDs, and with 7 previous roots the switches hit and do not
     pcid = _run(recs, mode="shadow", pcide=True)[0].result()
-    # with PCIDs only a process's first CR3 load flushes
-    assert pcid["mode_stats"]["shadow_pages"]["resynced"] < s["mode_stats"]["shadow_pages"]["resynced"]
+    assert pcid["mode_stats"]["shadow_pages"]["resynced"] == s["mode_stats"]["shadow_pages"]["resynced"]
+    big = _run(recs, mode="shadow", pcide=True, roots=7)[0].result()
+    assert big["mode_stats"]["root_cache"]["misses"] == 6
+    assert big["mode_stats"]["shadow_pages"]["resynced"] < s["mode_stats"]["shadow_pages"]["resynced"]
 
 
 def test_a_flushing_cr3_load_resyncs_only_pages_below_the_new_root():
@@ -205,25 +211,34 @@ def test_prefetch_fills_neighbours_of_accessed_entries():
 
 
 def test_write_flooding_zaps_upper_level_shadow_pages():
-    # One process; repeatedly store to its PML4 page without a walk in between.
+    # One process; repeatedly store to its page directory without a walk in between
+    # (detect_write_flooding: the third emulated write zaps the page).
     m = Machine(MachineConfig(mode="shadow"))
     a = np.zeros(1, dtype=RECORD_DTYPE)
     a[0] = (0x40_0000, 8, 1, OP_READ, 0)
     m.run(a)
+    pd = _pde(m, 0, 0x40_0000) & ~0xFFF
+    tracing = m.result()["exits"].get("tracing_write", {"count": 0})["count"]
+    for k in range(3):
+        m.guest_store(pd + 8 * (100 + k), 0)
+    s = m.result()
+    assert s["mode_stats"]["shadow_pages"]["flooded"] == 1
+    assert s["exits"]["tracing_write"]["count"] == tracing + 3
+    m.run(a)  # the page directory is shadowed again; the guest still sees its mapping
+    check_shadow(m)
+    # the current root is on the path of every write-protection fault, which clears its count
+    # (shadow_page_table_clear_flood): stores to the current PML4 are never flooded
     root = int(m.osst.procs[0, 1])
-    tracing = m.result()["exits"]["tracing_write"]["count"]  # the PML4E stored by the first fault
     for k in range(3):
         m.guest_store(root + 8 * (100 + k), 0)
     s = m.result()
     assert s["mode_stats"]["shadow_pages"]["flooded"] == 1
-    assert s["exits"]["tracing_write"]["count"] == tracing + 3
-    m.run(a)  # the root is rebuilt; the guest still sees its mapping
-    check_shadow(m)
+    assert s["exits"]["tracing_write"]["count"] == tracing + 6
     off = Machine(MachineConfig(mode="shadow", flood_threshold=0))
     off.run(a)
-    root = int(off.osst.procs[0, 1])
+    pd = _pde(off, 0, 0x40_0000) & ~0xFFF
     for k in range(10):
-        off.guest_store(root + 8 * (100 + k), 0)
+        off.guest_store(pd + 8 * (100 + k), 0)
     assert off.result()["mode_stats"]["shadow_pages"]["flooded"] == 0
 
 
@@ -451,7 +466,8 @@ def test_guest_large_page_gets_a_large_shadow_entry_when_the_host_page_allows(ho
 
 def test_a_guest_table_inside_a_large_region_forces_4k_shadow_entries():
     """KVM's large-page coupling: once a frame in the 2 MiB region holds a shadowed guest page
-    table, the large shadow entry is zapped and the region is mapped with 4 KiB entries."""
+    table, the large shadow entry is write-protected (kvm_mmu_slot_gfn_write_protect, 4K..1G):
+    reads through it take no exit; the first write faults and splits it into 4 KiB entries."""
     native = Machine(MachineConfig())
     shadow = Machine(MachineConfig(mode="shadow", host_page="2m"))
     out = {}
@@ -466,11 +482,17 @@ def test_a_guest_table_inside_a_large_region_forces_4k_shadow_entries():
         m.guest_store(pde, ((REGION + 7) << 12) | 0x67)
         m.flush_tlb()
         via_table = _one(m, 0x4000_0000)  # walks through the new table: it gets shadowed
+        exits = m.result()["vm_exits"]
         again = [_one(m, BIG + k * 0x3000) for k in range(8)]
-        out[m.config.mode] = (first, via_table, again)
+        reads = m.result()["vm_exits"] - exits
+        wrote = _one(m, BIG + 0x9000, OP_WRITE)
+        writes = m.result()["vm_exits"] - exits - reads
+        out[m.config.mode] = (first, via_table, again, wrote)
+        if m is shadow:
+            assert (reads, writes) == (0, 1)
     assert out["native"] == out["shadow"]
     s = shadow.result()["mode_stats"]
-    assert s["large_sptes"] >= 1 and s["large_sptes_refused"] >= 1
+    assert s["large_sptes"] == 1 and s["large_sptes_refused"] == 1
     check_shadow(shadow, include_unsync=True)
 
 

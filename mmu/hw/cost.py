@@ -53,6 +53,7 @@ K_SP_ALLOC = 19  # allocating and zeroing a shadow page, hashing it
 K_SPTE_WRITE = 20  # writing or zapping one shadow entry with its reverse map
 K_SYNC_ENTRY = 21  # comparing one guest entry with its shadow during a resync
 K_VMM_FLUSH = 22  # one VM-wide TLB flush requested by the VMM (INVVPID single context)
+K_CR3_READ_EXIT = 23  # MOV from CR3 exit: return the guest's CR3 (no MMU work)
 N_COST = 24
 
 _NAMES = {
@@ -79,6 +80,7 @@ _NAMES = {
     "spte_write": K_SPTE_WRITE,
     "sync_entry": K_SYNC_ENTRY,
     "vmm_flush": K_VMM_FLUSH,
+    "cr3_read_exit": K_CR3_READ_EXIT,
 }
 
 # Sources, cited by key in docs/cost-model.md.
@@ -136,6 +138,11 @@ def _skylake() -> list[CostParam]:
             "lookup, FNAME(fetch)); the software guest walk is charged separately per step",
         ),
         CostParam("cr3_exit", 500, "assumption: prev_roots lookup and VMCS CR3 update in kvm_mmu_new_pgd"),
+        CostParam(
+            "cr3_read_exit",
+            50,
+            "assumption: handle_cr (vmx.c) copies the cached guest CR3 into a register; no MMU work",
+        ),
         CostParam("invlpg_exit", 300, "assumption: shadow walk of one address plus INVVPID"),
         CostParam("pf_inject", 500, "assumption: event injection of #PF into the guest (VMCS entry fields)"),
         CostParam("sp_alloc", 600, "assumption: allocate and clear a 4 KiB shadow page (64 lines), hash it"),

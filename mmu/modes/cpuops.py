@@ -1,8 +1,9 @@
 """The privileged instructions of the guest kernel, in whichever mode the machine runs.
 
-MOV CR3 (:func:`load_cr3`, :func:`switch_to`) and INVLPG (:func:`cpu_invlpg`) execute on the
-hardware natively and under nested paging; under shadow paging they trap and the VMM does
-its part (root switch, resynchronisation of unsync shadow pages) before the hardware's.
+MOV CR3 (:func:`load_cr3`, :func:`switch_to`), MOV from CR3 (in :func:`cpu_flush_tlb`) and
+INVLPG (:func:`cpu_invlpg`) execute on the hardware natively and under nested paging; under
+shadow paging they trap and the VMM does its part (root switch, resynchronisation of unsync
+shadow pages) before the hardware's.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from mmu._jit import inner
 from mmu.guest.os import O_CUR, O_PCIDE, OS_OK, OS_OUT_OF_FRAMES, P_LOADS, P_PCID, P_ROOT, os_process
 from mmu.hw.tlb import hw_invlpg, hw_mov_cr3
 from mmu.modes.native import C_ASID, C_CTL
-from mmu.modes.shadow import sh_invlpg, sh_load_cr3
+from mmu.modes.shadow import sh_invlpg, sh_load_cr3, sh_read_cr3
 from mmu.modes.vmm import MODE_SHADOW, V_MODE
 from mmu.stats import S_CR3_LOADS
 from mmu.x86.bits import CTL_LA57, CTL_USER
@@ -27,7 +28,10 @@ def load_cr3(gm, osst, tlb, psc, stats, cfg, row, no_flush):
     if vm.vmeta[V_MODE] == MODE_SHADOW:
         # CR3 loads trap: the VMM switches shadow roots (and flushes on its own terms).
         ctl = cfg[C_CTL] | CTL_USER
-        return sh_load_cr3(gm.mem, gm.halloc, vm, gm.sh, stats, ctl, procs[row, P_ROOT], procs[row, P_PCID], no_flush)
+        return sh_load_cr3(
+            gm.mem, gm.halloc, vm, gm.sh, stats, ctl, procs[row, P_ROOT], procs[row, P_PCID], no_flush,
+            ometa[O_PCIDE] != 0,
+        )  # fmt: skip
     hw_mov_cr3(tlb, psc, cfg[C_ASID], ometa[O_PCIDE] != 0, procs[row, P_PCID], no_flush)
     return True
 
@@ -65,5 +69,9 @@ def cpu_invlpg(gm, osst, tlb, psc, stats, cfg, va):
 
 @inner
 def cpu_flush_tlb(gm, osst, tlb, psc, stats, cfg):
-    """The guest kernel reloads CR3 (bit 63 clear): flush the current PCID's translations."""
+    """The guest kernel's full local TLB flush, as Linux's ``native_flush_tlb_local``:
+    ``write_cr3(read_cr3())`` with bit 63 clear flushes the current PCID's translations. Under
+    shadow paging both the read and the load trap."""
+    if gm.vm.vmeta[V_MODE] == MODE_SHADOW:
+        sh_read_cr3(gm.sh, stats)
     return load_cr3(gm, osst, tlb, psc, stats, cfg, osst.ometa[O_CUR], False)

@@ -61,10 +61,12 @@ from mmu.modes.vmm import VM_OK, vm_back, vm_gpa_of, vm_hpa
 from mmu.stats import (
     EXIT_AD_DIRTY,
     EXIT_CR3_LOAD,
+    EXIT_CR3_READ,
     EXIT_HIDDEN_FAULT,
     EXIT_INVLPG,
     EXIT_PF_INJECT,
     EXIT_TRACING_WRITE,
+    EXIT_UNPROTECT_RETRY,
     EXIT_WP_UNSYNC,
     N_WORK,
     S_EXIT_BASE,
@@ -166,7 +168,7 @@ SM_FREE = 4  # free shadow-page slot list head
 SM_NEXT = 5  # next never-used slot
 SM_NUNSYNC = 6
 SM_FLUSH = 7  # a flush of the VM's TLB entries is pending
-SM_RELOAD = 8  # the current root was zapped: load a new one before resuming
+SM_RELOAD = 8  # a cached root was zapped: free it (and reload the current one) before resuming
 SM_REASON = 9  # exit reason being handled (handler work is charged to it)
 SM_ROLE_FLAGS = 10
 SM_LEVELS = 11
@@ -484,10 +486,11 @@ def _free_slot(sh, stats, sp):
 
 
 @inner
-def sh_zap(mem, sh, stats, sp):
-    """Unshadow one shadow page (``kvm_mmu_prepare_zap_page``): clear its entries and the parent
+def _zap_page(mem, sh, stats, sp):
+    """Unshadow one shadow page (``__kvm_mmu_prepare_zap_page``): clear its entries and the parent
     entries pointing to it, stop write-protecting its guest frame, free it (or mark it invalid
-    while the root cache still holds it)."""
+    while the root cache still holds it: ``KVM_REQ_MMU_FREE_OBSOLETE_ROOTS`` frees it, and
+    reloads the current root, before the guest resumes)."""
     spt = sh.spt
     gfs = sh.gfs
     rl = sh.rl
@@ -527,39 +530,75 @@ def sh_zap(mem, sh, stats, sp):
         _request_flush(sh, stats)
     if spt[sp, SP_ROOTS] > 0:
         spt[sp, SP_FLAGS] = (flags & ~(SPF_UNSYNC | SPF_ALIVE)) | SPF_INVALID
-        if sh.roots[0, 1] == sp:
-            sh.smeta[SM_RELOAD] = 1
+        sh.smeta[SM_RELOAD] = 1
     else:
         _free_slot(sh, stats, sp)
 
 
 @inner
-def _drop_large(mem, sh, stats, base):
-    """Zap the large shadow entries that map the region starting at guest frame ``base``."""
+def _unsync_below(sh, sp):
+    """True if an unsync shadow page is linked below shadow page ``sp`` (KVM's
+    ``sp->unsync_children``, kept there as marks propagated up the parents; found here from the
+    unsync list through the parent lists)."""
+    if (sh.spt[sp, SP_ROLE] & 7) <= 1:
+        return False
+    ulist = sh.ulist
+    for k in range(sh.smeta[SM_NUNSYNC]):
+        if _reaches(sh, ulist[k], sp):
+            return True
+    return False
+
+
+@inner
+def sh_zap(mem, sh, stats, sp):
+    """Zap shadow page ``sp`` (``kvm_mmu_prepare_zap_page``): first the unsync pages linked below
+    it (``mmu_zap_unsync_children``), then the page itself."""
+    spt = sh.spt
+    if (spt[sp, SP_FLAGS] & SPF_ALIVE) == 0:
+        return
+    if (spt[sp, SP_ROLE] & 7) > 1:
+        ulist = sh.ulist
+        k = sh.smeta[SM_NUNSYNC] - 1
+        while k >= 0:
+            # downwards: a zap moves the last entry (already visited) into slot k
+            if k < sh.smeta[SM_NUNSYNC] and _reaches(sh, ulist[k], sp):
+                _zap_page(mem, sh, stats, ulist[k])
+            k -= 1
+    _zap_page(mem, sh, stats, sp)
+
+
+@inner
+def _wp_large(mem, sh, stats, base, level):
+    """Write-protect the large shadow entries of ``level`` that map the region starting at guest
+    frame ``base`` (``kvm_mmu_slot_gfn_write_protect`` from 4K up to 1G: reads through them
+    keep working; the first write faults, and the fault splits the mapping)."""
     spt = sh.spt
     rl = sh.rl
     s = sh.gfs[base, GF_RHEAD]
     while s >= 0:
-        nxt = rl[s, RL_NEXT]
-        if (spt[s >> 9, SP_ROLE] & 7) > 1:
-            _drop_spte(mem, sh, stats, s >> 9, s & 511)
-            _request_flush(sh, stats)
-        s = nxt
+        if (spt[s >> 9, SP_ROLE] & 7) == level:
+            pa = _slot_pa(sh, s)
+            e = mem_read(mem, pa)
+            if (e & PTE_RW) != _U0:
+                mem_write(mem, pa, e & ~PTE_RW)
+                stats[S_SH_WP_SPTES] += 1
+                _request_flush(sh, stats)
+        s = rl[s, RL_NEXT]
 
 
 @inner
 def _account_frame(mem, sh, stats, gfn, delta):
     """Guest frame ``gfn`` starts (+1) or stops (-1) holding a shadowed guest table: KVM's
-    ``disallow_lpage`` counters. No large shadow entry may map a region holding one, so those
-    that do are zapped (the next access refills the region with 4 KiB entries)."""
+    ``disallow_lpage`` counters (``account_shadowed``). No new large shadow entry may map a
+    region holding one; those that already do are write-protected, not zapped."""
     gfs = sh.gfs
     b2 = gfn & ~np.int64(511)
     b3 = gfn & ~np.int64((1 << 18) - 1)
     gfs[b2, GF_LP2] += delta
     gfs[b3, GF_LP3] += delta
     if delta > 0:
-        _drop_large(mem, sh, stats, b2)
-        _drop_large(mem, sh, stats, b3)
+        _wp_large(mem, sh, stats, b2, 2)
+        _wp_large(mem, sh, stats, b3, 3)
 
 
 @inner
@@ -643,11 +682,15 @@ def _make_room(mem, sh, stats):
 
 @inner
 def _get_sp(mem, halloc, vm, sh, stats, ctl, gfn, role):
-    """Find or create the shadow page of (gfn, role), synchronising a found unsync one."""
+    """Find or create the shadow page of (gfn, role) (``kvm_mmu_get_shadow_page``). A found page's
+    write-flooding count is cleared; a found unsync page is synchronised with its guest table
+    but neither write-protected nor marked synchronised (``kvm_mmu_find_shadow_page`` calls
+    ``kvm_sync_page``: write protection waits until the guest flushes its TLB)."""
     sp = sh_find(sh, gfn, role)
     if sp >= 0:
+        sh.spt[sp, SP_FLOOD] = 0
         if (sh.spt[sp, SP_FLAGS] & SPF_UNSYNC) != 0:
-            sh_sync_page(mem, vm, sh, stats, ctl, sp)
+            _sync_entries(mem, vm, sh, stats, ctl, sp)
         return sp
     return _sh_alloc(mem, halloc, sh, stats, gfn, role)
 
@@ -659,6 +702,15 @@ def _gwp(sh, gfn):
     if gfn < 0 or gfn >= gfs.shape[0]:
         return np.int64(0)
     return gfs[gfn, GF_WP]
+
+
+@inner
+def _gsps(sh, gfn):
+    """Shadow pages (not direct) of guest frame ``gfn``, synchronised or not (0 beyond the range)."""
+    gfs = sh.gfs
+    if gfn < 0 or gfn >= gfs.shape[0]:
+        return np.int64(0)
+    return gfs[gfn, GF_SPS]
 
 
 @inner
@@ -751,13 +803,17 @@ def _gpte_attrs(sh, ctl, sp, gpte):
 
 @inner
 def _sync_spte(mem, vm, sh, stats, ctl, sp, idx):
-    """Bring shadow entry ``sp[idx]`` in line with its guest entry (``FNAME(sync_spte)``): drop it
-    if the guest entry no longer maps the same frame, else recompute its rights. True if a flush
-    is needed."""
+    """Bring shadow entry ``sp[idx]`` in line with its guest entry (``kvm_sync_spte`` ->
+    ``FNAME(sync_spte)``): a present entry is compared with its guest entry (one unit of work) and
+    dropped if the guest entry no longer maps the same frame, else its rights are recomputed --
+    read-only over any frame that has shadow pages, unsync ones included (``make_spte`` with
+    ``can_unsync`` false). A not-present entry costs nothing. True if a flush is needed."""
     pa = sh.spt[sp, SP_HPA] + idx * 8
     e = mem_read(mem, pa)
     if (e & PTE_P) == _U0:
         return False
+    stats[S_SH_SYNC_ENTRIES] += 1
+    _charge(sh, stats, U_SYNC_ENTRY, 1)
     ghpa = vm_hpa(vm, (sh.spt[sp, SP_GFN] << 12) + idx * 8)
     gpte = _U0 if ghpa < 0 else mem_read(mem, ghpa)
     ok, attrs = _gpte_attrs(sh, ctl, sp, gpte)
@@ -767,29 +823,35 @@ def _sync_spte(mem, vm, sh, stats, ctl, sp, idx):
         _drop_spte(mem, sh, stats, sp, idx)
         _charge(sh, stats, U_SPTE_WRITE, 1)
         return True
-    w = (attrs & TA_RW) != 0 and (attrs & TA_D) != 0 and _gwp(sh, tgfn) == 0
+    w = (attrs & TA_RW) != 0 and (attrs & TA_D) != 0 and _gsps(sh, tgfn) == 0
     new = _leaf_spte(np.int64(e & ADDR_MASK_52), attrs, w, (e & PTE_A) != _U0) | (e & PTE_D)
     return _install_leaf(mem, sh, stats, sp, idx, new, tgfn)
 
 
 @inner
+def _sync_entries(mem, vm, sh, stats, ctl, sp):
+    """``kvm_sync_page``: compare the present entries of shadow page ``sp`` with the guest's."""
+    flush = False
+    for idx in range(512):
+        if _sync_spte(mem, vm, sh, stats, ctl, sp, idx):
+            flush = True
+    stats[S_SH_RESYNCED] += 1
+    if flush:
+        _request_flush(sh, stats)
+
+
+@inner
 def sh_sync_page(mem, vm, sh, stats, ctl, sp):
-    """Resynchronise unsync shadow page ``sp`` (``mmu_sync_children``/``kvm_sync_page``):
-    write-protect its guest frame again, then compare all 512 entries with the guest's."""
+    """Resynchronise unsync shadow page ``sp`` as a guest TLB flush does (``mmu_sync_children``):
+    write-protect its guest frame again, mark it synchronised, then ``kvm_sync_page``."""
     spt = sh.spt
     gfn = spt[sp, SP_GFN]
     spt[sp, SP_FLAGS] &= ~SPF_UNSYNC
     _ulist_remove(sh, sp)
     sh.gfs[gfn, GF_WP] += 1
-    flush = _write_protect_gfn(mem, sh, stats, gfn)
-    for idx in range(512):
-        if _sync_spte(mem, vm, sh, stats, ctl, sp, idx):
-            flush = True
-    stats[S_SH_RESYNCED] += 1
-    stats[S_SH_SYNC_ENTRIES] += 512
-    _charge(sh, stats, U_SYNC_ENTRY, 512)
-    if flush:
+    if _write_protect_gfn(mem, sh, stats, gfn):
         _request_flush(sh, stats)
+    _sync_entries(mem, vm, sh, stats, ctl, sp)
 
 
 @inner
@@ -864,50 +926,77 @@ def sh_root_hpa(sh):
 
 
 @inner
-def sh_load_cr3(mem, halloc, vm, sh, stats, ctl, root_gpa, pcid, no_flush):
-    """The VMM's handling of a trapped guest MOV CR3 (``kvm_mmu_new_pgd``): find the shadow root
-    in the root cache (current + previous roots, LRU), else take (or build) the root shadow
-    page and flush the VM's TLB entries; on a flushing load, resynchronise the unsync pages
-    reachable from the new root.
+def sh_load_cr3(mem, halloc, vm, sh, stats, ctl, root_gpa, pcid, no_flush, pcide):
+    """The VMM's handling of a trapped guest MOV CR3 (``kvm_set_cr3``).
+
+    Loading the CR3 value already current looks nothing up. Otherwise ``kvm_mmu_new_pgd``: the
+    root is looked for among the previous roots (``cached_root_find_and_keep_current``, LRU; a
+    hit clears the root's write-flooding count); on a miss the least recently used cached root
+    is dropped and the root shadow page is found or built, then -- wherever the load came from,
+    also with the no-flush bit -- the unsync pages below it are resynchronised and the VM's TLB
+    entries flushed (``kvm_mmu_load``: ``kvm_mmu_sync_roots``, "the provenance of the root is
+    unknown"). A flushing load (bit 63 clear) then does ``kvm_invalidate_pcid``: resync below the
+    current root, flush, and with CR4.PCIDE drop the previous roots cached under the same PCID.
     Returns False if the host ran out of frames."""
     smeta = sh.smeta
     rt = sh.roots
+    spt = sh.spt
     smeta[SM_REASON] = EXIT_CR3_LOAD
     stats[S_VM_EXITS] += 1
     stats[S_EXIT_BASE + EXIT_CR3_LOAD] += 1
     key = root_gpa | pcid
     n = 1 + smeta[SM_NROOTS]
-    found = -1
-    for k in range(n):
-        if rt[k, 0] == key and rt[k, 1] >= 0 and (sh.spt[rt[k, 1], SP_FLAGS] & SPF_INVALID) == 0:
-            found = k
-            break
-    if found >= 0:
-        stats[S_SH_ROOT_HITS] += 1
-        hit = rt[found, 1]
-        for k in range(found, 0, -1):
-            rt[k, 0] = rt[k - 1, 0]
-            rt[k, 1] = rt[k - 1, 1]
-        rt[0, 0] = key
-        rt[0, 1] = hit
-    else:
-        stats[S_SH_ROOT_MISSES] += 1
-        _release_root(mem, sh, stats, rt[n - 1, 1])
-        for k in range(n - 1, 0, -1):
-            rt[k, 0] = rt[k - 1, 0]
-            rt[k, 1] = rt[k - 1, 1]
-        sp = _new_root(mem, halloc, vm, sh, stats, ctl, root_gpa)
-        rt[0, 0] = key
-        rt[0, 1] = sp
-        if sp < 0:
-            return False
-        # kvm_mmu_load: "the provenance of the root is unknown" -> flush the current context.
-        _request_flush(sh, stats)
-    smeta[SM_RELOAD] = 0
+    cur = rt[0, 1]
+    same = rt[0, 0] == key and cur >= 0 and (spt[cur, SP_FLAGS] & SPF_INVALID) == 0
+    if not same:
+        found = -1
+        for k in range(1, n):
+            if rt[k, 0] == key and rt[k, 1] >= 0 and (spt[rt[k, 1], SP_FLAGS] & SPF_INVALID) == 0:
+                found = k
+                break
+        if found >= 0:
+            stats[S_SH_ROOT_HITS] += 1
+            hit = rt[found, 1]
+            for k in range(found, 0, -1):
+                rt[k, 0] = rt[k - 1, 0]
+                rt[k, 1] = rt[k - 1, 1]
+            rt[0, 0] = key
+            rt[0, 1] = hit
+            spt[hit, SP_FLOOD] = 0
+        else:
+            stats[S_SH_ROOT_MISSES] += 1
+            _release_root(mem, sh, stats, rt[n - 1, 1])
+            for k in range(n - 1, 0, -1):
+                rt[k, 0] = rt[k - 1, 0]
+                rt[k, 1] = rt[k - 1, 1]
+            sp = _new_root(mem, halloc, vm, sh, stats, ctl, root_gpa)
+            rt[0, 0] = key
+            rt[0, 1] = sp
+            if sp < 0:
+                return False
+            sh_sync_root(mem, vm, sh, stats, ctl, sp)
+            _request_flush(sh, stats)
     if not no_flush:
         sh_sync_root(mem, vm, sh, stats, ctl, rt[0, 1])
         _request_flush(sh, stats)
+        if pcide:
+            for k in range(1, n):
+                if rt[k, 1] >= 0 and (rt[k, 0] & 0xFFF) == pcid:
+                    _release_root(mem, sh, stats, rt[k, 1])
+                    rt[k, 0] = -1
+                    rt[k, 1] = -1
     return True
+
+
+@inner
+def sh_read_cr3(sh, stats):
+    """The VMM's handling of a trapped guest MOV from CR3: without EPT, VMX turns on CR3-store
+    exiting together with CR3-load exiting (``vmx.c``: ``CPU_BASED_CR3_STORE_EXITING``), and
+    ``handle_cr`` returns the cached guest CR3. Linux's full local TLB flush is
+    ``native_write_cr3(__native_read_cr3())``: this exit, then a CR3 load."""
+    sh.smeta[SM_REASON] = EXIT_CR3_READ
+    stats[S_VM_EXITS] += 1
+    stats[S_EXIT_BASE + EXIT_CR3_READ] += 1
 
 
 @jit(inline="always")
@@ -918,20 +1007,31 @@ def sh_pending(sh):
 
 @inner
 def sh_before_entry(mem, halloc, vm, sh, tlb, psc, stats, ctl, asid):
-    """Pending VMM requests, done before the guest resumes: reload a zapped current root, flush
-    the VM's TLB entries and paging-structure caches. False if out of frames."""
+    """Pending VMM requests, done before the guest resumes: free the zapped (obsolete) roots of
+    the root cache and, if the current root was one, load a new one with a resync and a flush
+    (``kvm_mmu_free_obsolete_roots``, then ``kvm_mmu_load``); flush the VM's TLB entries and
+    paging-structure caches. False if out of frames."""
     smeta = sh.smeta
     rt = sh.roots
+    spt = sh.spt
     if smeta[SM_RELOAD] != 0:
         smeta[SM_RELOAD] = 0
+        for k in range(1, 1 + smeta[SM_NROOTS]):
+            p = rt[k, 1]
+            if p >= 0 and (spt[p, SP_FLAGS] & SPF_INVALID) != 0:
+                _release_root(mem, sh, stats, p)
+                rt[k, 0] = -1
+                rt[k, 1] = -1
         old = rt[0, 1]
-        root_gpa = sh.spt[old, SP_GFN] << 12
-        sp = _new_root(mem, halloc, vm, sh, stats, ctl, root_gpa)
-        _release_root(mem, sh, stats, old)
-        rt[0, 1] = sp
-        if sp < 0:
-            return False
-        _request_flush(sh, stats)
+        if old >= 0 and (spt[old, SP_FLAGS] & SPF_INVALID) != 0:
+            root_gpa = spt[old, SP_GFN] << 12
+            _release_root(mem, sh, stats, old)
+            sp = _new_root(mem, halloc, vm, sh, stats, ctl, root_gpa)
+            rt[0, 1] = sp
+            if sp < 0:
+                return False
+            sh_sync_root(mem, vm, sh, stats, ctl, sp)
+            _request_flush(sh, stats)
     if smeta[SM_FLUSH] != 0:
         smeta[SM_FLUSH] = 0
         tlb_flush_asid(tlb, asid, False)
@@ -953,22 +1053,49 @@ def _track_write(mem, sh, stats, gpa):
     idx = (gpa & 0xFFF) >> 3
     thr = sh.smeta[SM_FLOOD]
     stats[S_SH_EMULATED] += 1
+    after = np.int64(-1)
+    while True:
+        s = _next_sp_of(sh, gfn, after)
+        if s < 0:
+            break
+        after = spt[s, SP_STAMP]
+        flooded = False
+        if (spt[s, SP_ROLE] & 7) > 1 and thr > 0:
+            spt[s, SP_FLOOD] += 1
+            flooded = spt[s, SP_FLOOD] >= thr
+        if flooded:
+            stats[S_SH_FLOODED] += 1
+            sh_zap(mem, sh, stats, s)
+        elif _drop_spte(mem, sh, stats, s, idx):
+            _charge(sh, stats, U_SPTE_WRITE, 1)
+            _request_flush(sh, stats)
+
+
+@inner
+def _next_sp_of(sh, gfn, after):
+    """The live shadow page (not direct) of guest frame ``gfn`` created first after creation stamp
+    ``after``, or -1: visits a frame's pages one by one while zaps change the hash chains."""
+    spt = sh.spt
+    best = np.int64(-1)
     s = sh.sph[_bucket(gfn)]
     while s >= 0:
-        nxt = spt[s, SP_HNEXT]
         f = spt[s, SP_FLAGS]
         if spt[s, SP_GFN] == gfn and (f & SPF_ALIVE) != 0 and (f & SPF_DIRECT) == 0:
-            flooded = False
-            if (spt[s, SP_ROLE] & 7) > 1 and thr > 0:
-                spt[s, SP_FLOOD] += 1
-                flooded = spt[s, SP_FLOOD] >= thr
-            if flooded:
-                stats[S_SH_FLOODED] += 1
-                sh_zap(mem, sh, stats, s)
-            elif _drop_spte(mem, sh, stats, s, idx):
-                _charge(sh, stats, U_SPTE_WRITE, 1)
-                _request_flush(sh, stats)
-        s = nxt
+            st = spt[s, SP_STAMP]
+            if st > after and (best < 0 or st < spt[best, SP_STAMP]):
+                best = s
+        s = spt[s, SP_HNEXT]
+    return best
+
+
+@inner
+def _clear_root_flood(sh):
+    """A write-protection fault clears the write-flooding counts along the faulting address's
+    shadow path (``shadow_page_table_clear_flood``). The guest kernel's own mapping of its
+    tables is not simulated; its root -- the current root -- is on every path."""
+    root = sh.roots[0, 1]
+    if root >= 0:
+        sh.spt[root, SP_FLOOD] = 0
 
 
 @inner
@@ -982,6 +1109,7 @@ def sh_guest_store(mem, vm, sh, stats, gpa, value):
     if gfn >= gfs.shape[0] or gfs[gfn, GF_WP] == 0:
         return
     stats[S_VM_EXITS] += 1
+    _clear_root_flood(sh)
     if _tracked(sh, gfn):
         sh.smeta[SM_REASON] = EXIT_TRACING_WRITE
         stats[S_EXIT_BASE + EXIT_TRACING_WRITE] += 1
@@ -999,7 +1127,9 @@ def sh_guest_store(mem, vm, sh, stats, gpa, value):
 @inner
 def sh_invlpg(mem, vm, sh, tlb, psc, stats, ctl, asid, va):
     """The VMM's handling of a trapped guest INVLPG (``kvm_mmu_invalidate_addr`` over every cached
-    root): resynchronise the entry for ``va`` in unsync shadow pages, then INVVPID the address."""
+    root, ``__kvm_mmu_invalidate_addr``): walk each root towards ``va``, resynchronising the
+    entry in unsync shadow pages (``kvm_sync_spte``), and stop at the first page with no unsync
+    page below it (``!sp->unsync_children``); then INVVPID the address."""
     smeta = sh.smeta
     rt = sh.roots
     spt = sh.spt
@@ -1018,9 +1148,7 @@ def sh_invlpg(mem, vm, sh, tlb, psc, stats, ctl, asid, va):
             if (spt[sp, SP_FLAGS] & SPF_UNSYNC) != 0:
                 if _sync_spte(mem, vm, sh, stats, ctl, sp, idx):
                     _request_flush(sh, stats)
-                stats[S_SH_SYNC_ENTRIES] += 1
-                _charge(sh, stats, U_SYNC_ENTRY, 1)
-            if level == 1:
+            if level == 1 or not _unsync_below(sh, sp):
                 break
             e = mem_read(mem, spt[sp, SP_HPA] + idx * 8)
             if (e & PTE_P) == _U0 or (e & PTE_PS) != _U0:
@@ -1033,42 +1161,70 @@ def sh_invlpg(mem, vm, sh, tlb, psc, stats, ctl, asid, va):
 
 
 @inner
+def _prefetch_one(mem, vm, sh, stats, sp, j, tgfn, attrs):
+    """Install a prefetched entry ``sp[j]`` mapping guest frame ``tgfn`` with rights ``attrs``;
+    False if the frame is not resident on the host (``kvm_prefetch_pages`` fails)."""
+    hpa = vm_hpa(vm, tgfn << 12)
+    if hpa < 0:
+        return False
+    w = (attrs & TA_RW) != 0 and (attrs & TA_D) != 0 and _gwp(sh, tgfn) == 0
+    _install_leaf(mem, sh, stats, sp, j, _leaf_spte(hpa, attrs, w, False), tgfn)
+    stats[S_SH_PREFETCHED] += 1
+    return True
+
+
+@inner
 def _prefetch(mem, vm, sh, stats, ctl, sp, idx):
-    """Fill the not-present entries of the aligned group around ``sp[idx]`` (``FNAME(pte_prefetch)``,
-    ``__direct_pte_prefetch``): only from accessed guest entries to frames already backed, never
-    writable to a write-protected or clean frame, and with A clear."""
+    """Fill not-present entries of the aligned group around ``sp[idx]``, never writable to a
+    write-protected or clean frame, with A clear.
+
+    A shadow page of a guest table (``FNAME(pte_prefetch)``): the group's entries in order,
+    skipping present ones; the first guest entry that cannot be prefetched (not present,
+    reserved bits, A clear, frame not resident) ends it (``break``). A direct page
+    (``__direct_pte_prefetch``): each run of not-present entries is fetched from its first
+    frame up to the first frame not resident (``direct_pte_prefetch_many``); a run whose first
+    frame is not resident ends it."""
     n = sh.smeta[SM_PREFETCH]
     if n <= 1:
         return
     spt = sh.spt
     base = idx & ~(n - 1)
-    direct = (spt[sp, SP_FLAGS] & SPF_DIRECT) != 0
-    for j in range(base, min(base + n, 512)):
+    if (spt[sp, SP_FLAGS] & SPF_DIRECT) != 0:
+        attrs = (spt[sp, SP_ROLE] >> R_ACC_SHIFT) & _ACC
+        if (attrs & TA_RW) != 0:
+            attrs |= TA_D  # a direct page's role already dropped W for a clean guest page
+        start = np.int64(-1)
+        for j in range(base, base + n + 1):
+            gap = j < base + n and j != idx and (mem_read(mem, spt[sp, SP_HPA] + j * 8) & PTE_P) == _U0
+            if gap:
+                if start < 0:
+                    start = j
+                continue
+            if start < 0:
+                continue
+            got = 0
+            for k in range(start, j):
+                if not _prefetch_one(mem, vm, sh, stats, sp, k, spt[sp, SP_GFN] + k, attrs):
+                    break
+                got += 1
+            if got == 0:
+                return
+            start = -1
+        return
+    for j in range(base, base + n):
         if j == idx:
             continue
-        pa = spt[sp, SP_HPA] + j * 8
-        if (mem_read(mem, pa) & PTE_P) != _U0:
+        if (mem_read(mem, spt[sp, SP_HPA] + j * 8) & PTE_P) != _U0:
             continue
-        if direct:
-            tgfn = spt[sp, SP_GFN] + j
-            attrs = (spt[sp, SP_ROLE] >> R_ACC_SHIFT) & _ACC
-            if (attrs & TA_RW) != 0:
-                attrs |= TA_D  # a direct page's role already dropped W for a clean guest page
-        else:
-            ghpa = vm_hpa(vm, (spt[sp, SP_GFN] << 12) + j * 8)
-            if ghpa < 0:
-                continue
-            gpte = mem_read(mem, ghpa)
-            ok, attrs = _gpte_attrs(sh, ctl, sp, gpte)
-            if not ok:
-                continue
-            tgfn = np.int64(gpte & ADDR_MASK_52) >> 12
-        hpa = vm_hpa(vm, tgfn << 12)
-        if hpa < 0:
-            continue
-        w = (attrs & TA_RW) != 0 and (attrs & TA_D) != 0 and _gwp(sh, tgfn) == 0
-        _install_leaf(mem, sh, stats, sp, j, _leaf_spte(hpa, attrs, w, False), tgfn)
-        stats[S_SH_PREFETCHED] += 1
+        ghpa = vm_hpa(vm, (spt[sp, SP_GFN] << 12) + j * 8)
+        if ghpa < 0:
+            break
+        gpte = mem_read(mem, ghpa)
+        ok, attrs = _gpte_attrs(sh, ctl, sp, gpte)
+        if not ok:
+            break
+        if not _prefetch_one(mem, vm, sh, stats, sp, j, np.int64(gpte & ADDR_MASK_52) >> 12, attrs):
+            break
 
 
 @inner
@@ -1192,7 +1348,8 @@ def sh_page_fault(mem, halloc, vm, sh, stats, pkru, maxphy, root_gpa, va, access
     if emulate:
         reason = EXIT_TRACING_WRITE
     elif (old & PTE_P) != _U0 and access == ACC_WRITE and (old & PTE_RW) == _U0:
-        reason = EXIT_WP_UNSYNC if unsynced else EXIT_AD_DIRTY
+        # write-protection fault (the frame has shadow pages) or A/D emulation (a clean gpte)
+        reason = EXIT_WP_UNSYNC if unsynced or _gsps(sh, tgfn) > 0 else EXIT_AD_DIRTY
     else:
         reason = EXIT_HIDDEN_FAULT
     smeta[SM_REASON] = reason
@@ -1213,19 +1370,40 @@ def sh_page_fault(mem, halloc, vm, sh, stats, pkru, maxphy, root_gpa, va, access
 
 
 @inner
+def _unprotect_gfn(mem, sh, stats, gfn):
+    """Zap every shadow page of guest frame ``gfn`` (``kvm_mmu_unprotect_gfn_and_retry``)."""
+    while True:
+        s = _next_sp_of(sh, gfn, np.int64(-1))
+        if s < 0:
+            return
+        sh_zap(mem, sh, stats, s)
+
+
+@inner
 def sh_zero_frame(mem, vm, sh, stats, gfn):
-    """The guest kernel clears guest frame ``gfn`` (clear_page: 512 stores). If the frame still
-    holds a shadowed guest table (a recycled one), the stores trap like any other -- a leaf
-    table goes unsync at the first, an upper-level one is zapped by write flooding -- whatever
-    the frame held. Returns its host address."""
+    """The guest kernel clears guest frame ``gfn`` (``clear_page``: ``rep stos``). Under shadow
+    paging, if the frame still holds a write-protected guest table (a recycled one), the first
+    store faults: a leaf table that may go unsync does (a ``wp_unsync`` exit; the other stores
+    land); a write-tracked one is not emulated -- STOS is not a page-table-writing instruction
+    (``x86_page_table_writing_insn``), so the VMM zaps every shadow page of the frame and
+    re-executes the instruction (``kvm_mmu_unprotect_gfn_and_retry``): one ``unprotect_retry``
+    exit, nothing emulated. Returns the frame's host address."""
     hpa = vm_hpa(vm, gfn << 12)
     gfs = sh.gfs
-    if gfn < gfs.shape[0] and gfs[gfn, GF_SPS] > 0:
-        for i in range(512):
-            sh_guest_store(mem, vm, sh, stats, (gfn << 12) + i * 8, _U0)
-            mem_write(mem, hpa + i * 8, _U0)
-    else:
-        mem_zero_frame(mem, hpa >> 12)
+    if gfn < gfs.shape[0] and gfs[gfn, GF_WP] > 0:
+        if _tracked(sh, gfn):
+            smeta = sh.smeta
+            smeta[SM_REASON] = EXIT_UNPROTECT_RETRY
+            stats[S_VM_EXITS] += 1
+            stats[S_EXIT_BASE + EXIT_UNPROTECT_RETRY] += 1
+            _clear_root_flood(sh)
+            levels = smeta[SM_LEVELS]
+            stats[S_SH_SW_WALK_STEPS] += levels
+            _charge(sh, stats, U_SW_WALK_STEP, levels)
+            _unprotect_gfn(mem, sh, stats, gfn)
+        else:
+            sh_guest_store(mem, vm, sh, stats, gfn << 12, _U0)
+    mem_zero_frame(mem, hpa >> 12)
     return hpa
 
 
@@ -1269,6 +1447,7 @@ __all__ = [
     "sh_page_fault",
     "sh_guest_store",
     "sh_load_cr3",
+    "sh_read_cr3",
     "sh_invlpg",
     "sh_before_entry",
     "sh_sync_page",
@@ -1328,16 +1507,39 @@ def predict_exit(
         return None
     if not guest_ok:
         return "pf_inject"
-    leaf_hpa, last = shadow[min(shadow)]
+    level = min(shadow)
+    leaf_hpa, last = shadow[level]
     if access == "w" and last & 1 and not last & 2:
         # a read-only shadow leaf under a guest translation that allows the write
+        if level > 1 and last & PTE_PS:
+            # a large entry: write-protected because a guest table now lies in its region (the
+            # write splits it into direct pages), or over a clean guest large page
+            return "hidden_fault" if region_holds_tables(sh, gpa >> 12, level) else "ad_dirty"
         page = shadow_page_at(sh, leaf_hpa & ~0xFFF)
         if page is not None and page["direct"] and not page["access"] & TA_RW:
             # a clean guest large page: the write dirties it, which changes the direct page's role,
             # so the VMM fills a new direct page
             return "hidden_fault"
         wp, tracked = frame_protection(sh, gpa >> 12)
-        if wp:
-            return "tracing_write" if tracked else "wp_unsync"
+        if tracked:
+            return "tracing_write"
+        if wp or frame_shadowed(sh, gpa >> 12):
+            return "wp_unsync"
         return "ad_dirty"
     return "hidden_fault"
+
+
+def frame_shadowed(sh: tuple, gfn: int) -> bool:
+    """True if guest frame ``gfn`` has shadow pages (synchronised or unsync)."""
+    gfs = sh.gfs
+    return bool(0 <= gfn < gfs.shape[0] and gfs[gfn, GF_SPS] > 0)
+
+
+def region_holds_tables(sh: tuple, gfn: int, level: int) -> bool:
+    """True if the 2 MiB (``level`` 2) or 1 GiB (3) region around guest frame ``gfn`` holds a
+    shadowed guest table (no large shadow entry may map it)."""
+    gfs = sh.gfs
+    base = gfn & ~((1 << (9 * (level - 1))) - 1)
+    if not 0 <= base < gfs.shape[0]:
+        return False
+    return bool(gfs[base, GF_LP2 if level == 2 else GF_LP3] > 0)
