@@ -43,7 +43,7 @@ from mmu.cli.report import enter_process, machine_view
 from mmu.engine import Machine, MachineConfig
 from mmu.guest.asm import assemble_file
 from mmu.guest.run import run_program
-from mmu.modes.shadow import SM_FLUSH, SM_RELOAD
+from mmu.modes.shadow import SM_FLUSH, SM_RELOAD, SP_FLAGS, SPF_INVALID
 from mmu.report.demo_guest import build_native
 from mmu.report.walkview import WarmRef, WarmWalk, capture_1d, hx, walk_renderable, warm_marks
 from mmu.report.warm import probe
@@ -449,6 +449,7 @@ def test_a_pending_shadow_root_reload_is_not_predicted():
     # the VMM would build a new root first (it allocates frames): the probe says so and stops
     m, _ = hand_machine(CONFIGS["shadow"], 5)
     m.sh.smeta[SM_RELOAD] = 1
+    m.sh.spt[m.sh.roots[0, 1], SP_FLAGS] |= SPF_INVALID  # the current root was zapped
     before = state_arrays(m)
     view = machine_view(m, A, "r", True, "", 5)
     assert same_state(before, state_arrays(m))

@@ -33,7 +33,7 @@ from mmu.errors import MMUInputError
 from mmu.guest.os import O_CUR, P_PCID, os_cr3
 from mmu.modes.native import C_ASID, C_CTL, count_walk_ref, hw_translate
 from mmu.modes.nested import hw_translate_nested
-from mmu.modes.shadow import SM_LEVELS, SM_RELOAD, sh_before_entry, sh_pending, sh_root_hpa
+from mmu.modes.shadow import SM_LEVELS, sh_before_entry, sh_needs_root, sh_pending, sh_root_hpa
 from mmu.modes.vmm import MODE_NESTED, MODE_SHADOW, V_MODE, vm_gpa_of
 from mmu.state import Scratch
 from mmu.stats import S_DIRTY_REWALKS, S_REF_L2_HITS, S_REF_LLC_HITS, S_WALK_REFS, S_WALKS, new_stats
@@ -111,11 +111,11 @@ def warm_translate(c, lines, sstats, cr3, pcid, va, access, ctl, out):
         hctl = ctl
         shadow = vm.vmeta[V_MODE] == MODE_SHADOW
         if shadow:
-            if sh.smeta[SM_RELOAD] != 0:
+            if sh_needs_root(sh):
                 return np.int64(PROBE_RELOAD), z, z, z, z, z
             if sh_pending(sh):
-                # a flush the VMM requested: done before the guest resumes (allocates nothing
-                # without a reload)
+                # a flush the VMM requested, zapped previous roots to free: done before the guest
+                # resumes (allocates nothing without a new current root)
                 sh_before_entry(mem, halloc, vm, sh, tlb, psc, stats, ctl, cfg[C_ASID])
             # The hardware walks the shadow tables, with CR0.WP forced on (as KVM runs it).
             hcr3 = sh_root_hpa(sh) | pcid

@@ -1000,6 +1000,13 @@ def sh_read_cr3(sh, stats):
 
 
 @jit(inline="always")
+def sh_needs_root(sh):
+    """True if the current root was zapped: the VMM builds a new one before the guest resumes."""
+    cur = sh.roots[0, 1]
+    return sh.smeta[SM_RELOAD] != 0 and cur >= 0 and (sh.spt[cur, SP_FLAGS] & SPF_INVALID) != 0
+
+
+@jit(inline="always")
 def sh_pending(sh):
     """True if the VMM has requests to carry out before the guest resumes."""
     return sh.smeta[SM_FLUSH] != 0 or sh.smeta[SM_RELOAD] != 0
