@@ -264,6 +264,10 @@ class MachineConfig:
     flood_threshold : int
         Shadow mode: emulated writes without an intervening use that zap an upper-level shadow
         page (KVM: 3; 0 turns write-flooding detection off).
+    prefault : bool
+        Shadow mode: PVM's prefault (Huang et al., SOSP 2023; off in KVM): when the guest returns
+        from a page fault the VMM reflected, the VMM fills the shadow entry for the faulting
+        address, so the access that follows takes no hidden fault.
     shadow_pages : int
         Shadow mode: most shadow pages the VMM keeps (KVM's ``n_max_mmu_pages``, set with
         ``KVM_SET_NR_MMU_PAGES``); when fewer than 5 are left the oldest ones not in use as roots
@@ -300,6 +304,7 @@ class MachineConfig:
     prefetch: int = 8
     roots: int = 3
     flood_threshold: int = 3
+    prefault: bool = False
     shadow_pages: int = 0
     thp: str = "madvise"
     stlb_entries: int = 0
@@ -364,6 +369,7 @@ class Machine:
             self.sh = make_shadow(
                 unsync=config.unsync, prefetch=config.prefetch, roots=config.roots,
                 flood_threshold=config.flood_threshold, ctl=self._ctl(), levels=5 if config.la57 else 4,
+                prefault=config.prefault,
                 host_shift=HOST_PAGES[config.host_page], max_pages=config.shadow_pages,
             )  # fmt: skip
         else:
@@ -598,6 +604,7 @@ class Machine:
             policy = {"unsync": c.unsync, "prefetch": c.prefetch, "roots": c.roots}
             policy["flood_threshold"] = c.flood_threshold
             policy["max_pages"] = c.shadow_pages
+            policy["prefault"] = c.prefault
             mode_stats = shadow_stats(self.stats, policy, c.host_page, int(self.vm.vmeta[V_BACKED_FRAMES]))
         return stats_dict(
             self.config.mode,

@@ -29,6 +29,14 @@ def shadow_pages_option() -> Any:
     )
 
 
+def prefault_option() -> Any:
+    return typer.Option(
+        False,
+        "--prefault",
+        help="Shadow: fill the shadow entry when the guest returns from a reflected #PF (PVM's prefault).",
+    )
+
+
 def thp_option() -> Any:
     return typer.Option(
         "madvise",

@@ -97,6 +97,7 @@ S_SH_WP_SPTES = S_MODE_BASE + 17  # shadow entries made read-only to write-prote
 S_SH_LARGE_SPTES = S_MODE_BASE + 18  # large (2M/1G) shadow entries installed
 S_SH_LPAGE_REFUSED = S_MODE_BASE + 19  # large shadow entries refused: a guest table lies in the region
 S_SH_RECLAIMED = S_MODE_BASE + 20  # shadow pages zapped to stay under the cap (n_max_mmu_pages)
+S_SH_PREFAULTS = S_MODE_BASE + 21  # shadow fills done when the guest returned from a reflected #PF (--prefault)
 
 # Exit reasons (index into S_EXIT_BASE..): one list for every mode that exits.
 EXIT_EPT_VIOLATION = 0  # nested: a guest frame's first touch; the VMM backs it

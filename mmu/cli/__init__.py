@@ -17,7 +17,14 @@ import typer
 
 from mmu.cli.common import fail
 from mmu.errors import MMUInputError
-from mmu.options import flood_threshold_option, prefetch_option, roots_option, shadow_pages_option, thp_option
+from mmu.options import (
+    flood_threshold_option,
+    prefault_option,
+    prefetch_option,
+    roots_option,
+    shadow_pages_option,
+    thp_option,
+)
 
 app = typer.Typer(
     name="mmu",
@@ -148,6 +155,7 @@ def replay_cmd(
     roots: int = roots_option(),
     flood_threshold: int = flood_threshold_option(),
     shadow_pages: int = shadow_pages_option(),
+    prefault: bool = prefault_option(),
     thp: str = thp_option(),
 ) -> None:
     """Replay a trace through the simulated MMU and report what translation cost."""
@@ -156,6 +164,7 @@ def replay_cmd(
         host_page=host_page.lower(), ept_levels=ept_levels, ept_ad=ept_ad, npt=npt, ntlb_entries=ntlb,
         host_psc=not no_host_psc, prepopulate_mb=prepopulate, psc=not no_psc, unsync=not no_unsync,
         prefetch=prefetch, roots=roots, flood_threshold=flood_threshold, thp=thp, shadow_pages=shadow_pages,
+        prefault=prefault,
     )  # fmt: skip
 
 

@@ -8,7 +8,14 @@ from pathlib import Path
 import typer
 
 from mmu.errors import MMUInputError
-from mmu.options import flood_threshold_option, prefetch_option, roots_option, shadow_pages_option, thp_option
+from mmu.options import (
+    flood_threshold_option,
+    prefault_option,
+    prefetch_option,
+    roots_option,
+    shadow_pages_option,
+    thp_option,
+)
 
 
 def _parse_args(items: list[str]) -> list[int]:
@@ -43,6 +50,7 @@ def register(app: typer.Typer) -> None:
         roots: int = roots_option(),
         flood_threshold: int = flood_threshold_option(),
         shadow_pages: int = shadow_pages_option(),
+        prefault: bool = prefault_option(),
         thp: str = thp_option(),
     ) -> None:
         """Run PROGRAM.s in a fresh guest: print its console output and the stats."""
@@ -67,6 +75,7 @@ def register(app: typer.Typer) -> None:
             config = MachineConfig(
                 mode=mode, cpu=cpu, host_page=host_page.lower(), unsync=not no_unsync, prefetch=prefetch,
                 roots=roots, flood_threshold=flood_threshold, thp=thp, shadow_pages=shadow_pages,
+                prefault=prefault,
             )  # fmt: skip
             result = run_program(
                 prog, values, config, record_path=record,

@@ -33,6 +33,7 @@ from mmu.hw.tlb import tlb_commit, tlb_peek
 from mmu.modes.native import C_ASID, C_CTL, C_MAXPHYADDR, C_PKRU, hw_translate
 from mmu.modes.nested import HW_EPT_MISCONFIG, HW_EPT_VIOLATION, hw_translate_nested
 from mmu.modes.shadow import (
+    SM_PREFAULT,
     SHF_EMULATED,
     SHF_NO_MEMSLOT,
     SHF_OUT_OF_FRAMES,
@@ -149,7 +150,7 @@ def translate_access(gm, galloc, hcache, osst, tlb, psc, ptc, stats, cfg, row, v
                     # #PF exits to the VMM, which decides what the guest sees.
                     r, v = sh_page_fault(
                         mem, gm.halloc, vm, sh, stats, cfg[C_PKRU], cfg[C_MAXPHYADDR], procs[row, P_ROOT], va, access,
-                        ctl, trail,
+                        ctl, trail, False,
                     )  # fmt: skip
                     if r == SHF_RETRY:
                         continue
@@ -177,5 +178,15 @@ def translate_access(gm, galloc, hcache, osst, tlb, psc, ptc, stats, cfg, row, v
             return st, np.int64(-1)
         if outcome != PF_FIXED:
             return OS_OK, np.int64(-1)
+        if shadow and sh.smeta[SM_PREFAULT] != 0:
+            # PVM's prefault: the VMM fills the shadow entry as the guest returns from the #PF
+            if sh_pending(sh) and not sh_before_entry(mem, gm.halloc, vm, sh, tlb, psc, stats, ctl, cfg[C_ASID]):
+                return OS_OUT_OF_FRAMES, np.int64(-1)
+            r, _v = sh_page_fault(
+                mem, gm.halloc, vm, sh, stats, cfg[C_PKRU], cfg[C_MAXPHYADDR], procs[row, P_ROOT], va, access, ctl,
+                trail, True,
+            )  # fmt: skip
+            if r == SHF_OUT_OF_FRAMES:
+                return OS_OUT_OF_FRAMES, np.int64(-1)
     stats[S_BAD_ACCESSES] += 1
     return OS_OK, np.int64(-1)

@@ -77,6 +77,7 @@ from mmu.stats import (
     S_SH_LIVE,
     S_SH_LPAGE_REFUSED,
     S_SH_PEAK,
+    S_SH_PREFAULTS,
     S_SH_PREFETCHED,
     S_SH_RECLAIMED,
     S_SH_RESYNCED,
@@ -175,6 +176,7 @@ SM_LEVELS = 11
 SM_HOST_SHIFT = 12  # host page size backing guest memory (12, 21, 30)
 SM_MAX_PAGES = 13  # knob: most shadow pages kept (KVM's n_max_mmu_pages); 0: no cap
 SM_STAMP = 14  # shadow pages created so far (the next creation stamp)
+SM_PREFAULT = 15  # knob: fill the faulting address's shadow entry when the guest returns from a reflected #PF
 SM_LEN = 16
 
 MIN_FREE_PAGES = 5  # KVM_MIN_FREE_MMU_PAGES: below this many free, reclaim ...
@@ -223,9 +225,10 @@ def make_shadow(
     levels: int = 4,
     host_shift: int = 12,
     max_pages: int = 0,
+    prefault: bool = False,
 ):
     """An empty shadow MMU (no shadow pages) with KVM's default policy knobs; ``max_pages`` caps
-    the shadow pages kept (0: no cap)."""
+    the shadow pages kept (0: no cap); ``prefault`` turns on PVM's prefault (off in KVM)."""
     spt = np.zeros((capacity, SP_COLS), dtype=np.int64)
     spt[:, SP_UIDX] = -1
     rl = np.full((capacity * 512, 3), -1, dtype=np.int64)
@@ -244,6 +247,7 @@ def make_shadow(
     smeta[SM_LEVELS] = levels
     smeta[SM_HOST_SHIFT] = host_shift
     smeta[SM_MAX_PAGES] = max_pages
+    smeta[SM_PREFAULT] = 1 if prefault else 0
     role_flags = 0
     if ctl & CTL_WP:
         role_flags |= R_WP
@@ -1117,15 +1121,19 @@ def sh_guest_store(mem, vm, sh, stats, gpa, value):
         return
     stats[S_VM_EXITS] += 1
     _clear_root_flood(sh)
+    levels = sh.smeta[SM_LEVELS]
     if _tracked(sh, gfn):
+        # FNAME(page_fault) walks the guest tables (FNAME(walk_addr)) before
+        # page_fault_handle_page_track sends the store to the emulator
         sh.smeta[SM_REASON] = EXIT_TRACING_WRITE
         stats[S_EXIT_BASE + EXIT_TRACING_WRITE] += 1
+        stats[S_SH_SW_WALK_STEPS] += levels
+        _charge(sh, stats, U_SW_WALK_STEP, levels)
         _track_write(mem, sh, stats, gpa)
     else:
         # The store faults on the read-only mapping; KVM's fault path unsyncs the leaf table.
         sh.smeta[SM_REASON] = EXIT_WP_UNSYNC
         stats[S_EXIT_BASE + EXIT_WP_UNSYNC] += 1
-        levels = sh.smeta[SM_LEVELS]
         stats[S_SH_SW_WALK_STEPS] += levels
         _charge(sh, stats, U_SW_WALK_STEP, levels)
         _unsync_gfn(sh, stats, gfn)
@@ -1259,7 +1267,7 @@ def _child(mem, halloc, vm, sh, stats, ctl, sp, idx, gfn, role):
 
 
 @inner
-def sh_page_fault(mem, halloc, vm, sh, stats, pkru, maxphy, root_gpa, va, access, ctl, trail):
+def sh_page_fault(mem, halloc, vm, sh, stats, pkru, maxphy, root_gpa, va, access, ctl, trail, prefault):
     """A #PF on the shadow tables exits to the VMM (``FNAME(page_fault)``).
 
     Walks the guest tables in software (setting the guest's A bits, and D on a write, as the
@@ -1270,15 +1278,28 @@ def sh_page_fault(mem, halloc, vm, sh, stats, pkru, maxphy, root_gpa, va, access
 
     Returns ``(outcome, code_or_gpa)``: SHF_RETRY; SHF_INJECT with the guest #PF error code;
     SHF_EMULATED with the guest-physical address written; SHF_OUT_OF_FRAMES.
+
+    ``prefault`` (PVM's prefault, Huang et al., SOSP 2023): no exit of its own -- the guest is
+    returning from a #PF the VMM reflected, and the VMM fills the shadow path for the faulting
+    address then, so the access that follows takes no hidden fault. The work is charged to
+    ``pf_inject``; nothing is filled if the guest tables still do not allow the access, and a
+    write to a write-tracked frame is left for the access itself to emulate.
     """
     spt = sh.spt
     smeta = sh.smeta
     levels = smeta[SM_LEVELS]
-    stats[S_VM_EXITS] += 1
-    smeta[SM_REASON] = EXIT_HIDDEN_FAULT
+    if prefault:
+        smeta[SM_REASON] = EXIT_PF_INJECT
+    else:
+        stats[S_VM_EXITS] += 1
+        smeta[SM_REASON] = EXIT_HIDDEN_FAULT
     st, code, gpa, shift, attrs, n = walk_core(
         mem, root_gpa, levels, TA_RW | TA_US, va, access, ctl, pkru, maxphy, trail, True, vm.gfn2hfn, True
     )
+    if prefault and st != WALK_OK:
+        stats[S_SH_SW_WALK_STEPS] += n
+        _charge(sh, stats, U_SW_WALK_STEP, n)
+        return SHF_RETRY, np.int64(0)
     if st != WALK_OK:
         smeta[SM_REASON] = EXIT_PF_INJECT
         stats[S_EXIT_BASE + EXIT_PF_INJECT] += 1
@@ -1352,7 +1373,11 @@ def sh_page_fault(mem, halloc, vm, sh, stats, pkru, maxphy, root_gpa, va, access
         else:
             _unsync_gfn(sh, stats, tgfn)
             unsynced = True
-    if emulate:
+    if prefault:
+        reason = EXIT_PF_INJECT
+        emulate = False
+        stats[S_SH_PREFAULTS] += 1
+    elif emulate:
         reason = EXIT_TRACING_WRITE
     elif (old & PTE_P) != _U0 and access == ACC_WRITE and (old & PTE_RW) == _U0:
         # write-protection fault (the frame has shadow pages) or A/D emulation (a clean gpte)
@@ -1360,7 +1385,8 @@ def sh_page_fault(mem, halloc, vm, sh, stats, pkru, maxphy, root_gpa, va, access
     else:
         reason = EXIT_HIDDEN_FAULT
     smeta[SM_REASON] = reason
-    stats[S_EXIT_BASE + reason] += 1
+    if not prefault:
+        stats[S_EXIT_BASE + reason] += 1
     _charge(sh, stats, U_SW_WALK_STEP, n)
     new = _leaf_spte(hpa & ~np.int64(0xFFF), attrs, w, True)
     if leaf_level > 1:
@@ -1431,6 +1457,7 @@ def shadow_stats(stats: np.ndarray, policy: dict, host_page: str, backed_frames:
         },
         "root_cache": {"hits": s[S_SH_ROOT_HITS], "misses": s[S_SH_ROOT_MISSES]},
         "prefetched_sptes": s[S_SH_PREFETCHED],
+        "prefaulted": s[S_SH_PREFAULTS],
         "spte_writes": s[S_SH_SPTE_WRITES],
         "write_protected_sptes": s[S_SH_WP_SPTES],
         "emulated_writes": s[S_SH_EMULATED],

@@ -26,6 +26,8 @@ def _shadow_policy(ms: dict[str, Any]) -> str:
     out = []
     if not pol.get("unsync", True):
         out.append("no-unsync")
+    if pol.get("prefault", False):
+        out.append("prefault")
     for key, default in (("prefetch", 8), ("roots", 3), ("flood_threshold", 3), ("max_pages", 0)):
         if pol.get(key, default) != default:
             out.append(f"{key.replace('_threshold', '')} {pol[key]}")

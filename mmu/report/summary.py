@@ -115,7 +115,8 @@ def shadow_renderable(ms: dict[str, Any]) -> Table:
         "",
         f"unsync {'on' if pol['unsync'] else 'off'} · prefetch {pol['prefetch']} · previous roots {pol['roots']}"
         f" · flood threshold {pol['flood_threshold'] or 'off'}"
-        f" · shadow-page cap {pol.get('max_pages') or 'none'}",
+        f" · shadow-page cap {pol.get('max_pages') or 'none'}"
+        + (" · prefault" if pol.get("prefault") else ""),
     )
     t.add_row(
         "shadow pages",
@@ -129,7 +130,7 @@ def shadow_renderable(ms: dict[str, Any]) -> Table:
     t.add_row(
         "shadow entries",
         _fmt(ms["spte_writes"]),
-        f"written or zapped; {_fmt(ms['prefetched_sptes'])} prefetched, "
+        f"written or zapped; {_fmt(ms['prefetched_sptes'])} prefetched, {_fmt(ms.get('prefaulted', 0))} prefaulted, "
         f"{_fmt(ms['write_protected_sptes'])} made read-only to write-protect a guest table",
     )
     t.add_row("emulated writes", _fmt(ms["emulated_writes"]), "stores to write-tracked guest tables")

@@ -30,7 +30,7 @@ ALIASES = {"ntlb": "ntlb_entries", "stlb": "stlb_entries", "prepopulate": "prepo
 # The parameters each mode reads; a parameter outside its mode's set does not change the run, so
 # grid points that differ only there share one simulation. A mode not listed reads everything.
 _NESTED = {"host_page", "ept_levels", "ept_ad", "npt", "ntlb_entries", "host_psc", "prepopulate_mb"}
-_SHADOW = {"host_page", "unsync", "prefetch", "roots", "flood_threshold", "shadow_pages"}
+_SHADOW = {"host_page", "unsync", "prefetch", "roots", "flood_threshold", "shadow_pages", "prefault"}
 _COMMON = set(PARAMS) - _NESTED - _SHADOW
 MODE_PARAMS: dict[str, set[str]] = {"native": _COMMON, "nested": _COMMON | _NESTED, "shadow": _COMMON | _SHADOW}
 DEFAULT_MAX_INSTRUCTIONS = 100_000_000  # as `mmu run` (mmu.guest.run.DEFAULT_MAX_INSTRUCTIONS)
