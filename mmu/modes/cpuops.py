@@ -3,6 +3,7 @@
 MOV CR3 (:func:`load_cr3`, :func:`switch_to`) and INVLPG (:func:`cpu_invlpg`) execute on the
 hardware natively and under nested paging; under shadow paging they trap and the VMM does
 its part (root switch, resynchronisation of unsync shadow pages) before the hardware's.
+Each is an event of the VM's event log (:mod:`mmu.modes.vmm`, "Event log"), in every mode.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from mmu.guest.os import O_CUR, O_PCIDE, OS_OK, OS_OUT_OF_FRAMES, P_LOADS, P_PCI
 from mmu.hw.tlb import hw_invlpg, hw_mov_cr3
 from mmu.modes.native import C_ASID, C_CTL
 from mmu.modes.shadow import sh_invlpg, sh_load_cr3
-from mmu.modes.vmm import MODE_SHADOW, V_MODE
+from mmu.modes.vmm import EV_CR3_LOAD, EV_CR3_READ, EV_INVLPG, MODE_SHADOW, V_MODE, log_event
 from mmu.stats import S_CR3_LOADS
 from mmu.x86.bits import CTL_LA57, CTL_USER
 
@@ -24,6 +25,7 @@ def load_cr3(gm, osst, tlb, psc, stats, cfg, row, no_flush):
     ometa = osst.ometa
     stats[S_CR3_LOADS] += 1
     vm = gm.vm
+    log_event(vm, EV_CR3_LOAD, procs[row, P_ROOT], procs[row, P_PCID], 1 if no_flush else 0)
     if vm.vmeta[V_MODE] == MODE_SHADOW:
         # CR3 loads trap: the VMM switches shadow roots (and flushes on its own terms).
         ctl = cfg[C_CTL] | CTL_USER
@@ -57,6 +59,7 @@ def cpu_invlpg(gm, osst, tlb, psc, stats, cfg, va):
     row = ometa[O_CUR]
     vm = gm.vm
     ctl = cfg[C_CTL] | CTL_USER
+    log_event(vm, EV_INVLPG, va, 0, 0)
     if vm.vmeta[V_MODE] == MODE_SHADOW:
         sh_invlpg(gm.mem, vm, gm.sh, tlb, psc, stats, ctl, cfg[C_ASID], va)
     else:
@@ -67,3 +70,11 @@ def cpu_invlpg(gm, osst, tlb, psc, stats, cfg, va):
 def cpu_flush_tlb(gm, osst, tlb, psc, stats, cfg):
     """The guest kernel reloads CR3 (bit 63 clear): flush the current PCID's translations."""
     return load_cr3(gm, osst, tlb, psc, stats, cfg, osst.ometa[O_CUR], False)
+
+
+@inner
+def log_cr3_read(gm, osst):
+    """Log the guest kernel's MOV from CR3 (current process) as an ``EV_CR3_READ`` event; the
+    caller counts the exit (shadow paging: CR3-store exiting)."""
+    row = osst.ometa[O_CUR]
+    log_event(gm.vm, EV_CR3_READ, osst.procs[row, P_ROOT], osst.procs[row, P_PCID], 0)
