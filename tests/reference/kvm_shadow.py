@@ -99,7 +99,8 @@ Rules, each with the KVM function it follows:
 
 Counters: exits by reason; shadow pages created / zapped (a valid page made invalid) /
 flooded / unsynced / resynced (``kvm_sync_page`` calls) / live / peak / reclaimed; root-cache
-hits / misses (CR3 loads that change CR3); prefetched sptes; entries compared in resyncs;
+hits / misses (a load of the current CR3 keeps its root: a hit, though KVM looks nothing up);
+prefetched sptes; entries compared in resyncs;
 VMM software-walk steps (gptes read by the fault walk -- ``levels`` for a trapped kernel
 store, whose mapping is not simulated -- and shadow pages visited by INVLPG); large sptes
 installed and refused.
@@ -318,6 +319,8 @@ class KvmShadowModel:
         if cr3 != self.cr3:
             self._new_pgd(cr3)
             self.cr3 = cr3
+        elif self.root is not None and not self.root[1].invalid:
+            self.c["hits"] += 1  # no lookup at all: the current root is kept
         if not skip_flush:
             self._invalidate_pcid(pcid if cfg.pcide else 0)
 
