@@ -452,7 +452,8 @@ class Machine:
         elog = self.vm.elog
         if elog[0, EV_OVERFLOW]:
             raise MMUInputError(
-                f"the event log is full ({elog.shape[0] - 1} events): log with a larger capacity, or clear it more often"
+                f"the event log is full ({elog.shape[0] - 1} events): "
+                "log with a larger capacity, or clear it more often"
             )
 
     def events(self) -> list[tuple]:

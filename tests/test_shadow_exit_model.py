@@ -156,7 +156,9 @@ def both(pair: Pair, *path):
 
 
 def delta(before: dict, after: dict) -> dict:
-    return {k: after.get(k, 0) - before.get(k, 0) for k in set(before) | set(after) if after.get(k, 0) != before.get(k, 0)}
+    return {
+        k: after.get(k, 0) - before.get(k, 0) for k in set(before) | set(after) if after.get(k, 0) != before.get(k, 0)
+    }
 
 
 class Step:
@@ -423,7 +425,9 @@ POLICIES = [
 op_strategy = st.one_of(
     st.tuples(st.just("acc"), st.integers(1, 5), st.integers(0, len(VAS) - 1), st.sampled_from([0, 1, 2])),
     st.tuples(st.just("edit"), st.integers(0, len(VAS) - 1), st.integers(0, len(LEAF_BITS) - 1), st.integers(0, 63)),
-    st.tuples(st.just("edit_noinv"), st.integers(0, len(VAS) - 1), st.integers(0, len(LEAF_BITS) - 1), st.integers(0, 63)),
+    st.tuples(
+        st.just("edit_noinv"), st.integers(0, len(VAS) - 1), st.integers(0, len(LEAF_BITS) - 1), st.integers(0, 63)
+    ),
     st.tuples(st.just("invlpg"), st.integers(0, len(VAS) - 1), st.just(0), st.just(0)),
     st.tuples(st.just("pde"), st.integers(0, len(VAS) - 1), st.integers(0, 4), st.integers(0, 1)),
     st.tuples(st.just("flush"), st.just(0), st.just(0), st.just(0)),
@@ -540,3 +544,29 @@ def test_engine_equals_model_on_shipped_programs(name, monkeypatch):
     d = diff(engine_view(ex.m), model_view(model))
     assert not d, f"{name}: engine != model: {d}"
     assert model.pf == model.seen_pf and not model.notes
+
+
+# --- the event log itself -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("mode", ["native", "nested", "shadow"])
+def test_event_log_records_the_guest_events_and_refuses_to_overflow(mode):
+    from mmu.errors import MMUInputError
+
+    m = Machine(MachineConfig(mode=mode))
+    m.log_events(1 << 12)
+    rec = _records((X, 8, 1, OP_WRITE, 0))
+    m.run(rec)
+    kinds = [e[0] for e in m.events()]
+    assert kinds.index("cr3_load") < kinds.index("access") and kinds.count("guest_pf") == 1
+    assert "pt_store" in kinds and "zero_frame" in kinds
+    assert kinds.count("access") >= 2 and ("backed" in kinds) == (mode != "native")
+    m.clear_events()
+    m.invlpg(X)
+    assert m.events() == [("invlpg", X, 0, 0)]
+    m.log_faults()
+    m.run(_records((X + 0x1000, 8, 1, OP_READ, 0)))
+    assert m.faults() == [(X + 0x1000, 4)] and {e[0] for e in m.events()} == {"guest_pf"}
+    m.log_events(2)
+    with pytest.raises(MMUInputError, match="event log is full"):
+        m.run(_records((X + 0x2000, 8, 1, OP_WRITE, 0)))

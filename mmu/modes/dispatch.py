@@ -67,6 +67,7 @@ from mmu.stats import (
 from mmu.x86.bits import ACC_FETCH, ACC_WRITE, CTL_LA57, CTL_USER, CTL_WP, TA_D, WALK_GP, WALK_OK, WALK_PF
 from mmu.x86.walk import access_fault, is_canonical
 
+
 @jit(inline="always")
 def translate_hit(vm, sh, osst, tlb, cfg, row, va, access):
     """The TLB-hit fast path of :func:`translate_access`, inlined into the loops that call it.
