@@ -30,10 +30,15 @@ from mmu.hw.pwc import make_psc
 from mmu.hw.tlb import make_tlb
 from mmu.memory import A_NEXT, ALIGN_ROOM, FrameAllocator, PhysicalMemory, alloc_room, mem_read, mem_room
 from mmu.modes.cpuops import cpu_flush_tlb, cpu_invlpg, switch_to
-from mmu.modes.dispatch import FLOG_N, FLOG_ON, translate_access, translate_hit
+from mmu.modes.dispatch import translate_access, translate_hit
 from mmu.modes.native import C_ASID, C_CTL, C_EMIT, C_LEN, C_MAXPHYADDR, C_PKRU
 from mmu.modes.shadow import dummy_shadow, grow_shadow, make_shadow, sh_budget, shadow_stats
 from mmu.modes.vmm import (
+    EV_COUNT,
+    EV_GUEST_PF,
+    EV_KINDS,
+    EV_NAMES,
+    EV_OVERFLOW,
     LARGE_BASE,
     MODE_NATIVE,
     MODE_NESTED,
@@ -44,6 +49,7 @@ from mmu.modes.vmm import (
     V_TABLE_FRAMES,
     VM_OK,
     grow_vm,
+    make_event_log,
     make_vm,
     vm_hpa,
     vm_prepopulate,
@@ -401,8 +407,6 @@ class Machine:
         self.cfg[C_PKRU] = 0
         self.cfg[C_MAXPHYADDR] = config.maxphyaddr
         self.cfg[C_ASID] = 0 if config.mode == "native" else 1  # the guest's VPID / ASID
-        # Guest page-fault log (tests ask for it with ``log_faults``): row 0 holds on/count.
-        self.flog = np.zeros((1, 2), dtype=np.int64)
         self.elapsed = 0.0
         self.records_done = 0
         # The guest OS counts frames it allocates straight into the stats array.
@@ -413,7 +417,6 @@ class Machine:
             np.zeros((MAX_LEVELS, HT_COLS), dtype=np.int64),
             np.zeros((MAX_REFS, RF_COLS), dtype=np.int64),
             self.stats[S_PT_FRAMES : S_PT_FRAMES + 2],
-            self.flog,
         )
         self._compiled = False
         self.compile_s = 0.0
@@ -429,16 +432,54 @@ class Machine:
             ctl |= CTL_LA57
         return ctl
 
+    def log_events(self, capacity: int = 1 << 20, kinds: Iterable[str] | None = None) -> None:
+        """Record the guest events that reach the VMM from now on (all kinds, or those named in
+        ``kinds``; see :data:`mmu.modes.vmm.EV_NAMES`), up to ``capacity`` of them; see :meth:`events`.
+
+        Replaces any earlier log. A run that would record more raises :class:`MMUInputError`.
+        """
+        names = {v: k for k, v in EV_NAMES.items()}
+        chosen = list(names) if kinds is None else list(kinds)
+        unknown = [k for k in chosen if k not in names]
+        if unknown:
+            raise MMUInputError(f"unknown event kind(s) {unknown}; choose from {', '.join(names)}")
+        mask = 0
+        for k in chosen:
+            mask |= 1 << names[k]
+        self.vm = self.vm._replace(elog=make_event_log(capacity, mask))
+
+    def clear_events(self) -> None:
+        """Forget the events logged so far (the log stays on, with its capacity)."""
+        elog = self.vm.elog
+        elog[0, EV_COUNT] = 0
+        elog[0, EV_OVERFLOW] = 0
+
+    def _check_events(self) -> None:
+        elog = self.vm.elog
+        if elog[0, EV_OVERFLOW]:
+            raise MMUInputError(
+                f"the event log is full ({elog.shape[0] - 1} events): "
+                "log with a larger capacity, or clear it more often"
+            )
+
+    def events(self) -> list[tuple]:
+        """The events logged so far, in order, as ``(kind name, a, b, c)`` (fields in
+        :mod:`mmu.modes.vmm`, "Event log")."""
+        self._check_events()
+        elog = self.vm.elog
+        n = int(elog[0, EV_COUNT])
+        return [(EV_NAMES[int(r[0])], int(r[1]), int(r[2]), int(r[3])) for r in elog[1 : n + 1]]
+
     def log_faults(self, capacity: int = 1 << 16) -> None:
-        """Record every guest page fault (address, error code) from now on; see :meth:`faults`."""
-        self.flog = np.zeros((capacity + 1, 2), dtype=np.int64)
-        self.flog[0, FLOG_ON] = 1
-        self._scratch = self._scratch._replace(flog=self.flog)
+        """Record every guest page fault (address, error code) from now on; see :meth:`faults`.
+        (The event log recording guest page faults only; it replaces any earlier log.)"""
+        self.log_events(capacity, kinds=(EV_NAMES[EV_GUEST_PF],))
 
     def faults(self) -> list[tuple[int, int]]:
         """The guest page faults logged so far, in order, as (address, #PF error code)."""
-        n = int(self.flog[0, FLOG_N]) if self.flog.shape[0] > 1 else 0
-        return [(int(self.flog[k, 0]), int(self.flog[k, 1])) for k in range(1, n + 1)]
+        if not self.vm.elog[0, EV_KINDS] >> EV_GUEST_PF & 1:
+            return []
+        return [(a, b) for kind, a, b, _c in self.events() if kind == EV_NAMES[EV_GUEST_PF]]
 
     def _grow(self, event: bool = False) -> None:
         """Room for one more record: host memory, the VMM's maps, the shadow MMU's arrays. An OS
@@ -457,6 +498,7 @@ class Machine:
     def _guest_op(self, kind: int, a: int = 0, b: int = 0) -> None:
         self._grow()
         st = guest_op_kernel(np.int64(kind), np.int64(a), np.uint64(b), self.state)
+        self._check_events()
         if st != 0:
             raise MMUInputError("the guest ran out of physical frames")
 
@@ -569,6 +611,7 @@ class Machine:
             raise MMUInputError(f"{where}: record {rec}: the guest ran out of physical frames")
         self.elapsed += time.perf_counter() - t0
         self.records_done += n
+        self._check_events()
         return int(pos[0])
 
     def result(self, extra: dict[str, Any] | None = None) -> dict[str, Any]:

@@ -45,14 +45,13 @@ class GuestMemory(NamedTuple):
 
 
 class Scratch(NamedTuple):
-    """Work arrays of one translation (no state survives a call except ``counts`` and ``flog``)."""
+    """Work arrays of one translation (no state survives a call except ``counts``)."""
 
     trail: np.ndarray  # int64[MAX_LEVELS, TR_COLS]: the 1D walk's entries (mmu.x86.walk)
     gtrail: np.ndarray  # int64[MAX_LEVELS, GT_COLS]: the 2D walk's guest entries (mmu.x86.nested)
     htrail: np.ndarray  # int64[MAX_LEVELS, HT_COLS]: one host walk's entries (mmu.x86.ept)
     refs: np.ndarray  # int64[MAX_REFS, RF_COLS]: a 2D walk's references in issue order
     counts: np.ndarray  # int64[2]: frames the guest OS allocated [page tables, data] (a view of stats)
-    flog: np.ndarray  # int64[n, 2]: guest page-fault log (mmu.modes.dispatch.FLOG_ON)
 
 
 class MachineState(NamedTuple):

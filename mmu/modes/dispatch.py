@@ -43,7 +43,21 @@ from mmu.modes.shadow import (
     sh_pending,
     sh_root_hpa,
 )
-from mmu.modes.vmm import MODE_NATIVE, MODE_NESTED, MODE_SHADOW, V_MODE, VM_OK, vm_back, vm_gpa_of, vm_hpa
+from mmu.modes.vmm import (
+    EV_ACCESS,
+    EV_GUEST_PF,
+    EV_IN_FAULT,
+    EV_PREFAULT,
+    MODE_NATIVE,
+    MODE_NESTED,
+    MODE_SHADOW,
+    V_MODE,
+    VM_OK,
+    log_event,
+    vm_back,
+    vm_gpa_of,
+    vm_hpa,
+)
 from mmu.stats import (
     EXIT_EPT_MISCONFIG,
     EXIT_EPT_VIOLATION,
@@ -54,9 +68,6 @@ from mmu.stats import (
 )
 from mmu.x86.bits import ACC_FETCH, ACC_WRITE, CTL_LA57, CTL_USER, CTL_WP, TA_D, WALK_GP, WALK_OK, WALK_PF
 from mmu.x86.walk import access_fault, is_canonical
-
-FLOG_ON = 0  # flog[0, FLOG_ON]: 1 to record guest page faults
-FLOG_N = 1  # flog[0, FLOG_N]: faults recorded; rows 1.. hold (va, error code)
 
 
 @jit(inline="always")
@@ -100,11 +111,15 @@ def translate_access(gm, galloc, hcache, osst, tlb, psc, ptc, stats, cfg, row, v
 
     Returns (status, gpa): status OS_OK with the guest-physical address (or -1 when the guest
     could not map it), OS_OUT_OF_FRAMES.
+
+    Each attempt is an ``EV_ACCESS`` in the VM's event log, and a fault delivered to the guest an
+    ``EV_GUEST_PF`` (:mod:`mmu.modes.vmm`, "Event log"); a TLB hit of :func:`translate_hit` is
+    neither.
     """
     mem = gm.mem
     vm = gm.vm
     sh = gm.sh
-    trail, gtrail, htrail, refs, counts, flog = scratch
+    trail, gtrail, htrail, refs, counts = scratch
     procs = osst.procs
     cr3 = os_cr3(osst, row)
     pcid = procs[row, P_PCID]
@@ -112,6 +127,7 @@ def translate_access(gm, galloc, hcache, osst, tlb, psc, ptc, stats, cfg, row, v
     shadow = vm.vmeta[V_MODE] == MODE_SHADOW
     nested = vm.vmeta[V_MODE] == MODE_NESTED
     for _attempt in range(8):
+        log_event(vm, EV_ACCESS, va, access, 1)
         if nested:
             status, code, _hpa, pa = hw_translate_nested(
                 mem, vm, hcache, tlb, psc, ptc, stats, cfg, cr3, pcid, va, access, ctl, gtrail, htrail, refs
@@ -148,10 +164,12 @@ def translate_access(gm, galloc, hcache, osst, tlb, psc, ptc, stats, cfg, row, v
                     pa = vm_gpa_of(vm, pa)
                 elif status == WALK_PF:
                     # #PF exits to the VMM, which decides what the guest sees.
+                    vm.elog[0, EV_IN_FAULT] = 1
                     r, v = sh_page_fault(
                         mem, gm.halloc, vm, sh, stats, cfg[C_PKRU], cfg[C_MAXPHYADDR], procs[row, P_ROOT], va, access,
                         ctl, trail, False,
                     )  # fmt: skip
+                    vm.elog[0, EV_IN_FAULT] = 0
                     if r == SHF_RETRY:
                         continue
                     if r == SHF_EMULATED:
@@ -168,11 +186,7 @@ def translate_access(gm, galloc, hcache, osst, tlb, psc, ptc, stats, cfg, row, v
             stats[S_BAD_ACCESSES] += 1
             return OS_OK, np.int64(-1)
         stats[S_GUEST_PF] += 1
-        if flog[0, FLOG_ON] != 0 and flog[0, FLOG_N] + 1 < flog.shape[0]:
-            k = flog[0, FLOG_N] + 1
-            flog[k, 0] = va
-            flog[k, 1] = code
-            flog[0, FLOG_N] = k
+        log_event(vm, EV_GUEST_PF, va, code, 0)
         st, outcome = os_page_fault(gm, galloc, osst, tlb, psc, stats, cfg, row, va, access, code, ctl, counts)
         if st != OS_OK:
             return st, np.int64(-1)
@@ -182,10 +196,13 @@ def translate_access(gm, galloc, hcache, osst, tlb, psc, ptc, stats, cfg, row, v
             # PVM's prefault: the VMM fills the shadow entry as the guest returns from the #PF
             if sh_pending(sh) and not sh_before_entry(mem, gm.halloc, vm, sh, tlb, psc, stats, ctl, cfg[C_ASID]):
                 return OS_OUT_OF_FRAMES, np.int64(-1)
+            log_event(vm, EV_PREFAULT, va, access, 0)
+            vm.elog[0, EV_IN_FAULT] = 1
             r, _v = sh_page_fault(
                 mem, gm.halloc, vm, sh, stats, cfg[C_PKRU], cfg[C_MAXPHYADDR], procs[row, P_ROOT], va, access, ctl,
                 trail, True,
             )  # fmt: skip
+            vm.elog[0, EV_IN_FAULT] = 0
             if r == SHF_OUT_OF_FRAMES:
                 return OS_OUT_OF_FRAMES, np.int64(-1)
     stats[S_BAD_ACCESSES] += 1

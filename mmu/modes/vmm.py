@@ -11,17 +11,39 @@ or by a hardware access that ends in an EPT violation -- is a VM exit after whic
 allocates a host page (4 KiB, 2 MiB or 1 GiB, ``host_shift``) and maps the whole aligned host
 page in both views. With ``prepopulate`` the Python layer maps guest memory up front instead.
 
-State ``vm = VMState(gfn2hfn, vmeta, hfn2gfn, large2gfn)`` (a NamedTuple; other modules read its
-fields by name, e.g. ``vm.vmeta[V_MODE]``):
+State ``vm = VMState(gfn2hfn, vmeta, hfn2gfn, large2gfn, elog)`` (a NamedTuple; other modules read
+its fields by name, e.g. ``vm.vmeta[V_MODE]``):
 
 ``gfn2hfn``   int64[cap]   host frame of guest frame ``gfn``, or -1 (grows; the kernels ask)
 ``vmeta``     int64[V_LEN] mode, host root, levels, host page shift, npt flag, EPT A/D flag,
                            next frame of the large-page region, counters
 ``hfn2gfn``   int64[cap]   reverse map of 4 KiB backing frames (host frames below LARGE_BASE)
 ``large2gfn`` int64[cap]   first guest frame of each large backing page, by its index
+``elog``      int64[n+1, 4] the guest events that reached the VMM, in order (see "Event log" below)
 
 The reverse maps let the simulator name the guest-physical address of an access that hit in
 a TLB holding gva -> hpa (the VMM's rmap; nothing architectural reads them).
+
+Event log: row 0 is a header ``(kinds, count, in_fault, overflow)``: ``kinds`` a bit mask of the
+``EV_*`` kinds to record (0: off, the default, and the array is one row), ``count`` rows used,
+``in_fault`` 1 while the VMM handles a shadow page fault (a frame backed then is the fault's own
+work, not the guest kernel touching a new frame), ``overflow`` 1 once an event found no room
+(the Python layer raises). Rows ``1..count`` hold ``(kind, a, b, c)``:
+
+=============  ===========================================================================
+EV_ACCESS      va, access (0 read / 1 write / 2 fetch), 1 -- one translation attempt that
+               missed the TLB fast path (:func:`mmu.modes.dispatch.translate_access`)
+EV_GUEST_PF    va, #PF error code, 0 -- a page fault delivered to the guest
+EV_PT_STORE    gpa, value (the 64 bits as int64), 0 -- a guest kernel store to guest memory
+EV_ZERO_FRAME  gfn, 0, 0 -- the guest kernel clears a frame (clear_page)
+EV_CR3_LOAD    root gpa, pcid, no_flush -- MOV to CR3
+EV_CR3_READ    0, 0, 0 -- MOV from CR3
+EV_INVLPG      va, 0, 0
+EV_BACKED      gfn, 1 if during a shadow page fault, first gfn of the host page -- the host
+               backs a guest frame (and its whole aligned host page)
+EV_PREFAULT    va, access, 0 -- shadow ``--prefault``: the VMM fills the shadow entry for ``va``
+               as the guest returns from the #PF it was given
+=============  ===========================================================================
 
 Host frames: 4 KiB backing pages and table frames come from the host memory's allocator;
 2 MiB / 1 GiB backing pages from a separate aligned region starting at frame ``LARGE_BASE``.
@@ -74,6 +96,52 @@ class VMState(NamedTuple):
     vmeta: np.ndarray
     hfn2gfn: np.ndarray
     large2gfn: np.ndarray
+    elog: np.ndarray
+
+
+EV_ACCESS = 1
+EV_GUEST_PF = 2
+EV_PT_STORE = 3
+EV_ZERO_FRAME = 4
+EV_CR3_LOAD = 5
+EV_CR3_READ = 6
+EV_INVLPG = 7
+EV_BACKED = 8
+EV_PREFAULT = 9
+EV_NAMES = {
+    EV_ACCESS: "access", EV_GUEST_PF: "guest_pf", EV_PT_STORE: "pt_store", EV_ZERO_FRAME: "zero_frame",
+    EV_CR3_LOAD: "cr3_load", EV_CR3_READ: "cr3_read", EV_INVLPG: "invlpg", EV_BACKED: "backed",
+    EV_PREFAULT: "prefault",
+}  # fmt: skip
+EV_KINDS = 0  # elog[0, EV_KINDS]: bit mask (1 << kind) of the kinds recorded
+EV_COUNT = 1  # elog[0, EV_COUNT]: rows used
+EV_IN_FAULT = 2  # elog[0, EV_IN_FAULT]: 1 while the VMM handles a shadow page fault
+EV_OVERFLOW = 3  # elog[0, EV_OVERFLOW]: 1 once an event found the log full
+
+
+def make_event_log(capacity: int = 0, kinds: int = 0) -> np.ndarray:
+    """An event log with room for ``capacity`` rows recording the kinds in the mask ``kinds``."""
+    elog = np.zeros((capacity + 1, 4), dtype=np.int64)
+    elog[0, EV_KINDS] = kinds
+    return elog
+
+
+@jit(inline="always")
+def log_event(vm, kind, a, b, c):
+    """Append ``(kind, a, b, c)`` to the VM's event log if it records ``kind`` (one load and a
+    branch when it does not); a full log sets the overflow flag instead of dropping silently."""
+    elog = vm.elog
+    if (elog[0, EV_KINDS] >> kind) & 1 == 0:
+        return
+    k = elog[0, EV_COUNT] + 1
+    if k >= elog.shape[0]:
+        elog[0, EV_OVERFLOW] = 1
+        return
+    elog[k, 0] = kind
+    elog[k, 1] = a
+    elog[k, 2] = b
+    elog[k, 3] = c
+    elog[0, EV_COUNT] = k
 
 
 def make_vm(mode: int, root: int = 0, levels: int = 4, host_shift: int = 12, npt: bool = False, ept_ad: bool = False):
@@ -89,7 +157,7 @@ def make_vm(mode: int, root: int = 0, levels: int = 4, host_shift: int = 12, npt
     vmeta[V_EPT_AD] = 1 if ept_ad else 0
     vmeta[V_LARGE_NEXT] = LARGE_BASE
     empty = lambda: np.full(1024, -1, dtype=np.int64)  # noqa: E731
-    return VMState(empty(), vmeta, empty(), empty())
+    return VMState(empty(), vmeta, empty(), empty(), make_event_log())
 
 
 ROOM = 1 << 16  # frames of slack every map keeps (one record needs far fewer)
@@ -109,7 +177,7 @@ def _grown(a: np.ndarray, need: int) -> np.ndarray:
 def grow_vm(vm, guest_frames: int, host_frames: int):
     """A copy of ``vm`` whose maps have room for guest frames ``< guest_frames`` and host frames
     ``< host_frames`` (plus slack), as the allocators may hand them out next."""
-    gfn2hfn, vmeta, hfn2gfn, large2gfn = vm
+    gfn2hfn, vmeta, hfn2gfn, large2gfn, elog = vm
     span_shift = int(vmeta[V_HOST_SHIFT]) - 12
     large_used = (int(vmeta[V_LARGE_NEXT]) - LARGE_BASE) >> span_shift
     span = 1 << span_shift  # backing a frame fills its whole aligned host page
@@ -118,6 +186,7 @@ def grow_vm(vm, guest_frames: int, host_frames: int):
         vmeta,
         _grown(hfn2gfn, int(host_frames) + 2 * ROOM),
         _grown(large2gfn, large_used + (int(guest_frames) >> span_shift) + 2 * ROOM),
+        elog,
     )
 
 
@@ -198,6 +267,7 @@ def vm_back(hmem, halloc, vm, gfn):
         vm.large2gfn[(hfn - LARGE_BASE) >> (shift - 12)] = first
     vmeta[V_BACKED_PAGES] += 1
     vmeta[V_BACKED_FRAMES] += span
+    log_event(vm, EV_BACKED, gfn, vm.elog[0, EV_IN_FAULT], first)
     return VM_OK
 
 
