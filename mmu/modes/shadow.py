@@ -1392,9 +1392,13 @@ def sh_page_fault(mem, halloc, vm, sh, stats, pkru, maxphy, root_gpa, va, access
     if leaf_level > 1:
         new |= PTE_PS
         stats[S_SH_LARGE_SPTES] += 1
+    # mmu_set_spte: an entry that is already what the fault would make it is spurious, and then
+    # FNAME(fetch) returns before prefetching (unless the write is left to the emulator)
+    keep = ~(PTE_A | PTE_D)
+    spurious = (old & PTE_P) != _U0 and (old & keep) == (new & keep) and not emulate
     if _install_leaf(mem, sh, stats, sp, idx, new, tgfn):
         _request_flush(sh, stats)
-    if leaf_level == 1:
+    if leaf_level == 1 and not spurious:
         _prefetch(mem, vm, sh, stats, ctl, sp, idx)
     if emulate:
         _track_write(mem, sh, stats, gpa & ~np.int64(7))
