@@ -805,7 +805,7 @@ def _walk_tree(gm, galloc, osst, tlb, psc, stats, cfg, kind, root, levels, lo, h
     """Visit the present entries of the tree at ``root`` that map ``[lo, hi)``.
 
     ``out`` (int64[4]) receives: [0] tables seen (below the root), [1] 4 KiB frames mapped by
-    the present leaves (a 2 MiB leaf counts 512), [2] lowest and [3] one past the highest
+    the present leaves (a 2 MiB leaf counts 512; the zero pages count 0), [2] lowest and [3] one past the highest
     address cleared (_W_UNMAP: leaves; _W_FREE: the first page of each freed table's span
     within the range, as Linux's ``pte_free_tlb`` adds it to the flush range). ``osst.oscratch[6]``
     receives [0] 4 KiB leaves cleared (_W_UNMAP). _W_UNMAP splits a 2 MiB leaf the range covers
@@ -883,11 +883,12 @@ def _walk_tree(gm, galloc, osst, tlb, psc, stats, cfg, kind, root, levels, lo, h
             continue
         # a leaf: 4 KiB, or 2 MiB (a transparent huge page); a 1 GiB leaf (only a guest's own
         # table edits make one) is treated as one frame
-        out[1] += BLOCK_FRAMES if huge else 1
-        if kind == _W_COUNT or kind == _W_FREE:
-            continue
         gfn = np.int64(((e & _ADDR_2M) if huge else (e & _ADDR)) >> np.uint64(12))
         zero = _is_zero_leaf(osst, gfn, huge)
+        if not zero:  # the zero pages are never freed nor counted: they need no room
+            out[1] += BLOCK_FRAMES if huge else 1
+        if kind == _W_COUNT or kind == _W_FREE:
+            continue
         if kind == _W_FORK:
             # copy_present_pte / copy_huge_pmd: a writable private page is write-protected on
             # both sides; the child's entry is old (pte_mkold), the zero pages' too; the zero
