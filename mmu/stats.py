@@ -53,6 +53,9 @@ S_THP_MAPPED = S_OS_BASE + 0  # 2 MiB pages the guest kernel mapped (transparent
 S_THP_FALLBACKS = S_OS_BASE + 1  # huge-page faults that found no free aligned block (mapped 4 KiB)
 S_THP_SPLITS = S_OS_BASE + 2  # huge mappings split into 512 entries (partial munmap, shared COW)
 S_PT_FREED = S_OS_BASE + 3  # page-table frames freed by munmap (exit frees the rest)
+S_ZERO_PAGE_MAPS = S_OS_BASE + 4  # read faults that mapped the shared zero page (do_anonymous_page)
+S_ZERO_HUGE_MAPS = S_OS_BASE + 5  # read faults that mapped the huge zero page (do_huge_pmd_anonymous_page)
+S_ZERO_PAGE_COW = S_OS_BASE + 6  # write faults on a zero-page mapping: a fresh zeroed frame (wp_page_copy)
 N_OS_STATS = 8
 # Handler work whose amount varies per exit (a resync compares N entries, a fill allocates
 # shadow pages ...), counted in units by exit reason: S_WORK_BASE + reason * N_WORK + U_*.
@@ -248,6 +251,7 @@ def stats_dict(
         "pt_frames": s[S_PT_FRAMES],
         "pt_frames_freed": s[S_PT_FREED],
         "huge_pages": {"mapped": s[S_THP_MAPPED], "fallbacks": s[S_THP_FALLBACKS], "splits": s[S_THP_SPLITS]},
+        "zero_page": {"maps": s[S_ZERO_PAGE_MAPS], "huge_maps": s[S_ZERO_HUGE_MAPS], "cow": s[S_ZERO_PAGE_COW]},
         "data_frames": s[S_DATA_FRAMES],
         "processes": s[S_PROCESSES],
         "cr3_loads": s[S_CR3_LOADS],

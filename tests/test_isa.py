@@ -906,8 +906,8 @@ done:   li   a0, 4096
     ev = res.events
     f = [(OP_FETCH, 1, pc + 8 * i, 8, 0) for i in range(6)]
     assert ev[:3] == [
-        (OP_MMAP, 1, TEXT_BASE, 1, 5),
-        (OP_MMAP, 1, data, 1, 3),
+        (OP_MMAP, 1, TEXT_BASE, 1, 5 | 32),  # text and data: prot | MAP_FILE (file mappings)
+        (OP_MMAP, 1, data, 1, 3 | 32),
         (OP_MMAP, 1, STACK_TOP - (1 << 20), 256, 3),
     ]
     assert ev[3:12] == [

@@ -126,7 +126,9 @@ class Run:
     def agree(self) -> dict:
         ref_mode = next(iter(self.machines))
         ref = self.machines[ref_mode]
-        keys = ("guest_page_faults", "pt_frames", "pt_frames_freed", "data_frames", "huge_pages", "processes")
+        keys = (
+            "guest_page_faults", "pt_frames", "pt_frames_freed", "data_frames", "huge_pages", "zero_page", "processes",
+        )  # fmt: skip
         want = {k: ref.result()[k] for k in keys}
         for mode, m in self.machines.items():
             assert self.gpas[mode] == self.gpas[ref_mode], f"{mode}: guest-physical addresses differ"
@@ -208,15 +210,16 @@ def test_only_a_mapping_covering_the_whole_aligned_range_gets_a_huge_page(start_
 
 def test_an_existing_page_table_keeps_the_range_4k():
     # page 0 is its own mapping, so [0, 512) gets 4 KiB pages and a page table; [512, 1024)
-    # lies in one (read-only) anonymous mapping and gets a huge page; a later fault in
-    # [0, 512) finds the table there and maps 4 KiB (no khugepaged collapse)
+    # lies in one (read-only) anonymous mapping and a read there gets the huge zero page; a
+    # later fault in [0, 512) finds the table there and maps 4 KiB (no khugepaged collapse)
     r = Run(thp="always")
     r.step([_mmap(1, BASE, 1, RW), _mmap(1, BASE + 4096, 1023, 1), _touch(1, BASE)])
     r.step([_touch(1, BASE + 4096 * 700, write=False)])
-    assert r.agree()["huge_pages"]["mapped"] == 1
+    assert r.agree()["zero_page"]["huge_maps"] == 1
     r.step([_touch(1, BASE + 4096 * 3, write=False)])
     got = r.agree()
-    assert got["huge_pages"]["mapped"] == 1 and got["guest_page_faults"] == 3
+    assert got["zero_page"] == {"maps": 1, "huge_maps": 1, "cow": 0} and got["huge_pages"]["mapped"] == 0
+    assert got["guest_page_faults"] == 3
 
 
 def test_fork_shares_a_huge_page_and_cow_splits_it():

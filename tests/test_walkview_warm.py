@@ -21,8 +21,9 @@ flushes the TLB and the paging-structure caches):
 Records 0-3 map A, D, E, F (pid 1); record 4 switches to pid 2 (flush); then pid 1 again:
 5 reads A (a walk from the root), 6 D (PML4E cache hit: the walk starts at the PDPT), 7 E (PDPTE
 cache hit: starts at the PD), 8 F (PDE cache hit: starts at the PT), 9 A (TLB hit), 10 G (a
-first touch), 11 G (TLB hit), 12 writes G through a clean TLB entry (a re-walk to set D; under
-shadow paging the shadow entry is read-only, so the TLB entry's rights fault: a VM exit).
+first touch: a read, so the guest maps the zero page read-only), 11 G (TLB hit), 12 writes G
+through that read-only TLB entry: a guest #PF (copy-on-write from the zero page); under shadow
+paging the #PF exits to the VMM first.
 """
 
 from __future__ import annotations
@@ -232,9 +233,9 @@ def test_probe_predicts_the_hand_built_records(name):
     assert got[8] == (1, "PDE cache", False, "ok")
     assert got[9] == got[11] == (0, None, True, "ok")
     if config["mode"] == "shadow":
-        assert got[12] == (0, None, True, "shadow_pf")  # a read-only shadow entry: an ad_dirty exit
+        assert got[12] == (0, None, True, "shadow_pf")  # a read-only shadow entry: the VMM reflects the #PF
     else:
-        assert got[12] == (1, "PDE cache", True, "ok")  # the write walks again to set D
+        assert got[12] == (0, None, True, "pf")  # the zero page is read-only: copy-on-write
 
 
 def test_a_walk_with_nothing_cached_issues_all_24_references():
@@ -252,11 +253,12 @@ def test_a_walk_with_nothing_cached_issues_all_24_references():
 
 
 def test_the_probe_writes_nothing_the_run_then_writes():
-    # record 12 sets the D flag of G's PTE: the machine's memory changes on the run, never on the probe
+    # record 12 copies G on write (the zero page): the machine's memory changes on the run, never
+    # on the probe
     m, recs = hand_machine(CONFIGS["native"], 12)
     mem = [a.copy() for a in m.mem.state]
     w = probe(m, G, "w", True, 12)
-    assert w.dirty_rewalk and [r.level for r in w.refs] == [1]
+    assert w.outcome == "pf" and w.tlb_hit and not w.refs
     assert all(np.array_equal(a, b) for a, b in zip(mem, m.mem.state, strict=True))
     m.run(recs[12:13])
     assert not all(np.array_equal(a, b) for a, b in zip(mem, m.mem.state, strict=True))

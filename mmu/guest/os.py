@@ -13,22 +13,28 @@ modules read its fields by name, e.g. ``osst.ometa[O_CUR]``):
                                           alive flag, times loaded into CR3
 ``pid2slot``  int64[65536]              process row of each 16-bit pid, or -1
 ``ometa``     int64[O_LEN]              current row, rows used so far, PCIDE flag, paging levels,
-                                          shared frames in ``rc``, THP flag, free-row hint
+                                          shared frames in ``rc``, THP flag, free-row hint, the zero
+                                          page's frame and the huge zero page's first frame (-1 until
+                                          first used)
 ``vmas``      int64[MAX_PROCS, MAX_VMAS, VMA_COLS]  each process's mappings, sorted by address:
-                                          first page, end page, PROT_* bits, image page (or -1)
+                                          first page, end page, PROT_* bits, image page (or
+                                          VMA_ANON, VMA_FILE)
 ``rc``        int64[RC_SLOTS, 2]        reference counts of shared data frames (open addressing:
                                           frame number or 0, count >= 2); absent = one owner
 ``image``     uint64[n, 512]            contents of the program image pages a mapping may name
 ``oscratch``  int64[8, 4]               the guest kernel's page-table walk stack (rows 1..5),
                                           walk counters (rows 6, 7)
 
-Demand paging: a not-present fault on a canonical user-half address maps a fresh
-zero-filled 4 KiB frame (present, writable, user, executable), allocating the
-missing intermediate tables on the way down, as Linux's anonymous fault path
-does; with transparent huge pages (``ometa[O_THP]``) a fault whose aligned 2 MiB has
-no page table yet may map a whole zeroed 2 MiB page instead (:mod:`mmu.guest.osops`).
-Data frames are never written by the model (traces carry no data), so they take no
-storage in :class:`~mmu.memory.PhysicalMemory`.
+Demand paging follows Linux's ``do_anonymous_page`` (:mod:`mmu.guest.osops`): a
+not-present write fault on a canonical user-half address maps a fresh 4 KiB frame with
+Accessed, Dirty and R/W set; a read or fetch fault maps the shared zero page read-only with
+Accessed set (``my_zero_pfn``: one guest frame, allocated on first use, never freed); the
+first write to it is a copy-on-write fault (``wp_page_copy``). Missing intermediate tables
+are allocated on the way down. With transparent huge pages (``ometa[O_THP]``) a fault whose
+aligned 2 MiB has no page table yet may map a whole 2 MiB page instead (the huge zero page
+on a read). A process without mappings (a plain access trace) does not have its fresh
+frames cleared: traces carry no data, so those frames take no storage in
+:class:`~mmu.memory.PhysicalMemory`.
 """
 
 from __future__ import annotations
@@ -62,7 +68,9 @@ O_LEVELS = 3  # 4 or 5 paging levels
 O_RC_USED = 4  # occupied slots of ``rc``
 O_THP = 5  # transparent huge pages: THP_NEVER, THP_MADVISE or THP_ALWAYS
 O_ROW_HINT = 6  # where the search for a free process row starts once every row has been used
-O_LEN = 8
+O_ZERO_PFN = 7  # frame of the zero page (Linux's empty_zero_page), -1 until first mapped
+O_HZERO_PFN = 8  # first frame of the huge zero page (an aligned 2 MiB block), -1 until first mapped
+O_LEN = 10
 
 THP_NEVER = 0  # Linux's /sys/kernel/mm/transparent_hugepage/enabled settings
 THP_MADVISE = 1  # only mappings that ask (PROT_THP, as madvise(MADV_HUGEPAGE))
@@ -73,7 +81,9 @@ MAX_VMAS = 64  # mappings per process (adjacent anonymous mappings with the same
 VMA_FIRST = 0
 VMA_END = 1
 VMA_PROT = 2
-VMA_IMAGE = 3  # row of ``image`` holding the mapping's first page, or -1 (anonymous, zero-filled)
+VMA_IMAGE = 3  # row of ``image`` holding the mapping's first page, VMA_ANON or VMA_FILE
+VMA_ANON = -1  # VMA_IMAGE of an anonymous mapping (zero page on reads, zeroed frames on writes)
+VMA_FILE = -2  # VMA_IMAGE of a file mapping whose contents the model lacks (a replayed MAP_FILE): zeros
 VMA_COLS = 4
 RC_SLOTS = 1 << 20
 
@@ -110,6 +120,8 @@ def make_os(pcide: bool = True, la57: bool = False, thp: int = THP_NEVER) -> OSS
     ometa[O_PCIDE] = 1 if pcide else 0
     ometa[O_LEVELS] = 5 if la57 else 4
     ometa[O_THP] = thp
+    ometa[O_ZERO_PFN] = -1
+    ometa[O_HZERO_PFN] = -1
     # np.zeros leaves untouched pages uncommitted, so the big tables cost only what is used.
     vmas = np.zeros((MAX_PROCS, MAX_VMAS, VMA_COLS), dtype=np.int64)
     rc = np.zeros((RC_SLOTS, 2), dtype=np.int64)
@@ -248,48 +260,6 @@ def os_cr3(osst, row):
     """CR3 value of process ``row``: root table address with the PCID in bits 11:0."""
     procs = osst.procs
     return procs[row, P_ROOT] | procs[row, P_PCID]
-
-
-@inner
-def os_map_anon(gm, galloc, root, levels, va, counts):
-    """Map ``va`` to a fresh zero-filled 4 KiB frame, building missing tables (demand paging).
-
-    Parameters
-    ----------
-    counts : int64[2]
-        Incremented: [page-table frames allocated, data frames allocated].
-
-    Returns OS_OK, OS_OUT_OF_FRAMES, or OS_BAD_ADDRESS if a large page already maps va
-    (a present large page never takes a not-present fault, so that means the guest built it).
-    """
-    table = root
-    for level in range(levels, 1, -1):
-        shift = 12 + 9 * (level - 1)
-        epa = table + ((va >> shift) & 511) * 8
-        e = guest_read(gm, epa)
-        if (e & _P) == np.uint64(0):
-            nt = os_alloc_table(gm, galloc)
-            if nt < 0:
-                return OS_OUT_OF_FRAMES
-            counts[0] += 1
-            if not guest_store(gm, epa, np.uint64(nt) | PTE_USER_RW):
-                return OS_OUT_OF_FRAMES
-            table = nt
-        else:
-            if level <= 3 and (e & _PS) != np.uint64(0):
-                return OS_BAD_ADDRESS
-            table = np.int64(e & _ADDR)
-    epa = table + ((va >> 12) & 511) * 8
-    e = guest_read(gm, epa)
-    if (e & _P) != np.uint64(0):
-        return OS_OK
-    pfn = alloc_frame(galloc)
-    if pfn < 0:
-        return OS_OUT_OF_FRAMES
-    counts[1] += 1
-    if not guest_store(gm, epa, np.uint64(pfn << 12) | PTE_USER_RW):
-        return OS_OUT_OF_FRAMES
-    return OS_OK
 
 
 @inner

@@ -51,10 +51,11 @@ from mmu.guest.isa import PROT_EXEC, PROT_THP, PROT_WRITE
 from mmu.guest.os import (
     MAX_VMAS,
     O_CUR,
+    O_HZERO_PFN,
     O_LEVELS,
     O_RC_USED,
     O_THP,
-    OS_BAD_ADDRESS,
+    O_ZERO_PFN,
     OS_OK,
     OS_OUT_OF_FRAMES,
     OS_TOO_MANY_PROCS,
@@ -65,8 +66,10 @@ from mmu.guest.os import (
     PTE_USER_RW,
     THP_ALWAYS,
     THP_MADVISE,
+    VMA_ANON,
     VMA_COLS,
     VMA_END,
+    VMA_FILE,
     VMA_FIRST,
     VMA_IMAGE,
     VMA_PROT,
@@ -75,7 +78,6 @@ from mmu.guest.os import (
     guest_store,
     os_alloc_table,
     os_free_row,
-    os_map_anon,
     os_process,
     os_walk_allows,
 )
@@ -106,9 +108,12 @@ from mmu.stats import (
     S_THP_FALLBACKS,
     S_THP_MAPPED,
     S_THP_SPLITS,
+    S_ZERO_HUGE_MAPS,
+    S_ZERO_PAGE_COW,
+    S_ZERO_PAGE_MAPS,
 )
-from mmu.trace.ops import OP_EXIT, OP_FORK, OP_MMAP, OP_MUNMAP
-from mmu.x86.bits import ACC_FETCH, ACC_WRITE, CTL_NXE, PF_P, PTE_A, PTE_P, PTE_PS, PTE_RW, PTE_US, PTE_XD
+from mmu.trace.ops import MAP_FILE, OP_EXIT, OP_FORK, OP_MMAP, OP_MUNMAP
+from mmu.x86.bits import ACC_FETCH, ACC_WRITE, CTL_NXE, PF_P, PTE_A, PTE_D, PTE_P, PTE_PS, PTE_RW, PTE_US, PTE_XD
 
 OS_UNSUPPORTED = 9  # an OS event this guest kernel cannot perform (bad pid, pid already in use)
 OS_NEED_ROOM = 10  # the event needs more memory or free-list room than is reserved; nothing changed
@@ -118,6 +123,7 @@ PF_SEGV = 1  # no mapping can be made: the access fails (the process gets SIGSEG
 FLUSH_CEILING = 33  # munmap: INVLPG per page up to this many pages, else a full flush (Linux)
 EV_PROT_SHIFT = 32  # os_event OP_MMAP: arg = pages | (prot | EV_PROT_GIVEN) << EV_PROT_SHIFT
 EV_PROT_GIVEN = 16  # the record's prot is known (else the mapping is read/write/execute)
+EV_MAP_FILE = MAP_FILE  # a private file mapping (the trace format's flag, same bit)
 EV_PAGES_MASK = 0xFFFF_FFFF
 PROT_ALL = 7
 
@@ -128,6 +134,7 @@ _FLAGS_4K_OF_2M = np.uint64(0xFFF0_0000_0000_0F7F)  # a 2 MiB leaf's flags a 4 K
 HUGE = np.int64(1) << 21
 _NOT_RW = ~PTE_RW
 _NOT_A = ~PTE_A
+_YOUNG_DIRTY_RW = PTE_A | PTE_D | PTE_RW  # maybe_mkwrite(pte_mkdirty(pte_mkyoung(...)))
 
 # Walk kinds of _walk_tree.
 _W_COUNT = 0  # count tables and present leaves in the range
@@ -300,18 +307,23 @@ def _vma_add(osst, row, first, end, prot, image):
     while at < n and vmas[at, VMA_FIRST] < first:
         at += 1
     # Anonymous neighbours with the same protection merge (first fit only sees pages).
-    if image < 0 and at > 0:
+    if image == VMA_ANON and at > 0:
         p = at - 1
-        if vmas[p, VMA_END] == first and vmas[p, VMA_PROT] == prot and vmas[p, VMA_IMAGE] < 0:
+        if vmas[p, VMA_END] == first and vmas[p, VMA_PROT] == prot and vmas[p, VMA_IMAGE] == VMA_ANON:
             vmas[p, VMA_END] = end
-            if at < n and vmas[at, VMA_FIRST] == end and vmas[at, VMA_PROT] == prot and vmas[at, VMA_IMAGE] < 0:
+            if (
+                at < n
+                and vmas[at, VMA_FIRST] == end
+                and vmas[at, VMA_PROT] == prot
+                and vmas[at, VMA_IMAGE] == VMA_ANON
+            ):
                 vmas[p, VMA_END] = vmas[at, VMA_END]
                 for j in range(at, n - 1):
                     _vma_copy(vmas, j, j + 1)
                 osst.procs[row, P_NVMAS] = n - 1
             return True
-    if image < 0 and at < n:
-        if vmas[at, VMA_FIRST] == end and vmas[at, VMA_PROT] == prot and vmas[at, VMA_IMAGE] < 0:
+    if image == VMA_ANON and at < n:
+        if vmas[at, VMA_FIRST] == end and vmas[at, VMA_PROT] == prot and vmas[at, VMA_IMAGE] == VMA_ANON:
             vmas[at, VMA_FIRST] = first
             return True
     if n >= MAX_VMAS:
@@ -392,6 +404,51 @@ def _new_data_frame(gm, galloc, osst, stats, src_gfn, image_row):
 
 
 @inner
+def _zero_page(gm, galloc, osst, stats):
+    """Frame of the shared zero page (Linux's ``empty_zero_page``, ``my_zero_pfn``), allocated
+    and cleared on first use; never freed, never reference-counted. -1 when out of frames."""
+    ometa = osst.ometa
+    if ometa[O_ZERO_PFN] >= 0:
+        return ometa[O_ZERO_PFN]
+    gfn = alloc_frame(galloc)
+    if gfn < 0:
+        return np.int64(-1)
+    stats[S_DATA_FRAMES] += 1
+    if _clear_frame(gm, gfn) < 0:
+        return np.int64(-1)
+    ometa[O_ZERO_PFN] = gfn
+    return gfn
+
+
+@inner
+def _huge_zero_page(gm, galloc, osst, stats):
+    """First frame of the huge zero page (``mm_get_huge_zero_folio``: one aligned 2 MiB block,
+    allocated and cleared on first use, then kept). -1 if no aligned block is free, -2 when out
+    of frames while clearing it."""
+    ometa = osst.ometa
+    if ometa[O_HZERO_PFN] >= 0:
+        return ometa[O_HZERO_PFN]
+    head = alloc_block(galloc)
+    if head < 0:
+        return np.int64(-1)
+    stats[S_DATA_FRAMES] += BLOCK_FRAMES
+    for k in range(BLOCK_FRAMES):
+        if _clear_frame(gm, head + k) < 0:
+            return np.int64(-2)
+    ometa[O_HZERO_PFN] = head
+    return head
+
+
+@inner
+def _is_zero_leaf(osst, gfn, huge):
+    """True if a leaf mapping frame ``gfn`` (the first frame of a 2 MiB leaf if ``huge``) maps
+    the zero page or the huge zero page, which no process owns."""
+    if huge:
+        return gfn == osst.ometa[O_HZERO_PFN]
+    return gfn == osst.ometa[O_ZERO_PFN]
+
+
+@inner
 def _leaf_bits(prot, ctl):
     """Flag bits of a 4 KiB leaf entry for a mapping with PROT_* ``prot``."""
     bits = PTE_P | PTE_US
@@ -458,19 +515,29 @@ def _drop_huge(galloc, osst, head):
 
 
 @inner
-def _split_huge(gm, galloc, stats, epa, e):
+def _split_huge(gm, galloc, osst, stats, epa, e):
     """Replace the 2 MiB leaf ``e`` at guest-physical ``epa`` by a table of 512 4 KiB leaves with
-    the same frames and flags (Linux's ``__split_huge_pmd``). Returns the new table entry, or 0
-    when out of frames. The caller invalidates the huge page's TLB entry."""
+    the same frames and flags (Linux's ``__split_huge_pmd``); a mapping of the huge zero page
+    becomes 512 read-only, young entries of the 4 KiB zero page (``__split_huge_zero_page_pmd``).
+    Returns the new table entry, or 0 when out of frames. The caller invalidates the huge
+    page's TLB entry."""
+    flags = e & _FLAGS_4K_OF_2M
+    base = e & _ADDR_2M
+    step = np.uint64(1 << 12)
+    if _is_zero_leaf(osst, np.int64(base >> np.uint64(12)), True):
+        z = _zero_page(gm, galloc, osst, stats)
+        if z < 0:
+            return _U0
+        base = np.uint64(z << 12)
+        step = _U0
+        flags |= PTE_A
     nt = os_alloc_table(gm, galloc)
     if nt < 0:
         return _U0
     stats[S_PT_FRAMES] += 1
     stats[S_THP_SPLITS] += 1
-    flags = e & _FLAGS_4K_OF_2M
-    base = e & _ADDR_2M
     for k in range(512):
-        if not guest_store(gm, nt + k * 8, base | np.uint64(k << 12) | flags):
+        if not guest_store(gm, nt + k * 8, base | (np.uint64(k) * step) | flags):
             return _U0
     te = np.uint64(nt) | PTE_USER_RW
     if not guest_store(gm, epa, te):
@@ -479,9 +546,11 @@ def _split_huge(gm, galloc, stats, epa, e):
 
 
 @inner
-def _thp_fault(gm, galloc, stats, root, levels, va, bits):
-    """Map the 2 MiB-aligned page around ``va`` to a fresh, zeroed huge page (leaf flags
-    ``bits | PS``) if its PDE is empty, as Linux's ``do_huge_pmd_anonymous_page``.
+def _thp_fault(gm, galloc, osst, stats, root, levels, va, bits, write):
+    """Map the 2 MiB-aligned page around ``va`` with one PDE if that PDE is empty, as Linux's
+    ``do_huge_pmd_anonymous_page``: a write gets a fresh, zeroed huge page (leaf flags
+    ``bits | D | PS``; ``bits`` carries A and the mapping's R/W); a read or fetch gets the
+    huge zero page, read-only (``transparent_hugepage/use_zero_page`` = 1, the default).
 
     Returns 1 (mapped), 0 (not here: a page table is already in place, or no aligned 2 MiB
     block is free -- map 4 KiB pages instead), -1 (out of frames).
@@ -491,6 +560,17 @@ def _thp_fault(gm, galloc, stats, root, levels, va, bits):
         return -1
     if pmd < 0 or (guest_read(gm, pmd) & PTE_P) != _U0:
         return 0
+    if not write:
+        head = _huge_zero_page(gm, galloc, osst, stats)
+        if head == -2:
+            return -1
+        if head < 0:
+            stats[S_THP_FALLBACKS] += 1
+            return 0
+        stats[S_ZERO_HUGE_MAPS] += 1
+        if not guest_store(gm, pmd, np.uint64(head << 12) | (bits & _NOT_RW) | PTE_PS):
+            return -1
+        return 1
     head = alloc_block(galloc)
     if head < 0:
         stats[S_THP_FALLBACKS] += 1
@@ -500,7 +580,7 @@ def _thp_fault(gm, galloc, stats, root, levels, va, bits):
     for k in range(BLOCK_FRAMES):  # clear_huge_page
         if _clear_frame(gm, head + k) < 0:
             return -1
-    if not guest_store(gm, pmd, np.uint64(head << 12) | bits | PTE_PS):
+    if not guest_store(gm, pmd, np.uint64(head << 12) | bits | PTE_D | PTE_PS):
         return -1
     return 1
 
@@ -526,14 +606,16 @@ def _fault_vma(gm, galloc, osst, stats, cfg, row, va, access):
     img = osst.vmas[row, i, VMA_IMAGE]
     hvpn = (va & ~(HUGE - 1)) >> 12
     thp = osst.ometa[O_THP]
+    write = access == ACC_WRITE
+    bits = _leaf_bits(prot, cfg[C_CTL]) | PTE_A  # vm_page_prot carries _PAGE_ACCESSED
     if (
         (thp == THP_ALWAYS or (thp == THP_MADVISE and (prot & PROT_THP) != 0))
-        and img < 0
+        and img == VMA_ANON
         and osst.vmas[row, i, VMA_FIRST] <= hvpn
         and hvpn + BLOCK_FRAMES <= osst.vmas[row, i, VMA_END]
     ):
         # an anonymous mapping covers the whole aligned 2 MiB around va: a transparent huge page
-        r = _thp_fault(gm, galloc, stats, root, levels, va, _leaf_bits(prot, cfg[C_CTL]))
+        r = _thp_fault(gm, galloc, osst, stats, root, levels, va, bits, write)
         if r < 0:
             return OS_OUT_OF_FRAMES, PF_SEGV
         if r > 0:
@@ -546,12 +628,62 @@ def _fault_vma(gm, galloc, osst, stats, cfg, row, va, access):
         return OS_OK, PF_SEGV
     if (guest_read(gm, slot) & PTE_P) != _U0:
         return OS_OK, PF_FIXED  # another path mapped it already (the TLB was stale)
+    if img == VMA_ANON and not write:
+        # do_anonymous_page, read or fetch: the zero page, read-only (pte_mkspecial)
+        z = _zero_page(gm, galloc, osst, stats)
+        if z < 0 or not guest_store(gm, slot, np.uint64(z << 12) | (bits & _NOT_RW)):
+            return OS_OUT_OF_FRAMES, PF_SEGV
+        stats[S_ZERO_PAGE_MAPS] += 1
+        return OS_OK, PF_FIXED
+    # do_anonymous_page on a write (a zeroed frame), or a page of the program image (filled
+    # from it: finish_fault -> set_pte_range); young, and dirty on a write (pte_mkdirty)
     gfn = _new_data_frame(
-        gm, galloc, osst, stats, np.int64(-1), img + (vpn - osst.vmas[row, i, VMA_FIRST]) if img >= 0 else img
+        gm, galloc, osst, stats, np.int64(-1), img + (vpn - osst.vmas[row, i, VMA_FIRST]) if img >= 0 else np.int64(-1)
     )
     if gfn < 0:
         return OS_OUT_OF_FRAMES, PF_SEGV
-    if not guest_store(gm, slot, np.uint64(gfn << 12) | _leaf_bits(prot, cfg[C_CTL])):
+    if not guest_store(gm, slot, np.uint64(gfn << 12) | bits | (PTE_D if write else _U0)):
+        return OS_OUT_OF_FRAMES, PF_SEGV
+    return OS_OK, PF_FIXED
+
+
+@inner
+def _fault_anon(gm, galloc, osst, stats, row, va, write):
+    """Not-present fault in a process without mappings (all of the user half is anonymous
+    read/write/execute memory): Linux's ``do_anonymous_page`` (or, with THP ``always``,
+    ``do_huge_pmd_anonymous_page``). A write gets a fresh frame, young, dirty and writable (not
+    cleared: a trace carries no data, so the frame takes no storage); a read or fetch gets the
+    zero page, read-only and young."""
+    levels = osst.ometa[O_LEVELS]
+    root = osst.procs[row, P_ROOT]
+    bits = PTE_USER_RW | PTE_A
+    if osst.ometa[O_THP] == THP_ALWAYS:
+        r = _thp_fault(gm, galloc, osst, stats, root, levels, va, bits, write)
+        if r < 0:
+            return OS_OUT_OF_FRAMES, PF_SEGV
+        if r > 0:
+            return OS_OK, PF_FIXED
+    slot = _slot(gm, galloc, stats, root, levels, va, True, 1)
+    if slot == -2:
+        return OS_OUT_OF_FRAMES, PF_SEGV
+    if slot < 0:
+        stats[S_BAD_ACCESSES] += 1  # a large page the guest built itself maps va
+        return OS_OK, PF_SEGV
+    if (guest_read(gm, slot) & PTE_P) != _U0:
+        return OS_OK, PF_FIXED
+    if write:
+        gfn = alloc_frame(galloc)
+        if gfn < 0:
+            return OS_OUT_OF_FRAMES, PF_SEGV
+        stats[S_DATA_FRAMES] += 1
+        leaf = np.uint64(gfn << 12) | bits | PTE_D
+    else:
+        gfn = _zero_page(gm, galloc, osst, stats)
+        if gfn < 0:
+            return OS_OUT_OF_FRAMES, PF_SEGV
+        stats[S_ZERO_PAGE_MAPS] += 1
+        leaf = np.uint64(gfn << 12) | (bits & _NOT_RW)
+    if not guest_store(gm, slot, leaf):
         return OS_OUT_OF_FRAMES, PF_SEGV
     return OS_OK, PF_FIXED
 
@@ -574,13 +706,16 @@ def _cow(gm, galloc, osst, tlb, psc, stats, cfg, row, va):
         e = guest_read(gm, pmd)
         if (e & PTE_RW) != _U0:
             return OS_OK, PF_SEGV
-        if not _huge_shared(osst, np.int64((e & _ADDR_2M) >> np.uint64(12))):
-            if not guest_store(gm, pmd, e | PTE_RW):
+        head = np.int64((e & _ADDR_2M) >> np.uint64(12))
+        if not _is_zero_leaf(osst, head, True) and not _huge_shared(osst, head):
+            # do_huge_pmd_wp_page reuses it: pmd_mkyoung, pmd_mkdirty, maybe_pmd_mkwrite
+            if not guest_store(gm, pmd, e | _YOUNG_DIRTY_RW):
                 return OS_OUT_OF_FRAMES, PF_SEGV
             if current:
                 cpu_invlpg(gm, osst, tlb, psc, stats, cfg, va)
             return OS_OK, PF_FIXED
-        if _split_huge(gm, galloc, stats, pmd, e) == _U0:
+        # shared, or the huge zero page (Linux >= 5.8 falls back to 4 KiB for both)
+        if _split_huge(gm, galloc, osst, stats, pmd, e) == _U0:
             return OS_OUT_OF_FRAMES, PF_SEGV
         if current:
             cpu_invlpg(gm, osst, tlb, psc, stats, cfg, va)
@@ -591,14 +726,22 @@ def _cow(gm, galloc, osst, tlb, psc, stats, cfg, row, va):
     if (pte & PTE_P) == _U0 or (pte & PTE_RW) != _U0:
         return OS_OK, PF_SEGV
     old = np.int64((pte & _ADDR) >> np.uint64(12))
-    if rc_count(osst, old) > 1:
+    # wp_page_copy / wp_page_reuse: the new entry is young, dirty and writable
+    if _is_zero_leaf(osst, old, False):
+        # a write to the zero page: a fresh zeroed frame, no copy (alloc_zeroed_user_highpage)
+        gfn = _new_data_frame(gm, galloc, osst, stats, np.int64(-1), np.int64(-1))
+        if gfn < 0:
+            return OS_OUT_OF_FRAMES, PF_SEGV
+        stats[S_ZERO_PAGE_COW] += 1
+        new = (pte & ~_ADDR) | np.uint64(gfn << 12) | _YOUNG_DIRTY_RW
+    elif rc_count(osst, old) > 1:
         gfn = _new_data_frame(gm, galloc, osst, stats, old, np.int64(-1))
         if gfn < 0:
             return OS_OUT_OF_FRAMES, PF_SEGV
         _rc_dec(osst, old)
-        new = (pte & ~_ADDR) | np.uint64(gfn << 12) | PTE_RW
+        new = (pte & ~_ADDR) | np.uint64(gfn << 12) | _YOUNG_DIRTY_RW
     else:
-        new = pte | PTE_RW
+        new = pte | _YOUNG_DIRTY_RW
     if not guest_store(gm, slot, new):
         return OS_OUT_OF_FRAMES, PF_SEGV
     if current:
@@ -612,12 +755,16 @@ def os_page_fault(gm, galloc, osst, tlb, psc, stats, cfg, row, va, access, code,
 
     Returns (status, outcome): status OS_OK or OS_OUT_OF_FRAMES; outcome PF_FIXED or PF_SEGV.
 
-    Not-present fault: outside the user half it fails; a process without mappings gets a
-    zero-filled page anywhere in the user half (frames counted in ``counts``, int64[2]: [page
-    tables, data]); a process with mappings gets one only inside a mapping whose protection
-    allows the access. Protection fault: spurious (a stale, more restrictive TLB entry) if the
+    Not-present fault (``handle_pte_fault`` -> ``do_anonymous_page`` / ``do_fault``): outside
+    the user half it fails; a process without mappings gets a page anywhere in the user half; a
+    process with mappings gets one only inside a mapping whose protection allows the access. An
+    anonymous page is a fresh frame on a write (A, D, R/W) and the shared zero page on a read
+    or fetch (A, read-only); a program-image page is a frame filled from the image (A, and D
+    on a write). Protection fault: spurious (a stale, more restrictive TLB entry) if the
     tables allow the access now; a write to a read-only page of a writable (or unmapped-anon)
-    region is copy-on-write; anything else fails.
+    region is copy-on-write (``do_wp_page``), the zero page included; anything else fails.
+    Frames are counted in ``stats``; ``counts`` (the engine's view of the two frame counters)
+    is not used.
     """
     procs = osst.procs
     levels = osst.ometa[O_LEVELS]
@@ -628,19 +775,7 @@ def os_page_fault(gm, galloc, osst, tlb, psc, stats, cfg, row, va, access, code,
             return OS_OK, PF_SEGV
         if procs[row, P_VMAS] != 0:
             return _fault_vma(gm, galloc, osst, stats, cfg, row, va, access)
-        if osst.ometa[O_THP] == THP_ALWAYS:
-            r = _thp_fault(gm, galloc, stats, procs[row, P_ROOT], levels, va, PTE_USER_RW)
-            if r < 0:
-                return OS_OUT_OF_FRAMES, PF_SEGV
-            if r > 0:
-                return OS_OK, PF_FIXED
-        st = os_map_anon(gm, galloc, procs[row, P_ROOT], levels, va, counts)
-        if st == OS_OUT_OF_FRAMES:
-            return st, PF_SEGV
-        if st == OS_BAD_ADDRESS:
-            stats[S_BAD_ACCESSES] += 1
-            return OS_OK, PF_SEGV
-        return OS_OK, PF_FIXED
+        return _fault_anon(gm, galloc, osst, stats, row, va, access == ACC_WRITE)
     stats[S_GUEST_PF_PROTECTION] += 1
     if os_walk_allows(gm, procs[row, P_ROOT], levels, va, access, ctl, cfg[C_PKRU]):
         stats[S_SPURIOUS_PF] += 1
@@ -670,7 +805,7 @@ def _walk_tree(gm, galloc, osst, tlb, psc, stats, cfg, kind, root, levels, lo, h
     """Visit the present entries of the tree at ``root`` that map ``[lo, hi)``.
 
     ``out`` (int64[4]) receives: [0] tables seen (below the root), [1] 4 KiB frames mapped by
-    the present leaves (a 2 MiB leaf counts 512), [2] lowest and [3] one past the highest
+    the present leaves (a 2 MiB leaf counts 512; the zero pages count 0), [2] lowest and [3] one past the highest
     address cleared (_W_UNMAP: leaves; _W_FREE: the first page of each freed table's span
     within the range, as Linux's ``pte_free_tlb`` adds it to the flush range). ``osst.oscratch[6]``
     receives [0] 4 KiB leaves cleared (_W_UNMAP). _W_UNMAP splits a 2 MiB leaf the range covers
@@ -725,7 +860,7 @@ def _walk_tree(gm, galloc, osst, tlb, psc, stats, cfg, kind, root, levels, lo, h
             continue
         huge = lv == 2 and (e & PTE_PS) != _U0
         if huge and kind == _W_UNMAP and (va < lo or va + span > hi):
-            e = _split_huge(gm, galloc, stats, epa, e)
+            e = _split_huge(gm, galloc, osst, stats, epa, e)
             if e == _U0:
                 return OS_OUT_OF_FRAMES
             cpu_invlpg(gm, osst, tlb, psc, stats, cfg, va)  # Linux flushes the huge entry when splitting
@@ -748,11 +883,16 @@ def _walk_tree(gm, galloc, osst, tlb, psc, stats, cfg, kind, root, levels, lo, h
             continue
         # a leaf: 4 KiB, or 2 MiB (a transparent huge page); a 1 GiB leaf (only a guest's own
         # table edits make one) is treated as one frame
-        out[1] += BLOCK_FRAMES if huge else 1
+        gfn = np.int64(((e & _ADDR_2M) if huge else (e & _ADDR)) >> np.uint64(12))
+        zero = _is_zero_leaf(osst, gfn, huge)
+        if not zero:  # the zero pages are never freed nor counted: they need no room
+            out[1] += BLOCK_FRAMES if huge else 1
         if kind == _W_COUNT or kind == _W_FREE:
             continue
-        gfn = np.int64(((e & _ADDR_2M) if huge else (e & _ADDR)) >> np.uint64(12))
         if kind == _W_FORK:
+            # copy_present_pte / copy_huge_pmd: a writable private page is write-protected on
+            # both sides; the child's entry is old (pte_mkold), the zero pages' too; the zero
+            # pages are shared without a reference count (vm_normal_page is NULL for them)
             leaf = e
             if (e & PTE_RW) != _U0:
                 leaf = e & _NOT_RW
@@ -760,6 +900,8 @@ def _walk_tree(gm, galloc, osst, tlb, psc, stats, cfg, kind, root, levels, lo, h
                     return OS_OUT_OF_FRAMES
             if not guest_store(gm, stk[lv, _K_CHILD] + i * 8, leaf & _NOT_A):
                 return OS_OUT_OF_FRAMES
+            if zero:
+                continue
             if huge:
                 for k in range(BLOCK_FRAMES):
                     _rc_inc(osst, gfn + k)
@@ -767,7 +909,9 @@ def _walk_tree(gm, galloc, osst, tlb, psc, stats, cfg, kind, root, levels, lo, h
                 _rc_inc(osst, gfn)
             continue
         guest_store(gm, epa, _U0)
-        if huge:
+        if zero:
+            pass  # the zero pages are never freed
+        elif huge:
             _drop_huge(galloc, osst, gfn)
         elif _rc_dec(osst, gfn) == 0:
             free_frame(galloc, gfn)
@@ -800,12 +944,13 @@ def _ev_mmap(gm, galloc, osst, stats, pid, addr, arg):
     pages = arg & EV_PAGES_MASK
     flags = arg >> EV_PROT_SHIFT
     prot = flags & 15 if (flags & EV_PROT_GIVEN) != 0 else np.int64(PROT_ALL)
+    image = np.int64(VMA_FILE) if (flags & EV_MAP_FILE) != 0 else np.int64(VMA_ANON)
     first = addr >> 12
     procs = osst.procs
     if procs[row, P_VMAS] == 0:
         procs[row, P_VMAS] = 1
         procs[row, P_NVMAS] = 0
-    if not _vma_add(osst, row, first, first + pages, prot, np.int64(-1)):
+    if not _vma_add(osst, row, first, first + pages, prot, image):
         return OS_UNSUPPORTED
     return OS_OK
 
@@ -946,7 +1091,8 @@ def os_event(gm, galloc, osst, tlb, psc, stats, cfg, op, pid, addr, arg):
     op, pid, addr, arg : int64
         OP_MMAP: ``addr`` = first address (4 KiB aligned), ``arg`` = pages, or'ed with
         ``(prot | EV_PROT_GIVEN) << EV_PROT_SHIFT`` when the protection is known (else the
-        mapping is read/write/execute); creates the process if new. OP_MUNMAP: ``addr``,
+        mapping is read/write/execute), and ``EV_MAP_FILE`` for a private file mapping (faults
+        fill a frame, never the zero page); creates the process if new. OP_MUNMAP: ``addr``,
         ``arg`` = pages. OP_FORK: ``pid`` = parent, ``arg`` = child pid (must be unused).
         OP_EXIT: ``pid`` exits. munmap, fork and exit act on ``pid``'s address space and
         switch to it first if it is not the current process.

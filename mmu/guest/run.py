@@ -12,8 +12,9 @@ instruction counts and faults to an independent reference interpreter written fr
 document (``tests/reference/guest_cpu.py``), in every mode.
 
 The program's text and data are not copied in up front: process 1's text and data mappings
-name rows of the program image (``osst.image``), and a demand fault fills the new frame from
-the image instead of clearing it, as a kernel reads a page of an executable in. So loading
+are file-backed (``MAP_FILE`` in their mmap events) and name rows of the program image
+(``osst.image``), and a demand fault fills the new frame from the image instead of clearing it
+(never the zero page), as a kernel reads a page of an executable in. So loading
 costs the same work as mapping anonymous memory, and a trace recorded with ``record_path``
 (every translated access and every OS event, in order) replays to identical stats.
 """
@@ -101,7 +102,7 @@ from mmu.guest.osops import (
     vma_index,
 )
 from mmu.trace.format import TraceWriter, base_header
-from mmu.trace.ops import OP_EXIT, OP_FORK, OP_MMAP, OP_MUNMAP, OP_SWITCH, RECORD_DTYPE
+from mmu.trace.ops import MAP_FILE, OP_EXIT, OP_FORK, OP_MMAP, OP_MUNMAP, OP_SWITCH, RECORD_DTYPE
 
 __all__ = ["DEFAULT_MAX_INSTRUCTIONS", "run_program"]
 
@@ -202,7 +203,7 @@ class _Executor:
         if record_path is not None:
             header = base_header(
                 "mmu run", program.filename, "mmu run (guest CPU executor)",
-                notes="every translated access and OS event of a guest run; mmap flags = prot",
+                notes="every translated access and OS event of a guest run; mmap flags = prot (| MAP_FILE: text, data)",
                 args=[int(a) for a in args], mode=config.mode,
             )  # fmt: skip
             self.writer = TraceWriter(record_path, header)
@@ -225,7 +226,9 @@ class _Executor:
         m = self.m
         m.osst = m.osst._replace(image=image)
         for seg in segs:
-            self._event(OP_MMAP, INIT_PID, seg.start, seg.size >> PAGE_SHIFT, seg.prot)
+            # text and data are private file mappings (MAP_FILE): never the zero page
+            flags = seg.prot | (MAP_FILE if seg.content else 0)
+            self._event(OP_MMAP, INIT_PID, seg.start, seg.size >> PAGE_SHIFT, flags)
             if seg.start in rows:
                 row = int(m.osst.pid2slot[INIT_PID])
                 i = int(vma_index(m.osst, np.int64(row), np.int64(seg.start >> PAGE_SHIFT)))

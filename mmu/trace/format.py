@@ -40,7 +40,9 @@ import numpy as np
 
 from mmu.errors import MMUInputError, TraceFormatError
 from mmu.trace.ops import (  # noqa: F401  (re-exported: kernels import the record layout from mmu.trace.ops)
+    MAP_FILE,
     MAX_ACCESS_SIZE,
+    MMAP_FLAGS,
     OP_EXIT,
     OP_FETCH,
     OP_FORK,
@@ -105,7 +107,7 @@ def record_error(records: np.ndarray, base: int = 0) -> tuple[int, str] | None:
     -----
     Checks: the op code is known; an access has size 1..4096 and flags 0; an mmap/munmap
     start is 4 KiB aligned, its length is >= 1 page, it does not wrap the 64-bit space
-    and its flags are PROT_* bits; other events have flags 0.
+    and its flags are PROT_* bits and MAP_FILE; other events have flags 0.
     """
     if records.shape[0] == 0:
         return None
@@ -123,7 +125,7 @@ def record_error(records: np.ndarray, base: int = 0) -> tuple[int, str] | None:
             ((addr & np.uint64(PAGE_SIZE - 1)) != 0)
             | (arg == 0)
             | (end_page > np.uint64(1 << 52))
-            | ((flags & ~np.uint8(PROT_MASK)) != 0)
+            | ((flags & ~np.uint8(MMAP_FLAGS)) != 0)
         )
     bad |= ~acc & ~vm & (flags != 0)
     hits = np.flatnonzero(bad)
@@ -141,7 +143,7 @@ def record_error(records: np.ndarray, base: int = 0) -> tuple[int, str] | None:
         reason = f"{OP_NAMES[o]} start {int(r['addr']):#x} is not 4 KiB aligned"
     elif vmop and a == 0:
         reason = f"{OP_NAMES[o]} of 0 pages"
-    elif vmop and not f & ~PROT_MASK:
+    elif vmop and not f & ~MMAP_FLAGS:
         reason = f"{OP_NAMES[o]} range {int(r['addr']):#x} + {a} pages runs past 2**64"
     else:
         reason = f"{OP_NAMES[o]} with reserved flags {f:#x}"

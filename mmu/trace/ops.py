@@ -11,7 +11,7 @@ Records (``RECORD_DTYPE``, 16 bytes)::
     arg   <u4   access size in bytes 1..4096; pages for mmap/munmap; child pid for fork
     pid   <u2   process issuing the access / switched to / forking (parent) / exiting
     op    u1    OP_* code
-    flags u1    PROT_* bits for mmap; 0 otherwise (reserved)
+    flags u1    PROT_* bits for mmap, plus MAP_FILE for a file-backed mapping; 0 otherwise (reserved)
 """
 
 from __future__ import annotations
@@ -37,6 +37,10 @@ PROT_WRITE = 2
 PROT_EXEC = 4
 PROT_THP = 8  # transparent huge pages allowed in this mapping
 PROT_MASK = PROT_READ | PROT_WRITE | PROT_EXEC | PROT_THP
+# mmap of a private file mapping (a program's text and data): its pages are filled from the file
+# (contents not in the trace: zeros) on every fault, never mapped to the zero page.
+MAP_FILE = 32
+MMAP_FLAGS = PROT_MASK | MAP_FILE
 
 MAX_ACCESS_SIZE = 4096
 PAGE_SIZE = 4096

@@ -9,6 +9,9 @@ compares what it finds with the OS's counters and the guest frame allocator:
   covers all of it (when the process has mappings), and exists only with THP on;
 * every frame's reference count equals the number of leaf entries that map it (a 2 MiB leaf maps
   each of its 512 frames once), and the count table holds exactly the frames with two or more;
+* the zero page and the huge zero page (Linux's shared zero pages) are mapped only read-only, by
+  leaves of anonymous mappings, carry no reference count, are never freed, and the huge zero
+  page is mapped only by 2 MiB leaves;
 * no frame on the allocator's free lists is in use, none is listed twice, and the allocator's
   live count equals the frames in use (nothing leaks);
 * in a process with mappings, every present leaf lies in a mapping that allows its rights, and
@@ -39,6 +42,7 @@ class OsView:
     data: dict[int, int] = field(default_factory=dict)  # data frame -> leaf entries mapping it
     huge_leaves: int = 0
     leaves: int = 0
+    zero_leaves: int = 0  # leaves mapping the zero page or the huge zero page
 
 
 def _vmas(m: Machine, row: int) -> list[tuple[int, int, int, int]] | None:
@@ -49,6 +53,7 @@ def _vmas(m: Machine, row: int) -> list[tuple[int, int, int, int]] | None:
 
 
 def _walk(m: Machine, pid: int, row: int, view: OsView, nxe: bool) -> None:
+    zero, hzero = int(m.osst.ometa[G.O_ZERO_PFN]), int(m.osst.ometa[G.O_HZERO_PFN])
     levels = int(m.osst.ometa[G.O_LEVELS])
     thp = bool(m.osst.ometa[G.O_THP])
     vmas = _vmas(m, row)
@@ -97,6 +102,16 @@ def _walk(m: Machine, pid: int, row: int, view: OsView, nxe: bool) -> None:
                 view.huge_leaves += 1
             else:
                 frames = range((e & ADDR) >> 12, ((e & ADDR) >> 12) + 1)
+            assert not (hzero >= 0 and hzero <= frames[0] < hzero + 512 and (level == 1 or frames[0] != hzero)), (
+                f"pid {pid}: va {va:#x} maps part of the huge zero page"
+            )
+            if frames[0] in (zero, hzero):
+                assert not e & RW, f"pid {pid}: the zero page is writable at va {va:#x}"
+                if vmas is not None:
+                    v = covering(va >> 12, (va + span) >> 12)
+                    assert v is not None and v[3] == G.VMA_ANON, f"pid {pid}: zero page outside anonymous memory"
+                view.zero_leaves += 1
+                frames = range(0)
             for f in frames:
                 view.data[f] = view.data.get(f, 0) + 1
             if vmas is not None:
@@ -108,7 +123,7 @@ def _walk(m: Machine, pid: int, row: int, view: OsView, nxe: bool) -> None:
                 if nxe:
                     assert bool(e & XD) == (not prot & PROT_EXEC), f"pid {pid}: XD of va {va:#x} disagrees with prot"
                 if level == 2:
-                    assert v[3] < 0, f"pid {pid}: a 2 MiB page over a program-image mapping at {va:#x}"
+                    assert v[3] == G.VMA_ANON, f"pid {pid}: a 2 MiB page over a file mapping at {va:#x}"
 
 
 def check_guest_os(m: Machine) -> OsView:
@@ -138,6 +153,11 @@ def check_guest_os(m: Machine) -> OsView:
     free_frames = free4k + [h + k for h in heads for k in range(512)]
     assert len(set(free_frames)) == len(free_frames), "a frame is on the free lists twice"
     used = set(view.tables) | set(view.data)
+    zero, hzero = int(ometa[G.O_ZERO_PFN]), int(ometa[G.O_HZERO_PFN])
+    kept = ({zero} if zero >= 0 else set()) | (set(range(hzero, hzero + 512)) if hzero >= 0 else set())
+    assert not kept & used, f"a zero page is also a table or a counted data frame: {sorted(kept & used)[:4]}"
+    assert hzero < 0 or hzero % 512 == 0, "the huge zero page is not 2 MiB aligned"
+    used |= kept  # allocated once, never freed
     reused = used & set(free_frames)
     assert not reused, f"frames in use and free: {sorted(reused)[:4]}"
     assert int(ameta[A_LIVE]) == len(used), f"allocator: {int(ameta[A_LIVE])} frames live, {len(used)} in use"

@@ -45,6 +45,7 @@ SYSCALLS = ("exit", "write", "mmap", "munmap", "fork", "wait", "yield", "getpid"
 OP_READ, OP_WRITE, OP_FETCH = 0, 1, 2
 _ACCESS_OPS = {"load": OP_READ, "store": OP_WRITE, "fetch": OP_FETCH}
 OP_SWITCH, OP_MMAP, OP_MUNMAP, OP_FORK, OP_EXIT = 16, 17, 18, 19, 20
+MAP_FILE = 32  # mmap flag of a private file mapping: the segments with contents (text, data)
 
 # --- decoding (docs/isa.md, "Encoding" and "Opcode formats") -----------------------------------------
 _OPC, _RD, _RS1, _RS2 = 0xFF, 0x1F << 8, 0x1F << 13, 0x1F << 18
@@ -351,7 +352,7 @@ class Machine:
             for off in range(0, len(contents), PAGE):
                 chunk = contents[off : off + PAGE]
                 first.pages[(start + off) // PAGE] = bytearray(chunk.ljust(PAGE, b"\0"))
-            self._record(OP_MMAP, 1, start, size // PAGE, prot)
+            self._record(OP_MMAP, 1, start, size // PAGE, prot | (MAP_FILE if contents else 0))
         self.procs: dict[int, Proc] = {1: first}
         self.next_pid = 2
         self.queue.append(first)

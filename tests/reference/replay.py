@@ -10,15 +10,20 @@ rules written in docs/design.md, not the engine's code:
 * a walk starts below the deepest PSC hit (the references it makes are the full walk's
   references from that level down; upper entries were cached unchanged);
 * after a successful walk the TLB and every PSC for the walked non-leaf entries are filled;
-* a not-present #PF on a canonical user-half address maps a fresh frame top-down;
-* a protection #PF is spurious when the tables allow the access now (retry), else bad.
+* a not-present #PF on a canonical user-half address builds the missing tables top-down, then
+  (Linux's ``do_anonymous_page``) maps a fresh frame on a write, young, dirty and writable, or
+  on a read or fetch the one shared zero page, young and read-only (the zero page is taken from
+  the allocator the first time it is needed, where the fresh frame would have been);
+* a protection #PF is spurious when the tables allow the access now (retry); a write to the
+  zero page is copy-on-write (``do_wp_page``): a fresh frame, young, dirty and writable, then
+  INVLPG of the address; anything else is bad.
 """
 
 from __future__ import annotations
 
 from collections import OrderedDict
 
-from tests.reference.paging import PS, RW, TA_D, TA_RW, TA_US, TA_XD, US, XD, A, P, ref_walk
+from tests.reference.paging import PS, RW, TA_D, TA_RW, TA_US, TA_XD, US, XD, A, D, P, ref_walk
 from tests.reference.tlb_ref import RefHW, RefPSC, RefTLB
 
 ADDR = 0x000F_FFFF_FFFF_F000
@@ -69,6 +74,7 @@ class RefNativeReplay:
             0,
         )
         self.emitted: list[int] = []
+        self.zero_page: int | None = None  # physical address of the shared zero page
 
     def _frame(self) -> int:
         pfn = self.next_pfn
@@ -88,7 +94,7 @@ class RefNativeReplay:
         self.hw.mov_cr3(0, self.pcide, p["pcid"], self.pcide and p["loads"] > 0)
         p["loads"] += 1
 
-    def _map(self, root: int, va: int) -> bool:
+    def _map(self, root: int, va: int, access: str) -> bool:
         table = root
         for level in (4, 3, 2):
             epa = table + ((va >> (12 + 9 * (level - 1))) & 511) * 8
@@ -104,9 +110,25 @@ class RefNativeReplay:
                 table = e & ADDR
         epa = table + ((va >> 12) & 511) * 8
         if not self.mem.get(epa, 0) & P:
-            self.mem[epa] = self._frame() | 7
-            self.c["data_frames"] += 1
+            if access == "w":
+                self.mem[epa] = self._frame() | P | RW | US | A | D
+                self.c["data_frames"] += 1
+            else:
+                if self.zero_page is None:
+                    self.zero_page = self._frame()
+                    self.c["data_frames"] += 1
+                self.mem[epa] = self.zero_page | P | US | A
         return True
+
+    def _leaf(self, root: int, va: int) -> int | None:
+        """Address of the 4 KiB leaf entry of ``va``, if every table above it is present."""
+        table = root
+        for level in (4, 3, 2):
+            e = self.mem.get(table + ((va >> (12 + 9 * (level - 1))) & 511) * 8, 0)
+            if not e & P or e & PS:
+                return None
+            table = e & ADDR
+        return table + ((va >> 12) & 511) * 8
 
     def _walk_attrs(self, refs: list[int]) -> list[int]:
         """Combined attrs after each entry of a full walk (R/W AND, U/S AND, XD OR)."""
@@ -164,16 +186,23 @@ class RefNativeReplay:
             self.c["guest_pf"] += 1
             if fault == "np":
                 self.c["pf_np"] += 1
-                if not 0 <= va < 1 << 47 or not self._map(p["root"], va):
+                if not 0 <= va < 1 << 47 or not self._map(p["root"], va, access):
                     self.c["bad"] += 1
                     return None
             else:
                 self.c["pf_prot"] += 1
                 probe = ref_walk(dict(self.mem), p["root"], va, access, user=True, wp=self.wp, nxe=self.nxe)
-                if probe.fault is not None:
+                if probe.fault is None:
+                    self.c["spurious"] += 1
+                    continue
+                epa = self._leaf(p["root"], va) if access == "w" and 0 <= va < 1 << 47 else None
+                e = self.mem.get(epa, 0) if epa is not None else 0
+                if not (e & P and not e & RW and self.zero_page is not None and e & ADDR == self.zero_page):
                     self.c["bad"] += 1
                     return None
-                self.c["spurious"] += 1
+                self.mem[epa] = (e & ~ADDR) | self._frame() | RW | A | D
+                self.c["data_frames"] += 1
+                self.hw.invlpg(va, 0, p["pcid"], False)
         self.c["bad"] += 1
         return None
 
