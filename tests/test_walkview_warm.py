@@ -60,7 +60,7 @@ from mmu.stats import (
     S_WALK_REFS_HOST,
     S_WALKS,
 )
-from mmu.trace.format import OP_READ, OP_WRITE, RECORD_DTYPE, TraceReader, is_access
+from mmu.trace.format import OP_FETCH, OP_READ, OP_WRITE, RECORD_DTYPE, TraceReader, is_access, write_trace
 
 TRACES = Path(__file__).resolve().parent.parent / "traces"
 PROGRAMS = TRACES / "programs"
@@ -80,6 +80,13 @@ CONFIGS = {
 }
 # Nested with no nested TLB and no host PSCs: after the switch's flush, nothing is cached at all.
 NESTED_UNCACHED = {"mode": "nested", "ntlb_entries": 0, "host_psc": False}
+
+
+def _records(*rows: tuple) -> np.ndarray:
+    recs = np.zeros(len(rows), dtype=RECORD_DTYPE)
+    for i, row in enumerate(rows):
+        recs[i] = row
+    return recs
 
 
 def hand_records() -> np.ndarray:
@@ -191,7 +198,7 @@ def hand_machine(config: dict, upto: int) -> tuple[Machine, np.ndarray]:
 # --- predictions against the machine --------------------------------------------------------------
 
 SAMPLES = {
-    "gups-64m.trace": (100, 1655, 51415, 51726, 54525, 82515, 147825, 162745, 166485, 238015),
+    "gups-64m.trace": (100, 1655, 51415, 51726, 54525, 82515, 147825, 162745, 166485, 172275, 238015),
     "ls-usr.trace": (5000, 42683, 42877, 47436),
 }
 
@@ -364,13 +371,15 @@ def test_2d_grid_marks_psc_ntlb_and_issued_cells():
 def test_2d_grid_marks_host_psc_skips():
     recs = read_all(TRACES / "gups-64m.trace")
     m = Machine(MachineConfig(mode="nested"))
-    m.run(recs[:82515])
-    text = render(machine_view(m, int(recs[82515]["addr"]), "r", True, "", 82515))
-    gpte, data = grid_cells(text)[-2:]
-    # neither gpa is in the nested TLB; the host PDE cache gives the EPT page table of both
+    m.run(recs[:110135])
+    text = render(machine_view(m, int(recs[110135]["addr"]), "r", True, "", 110135))
+    gpde, gpte, data = grid_cells(text)[-3:]
+    # the gPDE's gpa is in the nested TLB; neither the gPTE's nor the data's is, and the host
+    # PDE cache gives the EPT page table of both
+    assert [c.split()[-1] for c in gpde[1:5]] == ["NTLB"] * 4 and gpde[5].endswith("w1 · L2")
     assert [c.split()[-1] for c in gpte[1:4] + data[1:4]] == ["hPSC"] * 6
-    assert gpte[4].endswith("w1 · L2") and gpte[5].endswith("w2 · L2") and data[4].endswith("w3 · L2")
-    assert "3 of 24 references issued (L2 3, LLC 0, mem 0); skipped: guest PSC 15, NTLB 0, host PSC 6" in flat(text)
+    assert gpte[4].endswith("w2 · L2") and gpte[5].endswith("w3 · L2") and data[4].endswith("w4 · L2")
+    assert "4 of 24 references issued (L2 4, LLC 0, mem 0); skipped: guest PSC 10, NTLB 4, host PSC 6" in flat(text)
 
 
 def test_tlb_hit_skips_every_reference():
@@ -386,8 +395,8 @@ def test_shadow_marks_the_shadow_walk():
     m, _ = hand_machine(CONFIGS["shadow"], 6)
     text = render(machine_view(m, D, "r", True, "", 6))
     out = flat(text)
-    assert "skip · PSC" in out and "w1 · L2" in out and "w2 · LLC" in out and "w3 · L2" in out
-    assert "3 of 4 references issued (L2 2, LLC 1, mem 0); skipped: PSC 1 → hpa" in out
+    assert "skip · PSC" in out and "w1 · L2" in out and "w2 · L2" in out and "w3 · L2" in out
+    assert "3 of 4 references issued (L2 3, LLC 0, mem 0); skipped: PSC 1 → hpa" in out
 
 
 def test_stale_tlb_entry_is_shown_as_stale():
@@ -476,14 +485,22 @@ def assert_clean_failure(result, *fragments):
         assert f in err, err
 
 
-def test_cli_trace_view_is_warm_unless_cold():
-    r = run("--trace", TRACES / "gups-64m.trace", "--index", 51726, "--mode", "nested", "--width", 150)
+def test_cli_trace_view_is_warm_unless_cold(tmp_path):
+    # a code page is file-backed: the fetch maps it clean and writable, the read fills the DTLB,
+    # and the write hits the TLB but must walk again to set D
+    x = 0x40_0000
+    trace = tmp_path / "dirty.trace"
+    write_trace(trace, _records((x, 4, 1, OP_FETCH, 0), (x + 64, 8, 1, OP_READ, 0), (x + 128, 8, 1, OP_WRITE, 0)))
+    r = run("--trace", trace, "--index", 2, "--mode", "nested", "--width", 150)
     assert r.exit_code == 0, r.output
     out = flat(r.stdout)
     assert "marked with what this machine's TLB and caches would serve (warm)" in out
-    assert "warm at record 51726: TLB hit (L1 DTLB 4K), but the write walks again to set D" in out
-    assert "skip · NTLB" in out and "w1 · L2" in out and "24 references: 20 host + 4 guest" in out
-    r = run("--trace", TRACES / "gups-64m.trace", "--index", 51726, "--mode", "nested", "--cold")
+    assert "warm at record 2: TLB hit (L1 DTLB 4K), but the write walks again to set D" in out
+    assert "24 references: 20 host + 4 guest" in out
+    r = run("--trace", TRACES / "gups-64m.trace", "--index", 110135, "--mode", "nested", "--width", 150)
+    assert r.exit_code == 0, r.output
+    assert "skip · NTLB" in flat(r.stdout) and "w1 · L2" in flat(r.stdout)
+    r = run("--trace", TRACES / "gups-64m.trace", "--index", 110135, "--mode", "nested", "--cold")
     assert r.exit_code == 0, r.output
     assert "walked cold, as on a TLB miss" in flat(r.stdout) and "warm at" not in r.stdout and "skip ·" not in r.stdout
 

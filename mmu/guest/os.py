@@ -88,6 +88,7 @@ VMA_COLS = 4
 RC_SLOTS = 1 << 20
 
 PTE_USER_RW = np.uint64(0x7)  # P | R/W | U/S
+PTE_TABLE = np.uint64(0x67)  # Linux's _PAGE_TABLE for an upper-level entry: P | R/W | U/S | A | D
 _P = np.uint64(1)
 _PS = np.uint64(0x80)
 _ADDR = np.uint64(0x000F_FFFF_FFFF_F000)

@@ -63,6 +63,7 @@ from mmu.guest.os import (
     P_NVMAS,
     P_ROOT,
     P_VMAS,
+    PTE_TABLE,
     PTE_USER_RW,
     THP_ALWAYS,
     THP_MADVISE,
@@ -478,7 +479,7 @@ def _slot(gm, galloc, stats, root, levels, va, build, at):
             if nt < 0:
                 return np.int64(-2)
             stats[S_PT_FRAMES] += 1
-            if not guest_store(gm, epa, np.uint64(nt) | PTE_USER_RW):
+            if not guest_store(gm, epa, np.uint64(nt) | PTE_TABLE):
                 return np.int64(-2)
             table = nt
         else:
@@ -539,7 +540,7 @@ def _split_huge(gm, galloc, osst, stats, epa, e):
     for k in range(512):
         if not guest_store(gm, nt + k * 8, base | (np.uint64(k) * step) | flags):
             return _U0
-    te = np.uint64(nt) | PTE_USER_RW
+    te = np.uint64(nt) | PTE_TABLE
     if not guest_store(gm, epa, te):
         return _U0
     return te
@@ -648,16 +649,19 @@ def _fault_vma(gm, galloc, osst, stats, cfg, row, va, access):
 
 
 @inner
-def _fault_anon(gm, galloc, osst, stats, row, va, write):
+def _fault_anon(gm, galloc, osst, stats, row, va, access):
     """Not-present fault in a process without mappings (all of the user half is anonymous
     read/write/execute memory): Linux's ``do_anonymous_page`` (or, with THP ``always``,
     ``do_huge_pmd_anonymous_page``). A write gets a fresh frame, young, dirty and writable (not
-    cleared: a trace carries no data, so the frame takes no storage); a read or fetch gets the
-    zero page, read-only and young."""
+    cleared: a trace carries no data, so the frame takes no storage); a read gets the zero page,
+    read-only and young. A fetch is taken as code, which is file-backed in a real process
+    (``filemap_fault`` maps a page-cache page, never the zero page): a fresh frame, young and
+    clean."""
+    write = access == ACC_WRITE
     levels = osst.ometa[O_LEVELS]
     root = osst.procs[row, P_ROOT]
     bits = PTE_USER_RW | PTE_A
-    if osst.ometa[O_THP] == THP_ALWAYS:
+    if osst.ometa[O_THP] == THP_ALWAYS and access != ACC_FETCH:  # no THP for file-backed code
         r = _thp_fault(gm, galloc, osst, stats, root, levels, va, bits, write)
         if r < 0:
             return OS_OUT_OF_FRAMES, PF_SEGV
@@ -671,12 +675,12 @@ def _fault_anon(gm, galloc, osst, stats, row, va, write):
         return OS_OK, PF_SEGV
     if (guest_read(gm, slot) & PTE_P) != _U0:
         return OS_OK, PF_FIXED
-    if write:
+    if write or access == ACC_FETCH:
         gfn = alloc_frame(galloc)
         if gfn < 0:
             return OS_OUT_OF_FRAMES, PF_SEGV
         stats[S_DATA_FRAMES] += 1
-        leaf = np.uint64(gfn << 12) | bits | PTE_D
+        leaf = np.uint64(gfn << 12) | bits | (PTE_D if write else _U0)
     else:
         gfn = _zero_page(gm, galloc, osst, stats)
         if gfn < 0:
@@ -775,7 +779,7 @@ def os_page_fault(gm, galloc, osst, tlb, psc, stats, cfg, row, va, access, code,
             return OS_OK, PF_SEGV
         if procs[row, P_VMAS] != 0:
             return _fault_vma(gm, galloc, osst, stats, cfg, row, va, access)
-        return _fault_anon(gm, galloc, osst, stats, row, va, access == ACC_WRITE)
+        return _fault_anon(gm, galloc, osst, stats, row, va, access)
     stats[S_GUEST_PF_PROTECTION] += 1
     if os_walk_allows(gm, procs[row, P_ROOT], levels, va, access, ctl, cfg[C_PKRU]):
         stats[S_SPURIOUS_PF] += 1
@@ -873,7 +877,7 @@ def _walk_tree(gm, galloc, osst, tlb, psc, stats, cfg, kind, root, levels, lo, h
                 if nchild < 0:
                     return OS_OUT_OF_FRAMES
                 stats[S_PT_FRAMES] += 1
-                if not guest_store(gm, stk[lv, _K_CHILD] + i * 8, np.uint64(nchild) | PTE_USER_RW):
+                if not guest_store(gm, stk[lv, _K_CHILD] + i * 8, np.uint64(nchild) | PTE_TABLE):
                     return OS_OUT_OF_FRAMES
             lv -= 1
             stk[lv, _K_TABLE] = np.int64(e & _ADDR)

@@ -41,6 +41,7 @@ GCR3 = 0x1000
 # guest entry bits (SDM Tables 4-15..4-20)
 _P, _RW, _US, _PS, _G = 0x1, 0x2, 0x4, 0x80, 0x100
 _XD = 1 << 63
+_D = 0x40
 _USER_TABLE = _P | _RW | _US
 _KERNEL_TABLE = _P | _RW
 
@@ -184,7 +185,7 @@ def build_nested(host_page: str = "4k", ept_levels: int = 4, ept_ad: bool = Fals
 # The shadow demo: the same VAs in a guest the simulator's OS builds by demand paging, then edits
 # (guest kernel stores, so the shadow MMU sees them as it would), as (va, what a walk shows).
 SHADOW_LAYOUT: tuple[tuple[int, str], ...] = (
-    (0x0000_0000_0040_0000, "4K user RW XD: shadowed; its leaf table went unsync; write: ad_dirty"),
+    (0x0000_0000_0040_0000, "4K user RW XD, clean (as after writeback): leaf table unsync; write: ad_dirty"),
     (0x0000_0000_0040_1000, "4K user RO (PTE edited + INVLPG): write: true #PF, pf_inject"),
     (0x0000_0000_0040_2000, "hole: guest PTE not present: pf_inject"),
     (0x0000_0000_0040_3000, "PTE re-pointed to gpa 0x20_3000 without INVLPG: stale unsync entry"),
@@ -201,9 +202,10 @@ def build_shadow(host_page: str = "4k") -> Any:
     policy; host pages of ``host_page``, which the engine may refuse with MMUInputError) that has
     run one process through :data:`SHADOW_LAYOUT`.
 
-    The guest touches 0x40_0000, 0x40_1000, 0x40_3000 and 0x60_0000 (its OS maps a 4 KiB page for
-    each; the second PTE store makes the leaf table unsync), then edits its tables with guest
-    kernel stores: XD on 0x40_0000 and read-only 0x40_1000 (each followed by INVLPG), a 2 MiB page
+    The guest writes 0x40_0000, 0x40_1000 and 0x40_3000 and reads 0x60_0000 (its OS maps a 4 KiB
+    page for each, dirty where written; the second PTE store makes the leaf table unsync), then
+    edits its tables with guest kernel stores: XD and D cleared on 0x40_0000 (as writeback's
+    ``pte_mkclean``) and read-only 0x40_1000 (each followed by INVLPG), a 2 MiB page
     at 0x60_0000 (a PDE store, which the VMM emulates, then INVLPG), and 0x40_3000 re-pointed with
     no INVLPG; finally it reads 0x40_0000, 0x40_1000 and 0x60_0000 again, so the shadow holds them.
     Guest-physical addresses other than the two edited ones come from the guest OS's allocator.
@@ -212,16 +214,16 @@ def build_shadow(host_page: str = "4k") -> Any:
 
     from mmu.engine import Machine, MachineConfig
     from mmu.guest.os import O_CUR, P_ROOT
-    from mmu.trace.ops import OP_READ, RECORD_DTYPE
+    from mmu.trace.ops import OP_READ, OP_WRITE, RECORD_DTYPE
 
     m = Machine(MachineConfig(mode="shadow", host_page=host_page))
 
-    def touch(*vas: int) -> None:
+    def touch(*vas: int, op: int = OP_READ) -> None:
         recs = np.zeros(len(vas), dtype=RECORD_DTYPE)
         recs["addr"] = vas
         recs["arg"] = 8
         recs["pid"] = 1
-        recs["op"] = OP_READ
+        recs["op"] = op
         m.run(recs, where="shadow demo guest")
 
     def entry_gpa(va: int, level: int) -> int:
@@ -235,9 +237,10 @@ def build_shadow(host_page: str = "4k") -> Any:
         if invlpg:
             m.invlpg(va)
 
-    touch(0x40_0000, 0x40_1000, 0x40_3000, 0x60_0000)
+    touch(0x40_0000, 0x40_1000, 0x40_3000, op=OP_WRITE)
+    touch(0x60_0000)
     pte = m.read_guest(entry_gpa(0x40_0000, 1))
-    edit(0x40_0000, 1, pte | _XD)
+    edit(0x40_0000, 1, (pte | _XD) & ~_D)
     pte = m.read_guest(entry_gpa(0x40_1000, 1))
     edit(0x40_1000, 1, pte & ~_RW)
     pte = m.read_guest(entry_gpa(0x40_3000, 1))

@@ -12,8 +12,11 @@ rules written in docs/design.md, not the engine's code:
 * after a successful walk the TLB and every PSC for the walked non-leaf entries are filled;
 * a not-present #PF on a canonical user-half address builds the missing tables top-down, then
   (Linux's ``do_anonymous_page``) maps a fresh frame on a write, young, dirty and writable, or
-  on a read or fetch the one shared zero page, young and read-only (the zero page is taken from
-  the allocator the first time it is needed, where the fresh frame would have been);
+  on a read the one shared zero page, young and read-only (the zero page is taken from the
+  allocator the first time it is needed, where the fresh frame would have been); a fetch is
+  code, file-backed in Linux (``filemap_fault``): a fresh frame, young, clean and writable (the
+  trace says nothing of protections); each new table's entry is Linux's ``_PAGE_TABLE``
+  (present, writable, user, accessed, dirty);
 * a protection #PF is spurious when the tables allow the access now (retry); a write to the
   zero page is copy-on-write (``do_wp_page``): a fresh frame, young, dirty and writable, then
   INVLPG of the address; anything else is bad.
@@ -102,7 +105,7 @@ class RefNativeReplay:
             if not e & P:
                 nt = self._frame()
                 self.c["pt_frames"] += 1
-                self.mem[epa] = nt | 7
+                self.mem[epa] = nt | P | RW | US | A | D
                 table = nt
             else:
                 if level <= 3 and e & PS:
@@ -110,8 +113,8 @@ class RefNativeReplay:
                 table = e & ADDR
         epa = table + ((va >> 12) & 511) * 8
         if not self.mem.get(epa, 0) & P:
-            if access == "w":
-                self.mem[epa] = self._frame() | P | RW | US | A | D
+            if access in ("w", "x"):
+                self.mem[epa] = self._frame() | P | RW | US | A | (D if access == "w" else 0)
                 self.c["data_frames"] += 1
             else:
                 if self.zero_page is None:
