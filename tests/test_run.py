@@ -92,7 +92,7 @@ def test_cli_shadow_policy_flags_reach_the_machine():
     unsync; with --no-unsync every store to a shadowed leaf table is an emulated tracing write."""
     argv = ["run", str(PROGRAMS / "pfstorm.s"), "--mode", "shadow", "--json"]
     out = {}
-    for extra in ([], ["--no-unsync", "--prefetch", "0", "--roots", "0", "--flood-threshold", "0"]):
+    for extra in ([], ["--no-unsync", "--prefetch", "0", "--roots", "0", "--flood-threshold", "0", "--prefault"]):
         res = CliRunner().invoke(app, argv + extra + ["--", "40", "3"])
         assert res.exit_code == 0, res.output
         out[bool(extra)] = json.loads(res.output)
@@ -104,7 +104,9 @@ def test_cli_shadow_policy_flags_reach_the_machine():
         "roots": 0,
         "flood_threshold": 0,
         "max_pages": 0,
+        "prefault": True,
     }
+    assert off["mode_stats"]["prefaulted"] > 0 == on["mode_stats"]["prefaulted"]
     assert off["mode_stats"]["shadow_pages"]["unsynced"] == 0 < on["mode_stats"]["shadow_pages"]["unsynced"]
     assert off["exits"]["tracing_write"]["count"] > 5 * on["exits"]["tracing_write"]["count"]
 

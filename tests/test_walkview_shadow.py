@@ -243,7 +243,7 @@ def _exits_taken(m: Machine, va: int, access: str) -> set[str]:
         (0x40_0000, "w", "ad_dirty"),  # the guest cleaned its PTE (D clear, as after writeback)
         (0x40_1000, "w", "pf_inject"),
         (0x40_2000, "r", "pf_inject"),
-        (0x60_0000, "w", "hidden_fault"),  # a clean 2M page: dirtying it changes the direct page's role
+        (0x60_0000, "w", "ad_dirty"),  # a clean 2M page: dirtying it changes the direct page's role
         (0x60_8000, "r", "hidden_fault"),
         (0x40_0000_0000, "r", "pf_inject"),
         (0xFFFF_8000_0000_0000, "r", "pf_inject"),

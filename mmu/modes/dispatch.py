@@ -167,7 +167,7 @@ def translate_access(gm, galloc, hcache, osst, tlb, psc, ptc, stats, cfg, row, v
                     vm.elog[0, EV_IN_FAULT] = 1
                     r, v = sh_page_fault(
                         mem, gm.halloc, vm, sh, stats, cfg[C_PKRU], cfg[C_MAXPHYADDR], procs[row, P_ROOT], va, access,
-                        ctl, trail, False,
+                        ctl, trail, code, False,
                     )  # fmt: skip
                     vm.elog[0, EV_IN_FAULT] = 0
                     if r == SHF_RETRY:
@@ -200,7 +200,7 @@ def translate_access(gm, galloc, hcache, osst, tlb, psc, ptc, stats, cfg, row, v
             vm.elog[0, EV_IN_FAULT] = 1
             r, _v = sh_page_fault(
                 mem, gm.halloc, vm, sh, stats, cfg[C_PKRU], cfg[C_MAXPHYADDR], procs[row, P_ROOT], va, access, ctl,
-                trail, True,
+                trail, 0, True,
             )  # fmt: skip
             vm.elog[0, EV_IN_FAULT] = 0
             if r == SHF_OUT_OF_FRAMES:

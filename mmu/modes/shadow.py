@@ -104,6 +104,7 @@ from mmu.x86.bits import (
     CTL_NXE,
     CTL_USER,
     CTL_WP,
+    PF_P,
     PTE_A,
     PTE_D,
     PTE_P,
@@ -1267,7 +1268,7 @@ def _child(mem, halloc, vm, sh, stats, ctl, sp, idx, gfn, role):
 
 
 @inner
-def sh_page_fault(mem, halloc, vm, sh, stats, pkru, maxphy, root_gpa, va, access, ctl, trail, prefault):
+def sh_page_fault(mem, halloc, vm, sh, stats, pkru, maxphy, root_gpa, va, access, ctl, trail, hw_code, prefault):
     """A #PF on the shadow tables exits to the VMM (``FNAME(page_fault)``).
 
     Walks the guest tables in software (setting the guest's A bits, and D on a write, as the
@@ -1278,6 +1279,11 @@ def sh_page_fault(mem, halloc, vm, sh, stats, pkru, maxphy, root_gpa, va, access
 
     Returns ``(outcome, code_or_gpa)``: SHF_RETRY; SHF_INJECT with the guest #PF error code;
     SHF_EMULATED with the guest-physical address written; SHF_OUT_OF_FRAMES.
+
+    The exit's reason (``hw_code``: the hardware's #PF error code on the shadow tables): a write
+    left to the emulator is ``tracing_write``; a write that unsyncs the frame's leaf shadows
+    ``wp_unsync``; a write through a present read-only entry over a clean guest entry
+    ``ad_dirty``; anything else ``hidden_fault``.
 
     ``prefault`` (PVM's prefault, Huang et al., SOSP 2023): no exit of its own -- the guest is
     returning from a #PF the VMM reflected, and the VMM fills the shadow path for the faulting
@@ -1307,6 +1313,7 @@ def sh_page_fault(mem, halloc, vm, sh, stats, pkru, maxphy, root_gpa, va, access
         _charge(sh, stats, U_SW_WALK_STEP, n)
         return SHF_INJECT, np.int64(code)
     stats[S_SH_SW_WALK_STEPS] += n
+    leaf_dirty = (trail[n - 1, TR_ATTRS] & TA_D) != 0  # the guest's D before this walk set it
     # CR0.WP=0: a supervisor write through a read-only guest entry maps it writable but
     # supervisor-only (KVM's "u=0, w=1" form).
     if access == ACC_WRITE and (ctl & CTL_USER) == 0 and (ctl & CTL_WP) == 0 and (attrs & TA_RW) == 0:
@@ -1379,9 +1386,10 @@ def sh_page_fault(mem, halloc, vm, sh, stats, pkru, maxphy, root_gpa, va, access
         stats[S_SH_PREFAULTS] += 1
     elif emulate:
         reason = EXIT_TRACING_WRITE
-    elif (old & PTE_P) != _U0 and access == ACC_WRITE and (old & PTE_RW) == _U0:
-        # write-protection fault (the frame has shadow pages) or A/D emulation (a clean gpte)
-        reason = EXIT_WP_UNSYNC if unsynced or _gsps(sh, tgfn) > 0 else EXIT_AD_DIRTY
+    elif unsynced and access == ACC_WRITE:
+        reason = EXIT_WP_UNSYNC
+    elif access == ACC_WRITE and (hw_code & PF_P) != 0 and not leaf_dirty:
+        reason = EXIT_AD_DIRTY
     else:
         reason = EXIT_HIDDEN_FAULT
     smeta[SM_REASON] = reason
@@ -1555,14 +1563,17 @@ def predict_exit(
             return "hidden_fault" if region_holds_tables(sh, gpa >> 12, level) else "ad_dirty"
         page = shadow_page_at(sh, leaf_hpa & ~0xFFF)
         if page is not None and page["direct"] and not page["access"] & TA_RW:
-            # a clean guest large page: the write dirties it, which changes the direct page's role,
-            # so the VMM fills a new direct page
-            return "hidden_fault"
+            # a clean guest large page: the write dirties it (A/D emulation), which changes the
+            # direct page's role, so the VMM fills a new direct page
+            return "ad_dirty"
         wp, tracked = frame_protection(sh, gpa >> 12)
         if tracked:
             return "tracing_write"
-        if wp or frame_shadowed(sh, gpa >> 12):
+        if wp:
             return "wp_unsync"
+        # read-only over a clean guest entry (or over a frame whose shadows are all unsync, which
+        # a resync left read-only: then the fill just re-makes it, a hidden fault if the guest
+        # entry is already dirty)
         return "ad_dirty"
     return "hidden_fault"
 
