@@ -55,6 +55,8 @@ def test_section_2_table_matches_a_fresh_run(label, program, args):
             "unsync": "wp_unsync",
             "pf_inject": "pf_inject",
             "CR3 loads": "cr3_load",
+            "CR3 reads": "cr3_read",
+            "unprotect_retry": "unprotect_retry",
             "INVLPG": "invlpg",
         }[name.strip()]
         assert runs[1]["exits"][key]["count"] == int(count.replace(",", "")), name

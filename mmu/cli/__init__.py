@@ -403,7 +403,7 @@ def compare_cmd(
 
 DEMO_TRACES = ("ls-usr.trace", "gups-64m.trace")
 DEMO_PROGRAM = ("forkwait.s", [40, 4])  # 40 fork+wait rounds, each child rewriting 4 pages
-DEMO_WALK = ("gups-64m.trace", 82515)  # a TLB miss whose walk the PSCs cut to 3 references
+DEMO_WALK = ("gups-64m.trace", 82515)  # a TLB miss whose walk the PSCs and the NTLB cut to 4 references
 
 
 def find_shipped_program(name: str) -> Path:
