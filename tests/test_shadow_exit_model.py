@@ -496,12 +496,19 @@ def test_engine_equals_model_on_generated_sequences(policy, ops):
 # --- shipped traces and programs ------------------------------------------------------------------
 
 SHIPPED = sorted(TRACES.glob("*.trace"))
+# KVM's defaults, and the knobs that change the most on real workloads
+SHIPPED_POLICIES = [{}, {"unsync": False}, {"prefault": True}, {"host_page": "2m", "roots": 0}]
+
+
+def _policy_id(d: dict) -> str:
+    return ",".join(f"{k}={v}" for k, v in d.items()) or "kvm"
 
 
 @pytest.mark.parametrize("path", SHIPPED, ids=[p.name for p in SHIPPED])
-def test_engine_equals_model_on_shipped_traces(path):
+@pytest.mark.parametrize("policy", SHIPPED_POLICIES, ids=_policy_id)
+def test_engine_equals_model_on_shipped_traces(path, policy):
     records = np.array(TraceReader(path).memmap())  # every record
-    p = Pair(pcide=True)
+    p = Pair(pcide=True, **policy)
     for start in range(0, len(records), 2000):
         p.run(records[start : start + 2000], f"records {start}..{start + 2000}")
         p.check()
@@ -528,7 +535,8 @@ class LoggingMachine(Machine):
 
 
 @pytest.mark.parametrize("name", sorted(PROGRAMS))
-def test_engine_equals_model_on_shipped_programs(name, monkeypatch):
+@pytest.mark.parametrize("policy", SHIPPED_POLICIES, ids=_policy_id)
+def test_engine_equals_model_on_shipped_programs(name, policy, monkeypatch):
     import mmu.guest.run as run
     from mmu.guest.asm import assemble_file
     from mmu.guest.isa import DEFAULT_QUANTUM, DEFAULT_SEED
@@ -536,7 +544,7 @@ def test_engine_equals_model_on_shipped_programs(name, monkeypatch):
     monkeypatch.setattr(run, "Machine", LoggingMachine)
     args, limit = PROGRAMS[name]
     program = assemble_file(TRACES / "programs" / f"{name}.s")
-    ex = run._Executor(program, args, MachineConfig(mode="shadow"), DEFAULT_SEED, DEFAULT_QUANTUM, None)
+    ex = run._Executor(program, args, MachineConfig(mode="shadow", **policy), DEFAULT_SEED, DEFAULT_QUANTUM, None)
     model = KvmShadowModel(model_config(ex.m.config))
     assert ex.run(limit) == "exit", f"{name} did not run to its end"
     for event in ex.m.events():
