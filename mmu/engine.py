@@ -58,7 +58,6 @@ from mmu.modes.vmm import (
 from mmu.state import GuestMemory, MachineState, Scratch
 from mmu.stats import (
     S_ACCESSES,
-    S_DATA_FRAMES,
     S_EVENTS,
     S_PT_FRAMES,
     S_READS,
@@ -409,14 +408,11 @@ class Machine:
         self.cfg[C_ASID] = 0 if config.mode == "native" else 1  # the guest's VPID / ASID
         self.elapsed = 0.0
         self.records_done = 0
-        # The guest OS counts frames it allocates straight into the stats array.
-        assert S_DATA_FRAMES == S_PT_FRAMES + 1
         self._scratch = Scratch(
             np.zeros((MAX_LEVELS, TR_COLS), dtype=np.int64),
             np.zeros((MAX_LEVELS, GT_COLS), dtype=np.int64),
             np.zeros((MAX_LEVELS, HT_COLS), dtype=np.int64),
             np.zeros((MAX_REFS, RF_COLS), dtype=np.int64),
-            self.stats[S_PT_FRAMES : S_PT_FRAMES + 2],
         )
         self._compiled = False
         self.compile_s = 0.0

@@ -45,13 +45,12 @@ class GuestMemory(NamedTuple):
 
 
 class Scratch(NamedTuple):
-    """Work arrays of one translation (no state survives a call except ``counts``)."""
+    """Work arrays of one translation (no state survives a call)."""
 
     trail: np.ndarray  # int64[MAX_LEVELS, TR_COLS]: the 1D walk's entries (mmu.x86.walk)
     gtrail: np.ndarray  # int64[MAX_LEVELS, GT_COLS]: the 2D walk's guest entries (mmu.x86.nested)
     htrail: np.ndarray  # int64[MAX_LEVELS, HT_COLS]: one host walk's entries (mmu.x86.ept)
     refs: np.ndarray  # int64[MAX_REFS, RF_COLS]: a 2D walk's references in issue order
-    counts: np.ndarray  # int64[2]: frames the guest OS allocated [page tables, data] (a view of stats)
 
 
 class MachineState(NamedTuple):

@@ -38,7 +38,7 @@ def _translate(m: Machine, va: int) -> tuple[int, int, int]:
     procs, ometa = m.osst.procs, m.osst.ometa
     row = int(ometa[0])
     cr3, pcid = int(procs[row, 1] | procs[row, 2]), int(procs[row, 2])
-    trail, gtrail, htrail, refs, _counts = m._scratch
+    trail, gtrail, htrail, refs = m._scratch
     st, _code, hpa, gpa = hw_translate_nested(
         m.mem.state, m.vm, m.hcache, m.tlb, m.psc, m.ptc, m.stats, m.cfg, np.int64(cr3), np.int64(pcid),
         np.int64(va), ACC_READ, np.int64(m.cfg[0] | CTL_USER), gtrail, htrail, refs,

@@ -754,7 +754,7 @@ def _cow(gm, galloc, osst, tlb, psc, stats, cfg, row, va):
 
 
 @inner
-def os_page_fault(gm, galloc, osst, tlb, psc, stats, cfg, row, va, access, code, ctl, counts):
+def os_page_fault(gm, galloc, osst, tlb, psc, stats, cfg, row, va, access, code, ctl):
     """The guest kernel's #PF handler for user access ``va`` of process ``row``.
 
     Returns (status, outcome): status OS_OK or OS_OUT_OF_FRAMES; outcome PF_FIXED or PF_SEGV.
@@ -767,8 +767,7 @@ def os_page_fault(gm, galloc, osst, tlb, psc, stats, cfg, row, va, access, code,
     on a write). Protection fault: spurious (a stale, more restrictive TLB entry) if the
     tables allow the access now; a write to a read-only page of a writable (or unmapped-anon)
     region is copy-on-write (``do_wp_page``), the zero page included; anything else fails.
-    Frames are counted in ``stats``; ``counts`` (the engine's view of the two frame counters)
-    is not used.
+    Frames are counted in ``stats``.
     """
     procs = osst.procs
     levels = osst.ometa[O_LEVELS]

@@ -33,11 +33,11 @@ from mmu.hw.tlb import tlb_commit, tlb_peek
 from mmu.modes.native import C_ASID, C_CTL, C_MAXPHYADDR, C_PKRU, hw_translate
 from mmu.modes.nested import HW_EPT_MISCONFIG, HW_EPT_VIOLATION, hw_translate_nested
 from mmu.modes.shadow import (
-    SM_PREFAULT,
     SHF_EMULATED,
     SHF_NO_MEMSLOT,
     SHF_OUT_OF_FRAMES,
     SHF_RETRY,
+    SM_PREFAULT,
     sh_before_entry,
     sh_page_fault,
     sh_pending,
@@ -119,7 +119,7 @@ def translate_access(gm, galloc, hcache, osst, tlb, psc, ptc, stats, cfg, row, v
     mem = gm.mem
     vm = gm.vm
     sh = gm.sh
-    trail, gtrail, htrail, refs, counts = scratch
+    trail, gtrail, htrail, refs = scratch
     procs = osst.procs
     cr3 = os_cr3(osst, row)
     pcid = procs[row, P_PCID]
@@ -187,7 +187,7 @@ def translate_access(gm, galloc, hcache, osst, tlb, psc, ptc, stats, cfg, row, v
             return OS_OK, np.int64(-1)
         stats[S_GUEST_PF] += 1
         log_event(vm, EV_GUEST_PF, va, code, 0)
-        st, outcome = os_page_fault(gm, galloc, osst, tlb, psc, stats, cfg, row, va, access, code, ctl, counts)
+        st, outcome = os_page_fault(gm, galloc, osst, tlb, psc, stats, cfg, row, va, access, code, ctl)
         if st != OS_OK:
             return st, np.int64(-1)
         if outcome != PF_FIXED:

@@ -1578,12 +1578,6 @@ def predict_exit(
     return "hidden_fault"
 
 
-def frame_shadowed(sh: tuple, gfn: int) -> bool:
-    """True if guest frame ``gfn`` has shadow pages (synchronised or unsync)."""
-    gfs = sh.gfs
-    return bool(0 <= gfn < gfs.shape[0] and gfs[gfn, GF_SPS] > 0)
-
-
 def region_holds_tables(sh: tuple, gfn: int, level: int) -> bool:
     """True if the 2 MiB (``level`` 2) or 1 GiB (3) region around guest frame ``gfn`` holds a
     shadowed guest table (no large shadow entry may map it)."""
